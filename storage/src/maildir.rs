@@ -1,0 +1,352 @@
+//! Import of a Maildir (as Dovecot, Courier and Postfix write them).
+//!
+//! Messages in `cur/` and `new/` are converted to wire form (bare LF becomes
+//! CRLF, dots are stuffed) and appended in their Maildir order. The point of
+//! a migration is that POP3 clients which leave mail on the server do not
+//! download everything again, so the UIDLs the old server gave are kept:
+//! - from Dovecot's `dovecot-uidlist` (a `P` field where Dovecot saved one,
+//!   otherwise computed with the operator's `pop3_uidl_format`, by default
+//!   `%08Xu%08Xv`);
+//! - or from an explicit map file, one `filename uidl` pair per line.
+//!
+//! A message whose UIDL is already in the maildrop is skipped and reported,
+//! which also makes re-running an interrupted import safe.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::maildrop::{Maildrop, PreparedMessage};
+use crate::record::Uidl;
+
+/// Where imported messages get their UIDLs.
+#[derive(Debug, Clone)]
+pub enum UidlSource {
+    /// New pop3sd UIDLs (clients will download everything once more).
+    Native,
+    /// `dovecot-uidlist` in the Maildir, with Dovecot's `pop3_uidl_format`
+    /// (supported variables: `%u`, `%v`, `%f`, with optional zero-padded
+    /// width and `X` for uppercase hex, e.g. `%08Xu%08Xv`).
+    Dovecot { format: String },
+    /// A file of `filename uidl` lines (filename up to its `:2,` suffix).
+    MapFile(PathBuf),
+}
+
+impl Default for UidlSource {
+    fn default() -> Self {
+        UidlSource::Dovecot {
+            format: "%08Xu%08Xv".into(),
+        }
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default)]
+pub struct ImportReport {
+    pub imported: u64,
+    pub kept_uidls: u64,
+    pub new_uidls: u64,
+    /// Files not imported, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// One entry of a dovecot-uidlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UidlistEntry {
+    pub uid: u32,
+    pub pop3_uidl: Option<String>,
+}
+
+/// A parsed dovecot-uidlist: validity and entries keyed by base filename.
+#[derive(Debug, Clone, Default)]
+pub struct Uidlist {
+    pub uid_validity: u32,
+    pub entries: HashMap<String, UidlistEntry>,
+}
+
+fn base_name(file_name: &str) -> &str {
+    file_name.split(':').next().unwrap_or(file_name)
+}
+
+/// Parses dovecot-uidlist versions 1 and 3.
+pub fn parse_uidlist(text: &str) -> std::result::Result<Uidlist, String> {
+    let mut lines = text.lines();
+    let header = lines.next().ok_or("empty uidlist")?;
+    let mut fields = header.split_whitespace();
+    let version = fields.next().ok_or("empty header")?;
+    let mut list = Uidlist::default();
+    match version {
+        "1" => {
+            list.uid_validity = fields
+                .next()
+                .and_then(|v| v.parse().ok())
+                .ok_or("version 1 header without uidvalidity")?;
+        }
+        "3" => {
+            for f in fields {
+                if let Some(v) = f.strip_prefix('V') {
+                    list.uid_validity = v.parse().map_err(|_| "bad V field")?;
+                }
+            }
+        }
+        other => return Err(format!("unsupported uidlist version {other}")),
+    }
+    for (n, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = || format!("line {}: cannot parse {line:?}", n + 2);
+        let (uid_str, rest) = line.split_once(' ').ok_or_else(bad)?;
+        let uid: u32 = uid_str.parse().map_err(|_| bad())?;
+        let (exts, file) = if version == "1" {
+            ("", rest.trim())
+        } else {
+            let idx = rest.find(':').ok_or_else(bad)?;
+            (&rest[..idx], &rest[idx + 1..])
+        };
+        let mut pop3_uidl = None;
+        for ext in exts.split_whitespace() {
+            if let Some(p) = ext.strip_prefix('P') {
+                pop3_uidl = Some(p.to_string());
+            }
+        }
+        list.entries
+            .insert(base_name(file).to_string(), UidlistEntry { uid, pop3_uidl });
+    }
+    Ok(list)
+}
+
+/// Expands a Dovecot `pop3_uidl_format` for one message.
+pub fn format_uidl(
+    format: &str,
+    uid: u32,
+    uid_validity: u32,
+    base: &str,
+) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut width = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            width.push(*d);
+            chars.next();
+        }
+        let upper_hex = chars.peek() == Some(&'X');
+        if upper_hex {
+            chars.next();
+        }
+        let w: usize = width.parse().unwrap_or(0);
+        let num = |v: u32| {
+            if upper_hex {
+                format!("{v:0w$X}")
+            } else {
+                format!("{v:0w$}")
+            }
+        };
+        match chars.next() {
+            Some('u') => out.push_str(&num(uid)),
+            Some('v') => out.push_str(&num(uid_validity)),
+            Some('f') => out.push_str(base),
+            Some('%') => out.push('%'),
+            other => {
+                return Err(format!(
+                    "pop3_uidl_format variable %{} is not supported for import; \
+                     export the UIDLs to a map file instead",
+                    other.map(String::from).unwrap_or_default()
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_map_file(path: &Path) -> Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    let mut map = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(f), Some(u), None) => {
+                map.insert(base_name(f).to_string(), u.to_string());
+            }
+            _ => {
+                return Err(Error::Import {
+                    path: path.to_path_buf(),
+                    reason: format!("line {}: expected \"filename uidl\"", n + 1),
+                })
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// Arrival time from a Maildir name (`<secs>.<unique>.<host>`), else the mtime.
+fn arrival_of(path: &Path, base: &str) -> i64 {
+    if let Some(secs) = base.split('.').next().and_then(|s| s.parse::<i64>().ok()) {
+        return secs;
+    }
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Imports every message of `maildir` into `maildrop`.
+pub fn import_maildir(
+    maildrop: &Maildrop,
+    maildir: &Path,
+    uidl: &UidlSource,
+) -> Result<ImportReport> {
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for sub in ["cur", "new"] {
+        let d = maildir.join(sub);
+        if !d.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&d).at(&d)? {
+            let entry = entry.at(&d)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.file_type().at(&d)?.is_file() {
+                continue;
+            }
+            files.push((base_name(&name).to_string(), entry.path()));
+        }
+    }
+    if files.is_empty() && !maildir.join("cur").is_dir() && !maildir.join("new").is_dir() {
+        return Err(Error::Import {
+            path: maildir.to_path_buf(),
+            reason: "not a Maildir (no cur/ or new/)".into(),
+        });
+    }
+
+    let (uidlist, map) = match uidl {
+        UidlSource::Native => (None, None),
+        UidlSource::Dovecot { .. } => {
+            let p = maildir.join("dovecot-uidlist");
+            match std::fs::read_to_string(&p) {
+                Ok(t) => (
+                    Some(parse_uidlist(&t).map_err(|reason| Error::Import {
+                        path: p.clone(),
+                        reason,
+                    })?),
+                    None,
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+                Err(e) => return Err(e).at(&p),
+            }
+        }
+        UidlSource::MapFile(p) => (None, Some(parse_map_file(p)?)),
+    };
+
+    // Maildir order: by uidlist uid where known, then by name (delivery time).
+    files.sort_by(|a, b| {
+        let ua = uidlist
+            .as_ref()
+            .and_then(|l| l.entries.get(&a.0))
+            .map(|e| e.uid);
+        let ub = uidlist
+            .as_ref()
+            .and_then(|l| l.entries.get(&b.0))
+            .map(|e| e.uid);
+        match (ua, ub) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.0.cmp(&b.0),
+        }
+    });
+
+    let mut report = ImportReport::default();
+    for (base, path) in files {
+        let wanted: Option<String> = match (uidl, &uidlist, &map) {
+            (UidlSource::Dovecot { format }, Some(list), _) => match list.entries.get(&base) {
+                Some(e) => match &e.pop3_uidl {
+                    Some(p) => Some(p.clone()),
+                    None => Some(
+                        format_uidl(format, e.uid, list.uid_validity, &base).map_err(|reason| {
+                            Error::Import {
+                                path: maildir.to_path_buf(),
+                                reason,
+                            }
+                        })?,
+                    ),
+                },
+                None => None,
+            },
+            (_, _, Some(m)) => m.get(&base).cloned(),
+            _ => None,
+        };
+        let raw = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                report.skipped.push((path, e.to_string()));
+                continue;
+            }
+        };
+        let mut msg = PreparedMessage::from_raw(&raw).with_arrival(arrival_of(&path, &base));
+        let mut kept = false;
+        if let Some(w) = wanted {
+            match Uidl::new(w.as_bytes()) {
+                Some(u) => {
+                    msg = msg.with_uidl(u);
+                    kept = true;
+                }
+                None => {
+                    tracing::warn!(file = %path.display(), uidl = %w, "UIDL is not valid for POP3 (1-70 printable characters); giving a new one");
+                }
+            }
+        }
+        match maildrop.append(msg) {
+            Ok(_) => {
+                report.imported += 1;
+                if kept {
+                    report.kept_uidls += 1;
+                } else {
+                    report.new_uidls += 1;
+                }
+            }
+            Err(Error::Import { reason, .. }) => report.skipped.push((path, reason)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uidlist_v3() {
+        let t = "3 V1500000000 N4 G3085f01b7f11094c501100008c4a11c1\n\
+                 1 :1500000001.M1P1.host,S=10,W=12:2,S\n\
+                 2 W33 P0000abcd :1500000002.M2P2.host\n";
+        let l = parse_uidlist(t).unwrap();
+        assert_eq!(l.uid_validity, 1_500_000_000);
+        assert_eq!(l.entries["1500000001.M1P1.host,S=10,W=12"].uid, 1);
+        assert_eq!(
+            l.entries["1500000002.M2P2.host"].pop3_uidl.as_deref(),
+            Some("0000abcd")
+        );
+    }
+
+    #[test]
+    fn uidl_formats() {
+        assert_eq!(
+            format_uidl("%08Xu%08Xv", 26, 1_500_000_000, "x").unwrap(),
+            "0000001A59682F00"
+        );
+        assert_eq!(format_uidl("%u.%v", 3, 7, "x").unwrap(), "3.7");
+        assert_eq!(format_uidl("%f", 3, 7, "file").unwrap(), "file");
+        assert!(format_uidl("%m", 3, 7, "x").is_err());
+    }
+}

@@ -1,0 +1,831 @@
+//! One user's maildrop: durable appends, locked sessions, atomic expunges, compaction.
+//!
+//! Files in a maildrop directory:
+//! - `index`: header and one record per message ([`crate::index`]);
+//! - `seg-XXXXXXXX`: append-only wire-form segments ([`crate::segment`]);
+//! - `append.lock`: flock held while the index or segments change (short);
+//! - `session.lock`: flock held for a whole POP3 session or a compaction.
+//!
+//! Appends never take the session lock: mail keeps arriving while a session
+//! is open, and the session's snapshot simply does not contain it.
+//!
+//! Concurrent appends from threads of one process are merged by group
+//! commit: the first appender to find no batch in progress becomes the leader,
+//! writes every queued message, and issues one fsync for the segment and one
+//! for the index on behalf of all of them.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::durable::{replace_file, sync_dir, unix_now};
+use crate::error::{Error, IoContext, Result};
+use crate::index::{self, Header, Parsed};
+use crate::lock::FileLock;
+use crate::record::{Record, Uidl, RECORD_SIZE};
+use crate::segment;
+use crate::snapshot::Snapshot;
+use crate::wire::{self, InputForm, WireSummary, TERMINATOR};
+
+pub(crate) const INDEX: &str = "index";
+const APPEND_LOCK: &str = "append.lock";
+const SESSION_LOCK: &str = "session.lock";
+
+/// Tunables of the store, fixed when it is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// A new segment is started once the active one would grow past this.
+    pub segment_max: u64,
+    /// Merge concurrent appends to one maildrop into one fsync pair.
+    pub group_commit: bool,
+    /// Most messages one group commit writes.
+    pub max_batch: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            segment_max: 64 << 20,
+            group_commit: true,
+            max_batch: 256,
+        }
+    }
+}
+
+/// A message converted to wire form, ready to append.
+#[derive(Debug, Clone)]
+pub struct PreparedMessage {
+    wire: Vec<u8>,
+    summary: WireSummary,
+    arrival: Option<i64>,
+    uidl: Option<Uidl>,
+}
+
+impl PreparedMessage {
+    /// Converts raw message bytes (LF or CRLF, not stuffed).
+    pub fn from_raw(raw: &[u8]) -> Self {
+        let (wire, summary) = wire::encode(raw, InputForm::Raw);
+        Self::from_encoded(wire, summary)
+    }
+
+    /// Wraps the output of a [`crate::wire::WireEncoder`] (used by LMTP,
+    /// which encodes while it receives).
+    pub fn from_encoded(wire: Vec<u8>, summary: WireSummary) -> Self {
+        PreparedMessage {
+            wire,
+            summary,
+            arrival: None,
+            uidl: None,
+        }
+    }
+
+    /// Keeps an arrival time from elsewhere (an import), instead of now.
+    pub fn with_arrival(mut self, unix_secs: i64) -> Self {
+        self.arrival = Some(unix_secs);
+        self
+    }
+
+    /// Keeps a UIDL from elsewhere (an import), instead of a native one.
+    pub fn with_uidl(mut self, uidl: Uidl) -> Self {
+        self.uidl = Some(uidl);
+        self
+    }
+
+    /// The RFC 1939 size the message will have.
+    pub fn size(&self) -> u64 {
+        self.summary.size
+    }
+
+    /// The stored length (wire form).
+    pub fn wire_len(&self) -> u64 {
+        self.wire.len() as u64
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.summary.wire_len != self.wire.len() as u64 || !self.wire.ends_with(TERMINATOR) {
+            return Err("message is not in wire form".into());
+        }
+        Ok(())
+    }
+}
+
+/// What a durable append gives back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub uid: u64,
+    pub uidl: Uidl,
+    pub size: u64,
+    pub wire_len: u64,
+}
+
+/// Message and byte counts of a maildrop, for quotas and `stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaildropStats {
+    /// Messages not expunged.
+    pub messages: u64,
+    /// Sum of their RFC 1939 sizes.
+    pub bytes: u64,
+    /// Expunged messages whose space compaction has not reclaimed yet.
+    pub expunged: u64,
+    /// Wire bytes those occupy.
+    pub expunged_wire_bytes: u64,
+    /// Wire bytes of live messages.
+    pub live_wire_bytes: u64,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    pub records_dropped: u64,
+    pub bytes_copied: u64,
+    pub segments_removed: u64,
+}
+
+#[derive(Default)]
+struct GroupState {
+    queue: Vec<(u64, PreparedMessage)>,
+    done: HashMap<u64, Result<Receipt>>,
+    next_ticket: u64,
+    leader: bool,
+}
+
+/// Per-maildrop state shared by every handle in this process.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) name: String,
+    options: StoreOptions,
+    group: Mutex<GroupState>,
+    cv: Condvar,
+    /// The in-process half of the session lock table.
+    session_open: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(dir: PathBuf, name: String, options: StoreOptions) -> Self {
+        Shared {
+            dir,
+            name,
+            options,
+            group: Mutex::new(GroupState::default()),
+            cv: Condvar::new(),
+            session_open: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A handle to one maildrop; cheap to clone, shareable across threads.
+#[derive(Clone)]
+pub struct Maildrop {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Maildrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maildrop")
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+fn lock_group(m: &Mutex<GroupState>) -> MutexGuard<'_, GroupState> {
+    // A panic in another appender must not wedge delivery: the state holds
+    // only queued work and results, which stay consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Gives every message of a failed batch its own copy of the error.
+fn replicate(e: &Error) -> Error {
+    match e {
+        Error::Io { path, source } => Error::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::Corrupt {
+            path,
+            offset,
+            reason,
+        } => Error::Corrupt {
+            path: path.clone(),
+            offset: *offset,
+            reason: reason.clone(),
+        },
+        other => Error::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most `b.len()` bytes into the valid buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 4 {
+        u32::from_le_bytes(b)
+    } else {
+        // Entropy unavailable: time and pid still make collisions unlikely.
+        (unix_now() as u32) ^ std::process::id().rotate_left(16)
+    }
+}
+
+/// Creates a maildrop's index in an existing, empty directory.
+pub(crate) fn create_index(dir: &Path) -> Result<()> {
+    let header = Header {
+        uid_validity: random_u32(),
+        next_uid: 1,
+        created: unix_now(),
+    };
+    replace_file(&dir.join(INDEX), &header.encode())
+}
+
+impl Maildrop {
+    /// Directory holding this maildrop.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// `user@domain`, for messages.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.shared.dir.join(INDEX)
+    }
+
+    fn corrupt(&self, e: index::IndexError) -> Error {
+        match e {
+            index::IndexError::Version(found) => Error::Version {
+                path: self.index_path(),
+                found,
+                supported: index::VERSION,
+            },
+            other => Error::Corrupt {
+                path: self.index_path(),
+                offset: other.offset(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    pub(crate) fn read_index(&self) -> Result<Parsed> {
+        let path = self.index_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoMaildrop(self.shared.name.clone()))
+            }
+            Err(e) => return Err(e).at(&path),
+        };
+        index::parse(&bytes).map_err(|e| self.corrupt(e))
+    }
+
+    /// Rewrites the index without its torn tail. Caller holds the append lock.
+    fn repair_locked(&self, parsed: &Parsed) -> Result<()> {
+        tracing::warn!(
+            maildrop = %self.shared.name,
+            file = %self.index_path().display(),
+            valid_len = parsed.valid_len,
+            "index has a torn tail from an interrupted write; cutting back to the last good record"
+        );
+        let header = Header {
+            next_uid: parsed.next_uid(),
+            ..parsed.header
+        };
+        replace_file(&self.index_path(), &index::encode(&header, &parsed.records))
+    }
+
+    /// Maps the index read-only. The index is only ever appended to or
+    /// replaced by rename, never truncated, so the map stays valid.
+    fn map_index(&self) -> Result<memmap2::Mmap> {
+        let path = self.index_path();
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoMaildrop(self.shared.name.clone()))
+            }
+            Err(e) => return Err(e).at(&path),
+        };
+        // SAFETY: pop3sd never truncates or rewrites an index in place: it
+        // appends whole records or renames a new file over it. The map is
+        // read-only and only bytes present at map time are read; a partially
+        // appended record is rejected by its checksum.
+        unsafe { memmap2::Mmap::map(&f) }.at(&path)
+    }
+
+    fn snapshot_from_index(&self) -> Result<(Snapshot, index::ScanSummary)> {
+        let map = self.map_index()?;
+        Snapshot::from_index(self.shared.dir.clone(), &map).map_err(|e| self.corrupt(e))
+    }
+
+    /// Builds a session's snapshot, repairing a torn tail left by a crash.
+    fn open_snapshot(&self) -> Result<Snapshot> {
+        let (snapshot, summary) = self.snapshot_from_index()?;
+        if !summary.torn_tail {
+            return Ok(snapshot);
+        }
+        // Either an append is writing right now or a crash left a partial
+        // record: under the append lock only the second remains possible.
+        let _l = FileLock::exclusive(&self.shared.dir.join(APPEND_LOCK))?;
+        let parsed = self.read_index()?;
+        if parsed.torn_tail {
+            self.repair_locked(&parsed)?;
+        }
+        Ok(self.snapshot_from_index()?.0)
+    }
+
+    /// Appends one message durably. Returns once its bytes and index record
+    /// are fsynced: only then may a delivery be acknowledged.
+    pub fn append(&self, msg: PreparedMessage) -> Result<Receipt> {
+        let shared = &self.shared;
+        let mut st = lock_group(&shared.group);
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.queue.push((ticket, msg));
+        loop {
+            if let Some(result) = st.done.remove(&ticket) {
+                return result;
+            }
+            if !st.leader {
+                st.leader = true;
+                let take = if shared.options.group_commit {
+                    st.queue.len().min(shared.options.max_batch.max(1))
+                } else {
+                    1
+                };
+                let batch: Vec<(u64, PreparedMessage)> = st.queue.drain(..take).collect();
+                drop(st);
+                let msgs: Vec<&PreparedMessage> = batch.iter().map(|(_, m)| m).collect();
+                let results = self.write_batch(&msgs);
+                st = lock_group(&shared.group);
+                for ((t, _), r) in batch.into_iter().zip(results) {
+                    st.done.insert(t, r);
+                }
+                st.leader = false;
+                shared.cv.notify_all();
+                continue;
+            }
+            st = shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn write_batch(&self, batch: &[&PreparedMessage]) -> Vec<Result<Receipt>> {
+        match self.write_batch_locked(batch) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(maildrop = %self.shared.name, error = %e, "append failed");
+                batch.iter().map(|_| Err(replicate(&e))).collect()
+            }
+        }
+    }
+
+    /// Reads what an append needs (header and next uid) cheaply: the header
+    /// and the last record only, unless the tail looks torn.
+    fn tail_for_append(&self) -> Result<(Header, u64)> {
+        let path = self.index_path();
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoMaildrop(self.shared.name.clone()))
+            }
+            Err(e) => return Err(e).at(&path),
+        };
+        let len = f.metadata().at(&path)?.len();
+        let mut hb = [0u8; index::HEADER_SIZE];
+        if len >= index::HEADER_SIZE as u64 {
+            f.read_exact(&mut hb).at(&path)?;
+            let header = index::parse_header(&hb).map_err(|e| self.corrupt(e))?;
+            let body = len - index::HEADER_SIZE as u64;
+            if body % RECORD_SIZE as u64 == 0 {
+                if body == 0 {
+                    return Ok((header, header.next_uid.max(1)));
+                }
+                let mut rb = [0u8; RECORD_SIZE];
+                f.read_exact_at(&mut rb, len - RECORD_SIZE as u64)
+                    .at(&path)?;
+                if let Ok(last) = Record::decode(&rb) {
+                    return Ok((header, header.next_uid.max(last.uid + 1)));
+                }
+            }
+        }
+        let parsed = self.read_index()?;
+        if parsed.torn_tail {
+            self.repair_locked(&parsed)?;
+        }
+        Ok((parsed.header, parsed.next_uid()))
+    }
+
+    /// The segment the next `len` bytes go to, created if needed.
+    fn segment_for(&self, len: u64) -> Result<(u32, File, u64)> {
+        let dir = &self.shared.dir;
+        let ids = segment::list(dir)?;
+        if let Some(&id) = ids.last() {
+            let (f, end) = segment::open_for_append(dir, id)?;
+            if end <= segment::HEADER_SIZE || end + len <= self.shared.options.segment_max {
+                return Ok((id, f, end));
+            }
+            let next = id.checked_add(1).ok_or_else(|| Error::Corrupt {
+                path: dir.clone(),
+                offset: 0,
+                reason: "segment ids exhausted".into(),
+            })?;
+            return Ok((next, segment::create(dir, next)?, segment::HEADER_SIZE));
+        }
+        Ok((1, segment::create(dir, 1)?, segment::HEADER_SIZE))
+    }
+
+    fn write_batch_locked(&self, batch: &[&PreparedMessage]) -> Result<Vec<Result<Receipt>>> {
+        let dir = &self.shared.dir;
+        let _lock = FileLock::exclusive(&dir.join(APPEND_LOCK))?;
+        let (header, mut next_uid) = self.tail_for_append()?;
+
+        // Per-message checks; rejected messages get their own error.
+        let mut results: Vec<Option<Result<Receipt>>> = batch.iter().map(|_| None).collect();
+        let custom: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].uidl.is_some())
+            .collect();
+        let mut taken: std::collections::HashSet<Uidl> = std::collections::HashSet::new();
+        if !custom.is_empty() {
+            taken = self.read_index()?.records.iter().map(|r| r.uidl).collect();
+        }
+        let native_prefix = format!("{:08x}.", header.uid_validity);
+        for (i, m) in batch.iter().enumerate() {
+            if let Err(reason) = m.check() {
+                results[i] = Some(Err(Error::Import {
+                    path: dir.clone(),
+                    reason,
+                }));
+                continue;
+            }
+            if let Some(u) = m.uidl {
+                let looks_native = u.as_bytes().starts_with(native_prefix.as_bytes());
+                if looks_native || !taken.insert(u) {
+                    results[i] = Some(Err(Error::Import {
+                        path: dir.clone(),
+                        reason: format!(
+                            "UIDL {} is already used in this maildrop",
+                            String::from_utf8_lossy(u.as_bytes())
+                        ),
+                    }));
+                }
+            }
+        }
+        let accepted: Vec<usize> = (0..batch.len()).filter(|&i| results[i].is_none()).collect();
+        if accepted.is_empty() {
+            return Ok(results.into_iter().flatten().collect());
+        }
+
+        let total: u64 = accepted.iter().map(|&i| batch[i].wire_len()).sum();
+        let (seg_id, seg, start) = self.segment_for(total)?;
+        let seg_path = segment::path(dir, seg_id);
+        let now = unix_now();
+        let first_uid = next_uid;
+        let mut pos = start;
+        let mut records = Vec::with_capacity(accepted.len() * RECORD_SIZE);
+        let mut receipts = Vec::with_capacity(accepted.len());
+        for &i in &accepted {
+            let m = batch[i];
+            seg.write_all_at(&m.wire, pos).at(&seg_path)?;
+            let uid = next_uid;
+            next_uid += 1;
+            let uidl = m
+                .uidl
+                .unwrap_or_else(|| Uidl::native(header.uid_validity, uid));
+            let rec = Record {
+                uid,
+                segment: seg_id,
+                offset: pos,
+                wire_len: m.wire_len(),
+                size: m.summary.size,
+                body_offset: m.summary.body_offset,
+                arrival: m.arrival.unwrap_or(now),
+                deleted: false,
+                uidl,
+            };
+            records.extend_from_slice(&rec.encode());
+            receipts.push(Receipt {
+                uid,
+                uidl,
+                size: m.summary.size,
+                wire_len: m.wire_len(),
+            });
+            pos += m.wire_len();
+        }
+        seg.sync_data().at(&seg_path)?;
+
+        let index_path = self.index_path();
+        let appended = OpenOptions::new()
+            .append(true)
+            .open(&index_path)
+            .and_then(|mut f| {
+                f.write_all(&records)?;
+                f.sync_data()
+            });
+        if let Err(e) = appended {
+            // Nothing of this batch may stay visible once we report failure.
+            if let Ok(parsed) = self.read_index() {
+                let keep: Vec<Record> = parsed
+                    .records
+                    .into_iter()
+                    .filter(|r| r.uid < first_uid)
+                    .collect();
+                let h = Header {
+                    next_uid: next_uid.max(parsed.header.next_uid),
+                    ..parsed.header
+                };
+                if let Err(e2) = replace_file(&index_path, &index::encode(&h, &keep)) {
+                    tracing::error!(error = %e2, "could not roll back a failed append");
+                }
+            }
+            return Err(e).at(&index_path);
+        }
+        let mut receipts = receipts.into_iter();
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Ok(receipts.next().expect("one receipt per accepted message")))
+            })
+            .collect())
+    }
+
+    /// Locks the maildrop for a POP3 session and fixes its snapshot.
+    /// A maildrop already in a session (on any core, or in another process)
+    /// gives [`Error::InUse`].
+    pub fn open_session(&self) -> Result<Session> {
+        let lock = SessionLock::acquire(&self.shared)?;
+        let snapshot = self.open_snapshot()?;
+        Ok(Session {
+            maildrop: self.clone(),
+            snapshot,
+            _lock: lock,
+        })
+    }
+
+    /// Counts without taking any lock (a torn tail is simply not counted).
+    pub fn stats(&self) -> Result<MaildropStats> {
+        let parsed = self.read_index()?;
+        let mut s = MaildropStats::default();
+        for r in &parsed.records {
+            if r.deleted {
+                s.expunged += 1;
+                s.expunged_wire_bytes += r.wire_len;
+            } else {
+                s.messages += 1;
+                s.bytes += r.size;
+                s.live_wire_bytes += r.wire_len;
+            }
+        }
+        Ok(s)
+    }
+
+    /// Compacts if no session holds the maildrop; `Ok(None)` if one does.
+    pub fn compact(&self) -> Result<Option<CompactReport>> {
+        match self.open_session() {
+            Ok(s) => s.compact().map(Some),
+            Err(Error::InUse(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies live messages out of segments holding expunged ones, writes an
+    /// index without expunged records, then unlinks the old segments.
+    /// Caller holds the session lock. Crash-safe at every step: until the
+    /// rename, the old index and segments are untouched; after it, the old
+    /// segments are unreferenced.
+    fn compact_locked(&self) -> Result<CompactReport> {
+        let dir = &self.shared.dir;
+        let _l = FileLock::exclusive(&dir.join(APPEND_LOCK))?;
+        let parsed = self.read_index()?;
+        let existing = segment::list(dir)?;
+        let dirty: std::collections::HashSet<u32> = parsed
+            .records
+            .iter()
+            .filter(|r| r.deleted)
+            .map(|r| r.segment)
+            .collect();
+        let referenced: std::collections::HashSet<u32> =
+            parsed.records.iter().map(|r| r.segment).collect();
+        let orphans = existing.iter().any(|id| !referenced.contains(id));
+        let mut report = CompactReport::default();
+        if dirty.is_empty() && !orphans && !parsed.torn_tail {
+            return Ok(report);
+        }
+        let mut next_id = existing
+            .iter()
+            .chain(referenced.iter())
+            .max()
+            .copied()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| Error::Corrupt {
+                path: dir.clone(),
+                offset: 0,
+                reason: "segment ids exhausted".into(),
+            })?;
+        let mut maps: HashMap<u32, memmap2::Mmap> = HashMap::new();
+        let mut out: Option<(u32, File, u64)> = None;
+        let mut new_records = Vec::with_capacity(parsed.records.len());
+        for r in &parsed.records {
+            if r.deleted {
+                report.records_dropped += 1;
+                continue;
+            }
+            if !dirty.contains(&r.segment) {
+                new_records.push(r.clone());
+                continue;
+            }
+            let src = match maps.entry(r.segment) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(segment::map(dir, r.segment)?)
+                }
+            };
+            let (start, end) = (r.offset as usize, (r.offset + r.wire_len) as usize);
+            if end > src.len() || !src[start..end].ends_with(TERMINATOR) {
+                return Err(Error::Corrupt {
+                    path: segment::path(dir, r.segment),
+                    offset: r.offset,
+                    reason: format!("message uid {} is not where the index says", r.uid),
+                });
+            }
+            let need_new = match &out {
+                None => true,
+                Some((_, _, pos)) => {
+                    *pos > segment::HEADER_SIZE
+                        && *pos + r.wire_len > self.shared.options.segment_max
+                }
+            };
+            if need_new {
+                if let Some((id, f, _)) = out.take() {
+                    f.sync_data().at(&segment::path(dir, id))?;
+                }
+                out = Some((
+                    next_id,
+                    segment::create(dir, next_id)?,
+                    segment::HEADER_SIZE,
+                ));
+                next_id += 1;
+            }
+            let (id, f, pos) = out.as_mut().expect("segment opened above");
+            f.write_all_at(&src[start..end], *pos)
+                .at(&segment::path(dir, *id))?;
+            let mut moved = r.clone();
+            moved.segment = *id;
+            moved.offset = *pos;
+            *pos += r.wire_len;
+            report.bytes_copied += r.wire_len;
+            new_records.push(moved);
+        }
+        if let Some((id, f, _)) = out.take() {
+            f.sync_data().at(&segment::path(dir, id))?;
+        }
+        let header = Header {
+            next_uid: parsed.next_uid(),
+            ..parsed.header
+        };
+        replace_file(&self.index_path(), &index::encode(&header, &new_records))?;
+        let still: std::collections::HashSet<u32> = new_records.iter().map(|r| r.segment).collect();
+        for id in existing {
+            if !still.contains(&id) {
+                let p = segment::path(dir, id);
+                std::fs::remove_file(&p).at(&p)?;
+                report.segments_removed += 1;
+            }
+        }
+        sync_dir(dir)?;
+        Ok(report)
+    }
+}
+
+/// The exclusive right to run a POP3 session on a maildrop.
+struct SessionLock {
+    shared: Arc<Shared>,
+    file: Option<FileLock>,
+}
+
+impl SessionLock {
+    fn acquire(shared: &Arc<Shared>) -> Result<Self> {
+        if shared.session_open.swap(true, Ordering::AcqRel) {
+            return Err(Error::InUse(shared.name.clone()));
+        }
+        match FileLock::try_exclusive(&shared.dir.join(SESSION_LOCK)) {
+            Ok(Some(file)) => Ok(SessionLock {
+                shared: shared.clone(),
+                file: Some(file),
+            }),
+            Ok(None) => {
+                shared.session_open.store(false, Ordering::Release);
+                Err(Error::InUse(shared.name.clone()))
+            }
+            Err(e) => {
+                shared.session_open.store(false, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        // Release the file lock before the in-process flag, so a thread that
+        // sees the flag clear also finds the file lock free.
+        self.file.take();
+        self.shared.session_open.store(false, Ordering::Release);
+    }
+}
+
+/// A locked maildrop with its snapshot: what a logged-in POP3 session owns.
+/// Dropping it without [`Session::expunge`] changes nothing (a dropped
+/// connection deletes nothing).
+pub struct Session {
+    maildrop: Maildrop,
+    snapshot: Snapshot,
+    _lock: SessionLock,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("maildrop", &self.maildrop.shared.name)
+            .field("messages", &self.snapshot.len())
+            .finish()
+    }
+}
+
+impl Session {
+    /// The view fixed at login.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The maildrop this session holds.
+    pub fn maildrop(&self) -> &Maildrop {
+        &self.maildrop
+    }
+
+    /// Removes the given messages (0-based snapshot indices) in one atomic,
+    /// durable step: a new index with their records marked deleted replaces
+    /// the old one by rename. Before the rename nothing is lost, after it
+    /// nothing comes back.
+    pub fn expunge(&mut self, indices: &[usize]) -> Result<()> {
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let mut uids: Vec<u64> = indices
+            .iter()
+            .map(|&i| {
+                self.snapshot
+                    .message(i)
+                    .map(|m| m.uid())
+                    .ok_or(Error::NoSuchMessage(i as u64))
+            })
+            .collect::<Result<_>>()?;
+        uids.sort_unstable();
+        uids.dedup();
+        let md = &self.maildrop;
+        let _l = FileLock::exclusive(&md.shared.dir.join(APPEND_LOCK))?;
+        let parsed = md.read_index()?;
+        let next_uid = parsed.next_uid();
+        let mut records = parsed.records;
+        let mut found = 0usize;
+        for r in records.iter_mut() {
+            if uids.binary_search(&r.uid).is_ok() {
+                r.deleted = true;
+                found += 1;
+            }
+        }
+        if found != uids.len() {
+            let missing = uids
+                .iter()
+                .find(|u| !records.iter().any(|r| r.uid == **u))
+                .copied()
+                .unwrap_or(0);
+            return Err(Error::NoSuchMessage(missing));
+        }
+        let header = Header {
+            next_uid,
+            ..parsed.header
+        };
+        replace_file(&md.index_path(), &index::encode(&header, &records))
+    }
+
+    /// True when enough space is held by expunged messages that compaction
+    /// is worth its copying: a quarter of the stored bytes, or many records.
+    pub fn compaction_worthwhile(&self) -> Result<bool> {
+        let s = self.maildrop.stats()?;
+        Ok(s.expunged > 0
+            && (s.expunged_wire_bytes * 4 >= s.expunged_wire_bytes + s.live_wire_bytes
+                || s.expunged >= 10_000))
+    }
+
+    /// Reclaims the space of expunged messages, still holding the session
+    /// lock so no reader can be looking at what is removed; ends the session.
+    pub fn compact(self) -> Result<CompactReport> {
+        // The lock is released when `self` drops, after the compaction.
+        self.maildrop.compact_locked()
+    }
+}

@@ -1,0 +1,198 @@
+//! Segment files: append-only runs of messages in POP3 wire form.
+//!
+//! A segment starts with a 32-byte header (magic `POP3SDSG`, version, its own
+//! id, CRC32C) and then holds message wire forms back to back at the offsets
+//! the index records. pop3sd never truncates or rewrites a segment in place:
+//! sessions read them through memory maps, and a map of a file that shrinks
+//! would fault. Space is reclaimed by compaction, which copies live messages
+//! to a new segment and unlinks the old one (maps of it stay valid).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::durable::sync_dir;
+use crate::error::{Error, IoContext, Result};
+
+/// Size of the segment header.
+pub const HEADER_SIZE: u64 = 32;
+/// Segment format version.
+pub const VERSION: u16 = 1;
+const MAGIC: &[u8; 8] = b"POP3SDSG";
+
+/// File name of segment `id` inside a maildrop directory.
+pub fn file_name(id: u32) -> String {
+    format!("seg-{id:08x}")
+}
+
+/// Path of segment `id` inside `dir`.
+pub fn path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(file_name(id))
+}
+
+/// The id in a segment file name, if `name` is one.
+pub fn parse_name(name: &str) -> Option<u32> {
+    let hex = name.strip_prefix("seg-")?;
+    if hex.len() != 8 {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok()
+}
+
+/// Ids of all segment files in `dir`, ascending.
+pub fn list(dir: &Path) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        if let Some(id) = entry.file_name().to_str().and_then(parse_name) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+fn encode_header(id: u32) -> [u8; HEADER_SIZE as usize] {
+    let mut b = [0u8; HEADER_SIZE as usize];
+    b[0..8].copy_from_slice(MAGIC);
+    b[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    b[10..12].copy_from_slice(&(HEADER_SIZE as u16).to_le_bytes());
+    b[12..16].copy_from_slice(&id.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..28]);
+    b[28..32].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Why segment bytes are not a usable segment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    #[error("shorter than the segment header")]
+    Short,
+    #[error("not a pop3sd segment (bad magic)")]
+    Magic,
+    #[error("unsupported version {0}")]
+    Version(u16),
+    #[error("header checksum mismatch")]
+    Checksum,
+    #[error("header names segment {found}, file name says {expected}")]
+    WrongId { found: u32, expected: u32 },
+}
+
+/// Checks a segment header (pure; fuzzed).
+pub fn check_header(bytes: &[u8], expected_id: u32) -> Result<(), SegmentError> {
+    if bytes.len() < HEADER_SIZE as usize {
+        return Err(SegmentError::Short);
+    }
+    if &bytes[0..8] != MAGIC {
+        return Err(SegmentError::Magic);
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != VERSION {
+        return Err(SegmentError::Version(version));
+    }
+    let crc = u32::from_le_bytes([bytes[28], bytes[29], bytes[30], bytes[31]]);
+    if crc32c::crc32c(&bytes[..28]) != crc {
+        return Err(SegmentError::Checksum);
+    }
+    let found = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    if found != expected_id {
+        return Err(SegmentError::WrongId {
+            found,
+            expected: expected_id,
+        });
+    }
+    Ok(())
+}
+
+/// Creates segment `id` with its header, durably (file and directory entry).
+pub fn create(dir: &Path, id: u32) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = path(dir, id);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+        .at(&p)?;
+    f.write_all(&encode_header(id)).at(&p)?;
+    f.sync_all().at(&p)?;
+    sync_dir(dir)?;
+    Ok(f)
+}
+
+/// Opens segment `id` for appending at its current end.
+pub fn open_for_append(dir: &Path, id: u32) -> Result<(File, u64)> {
+    let p = path(dir, id);
+    let f = OpenOptions::new().read(true).write(true).open(&p).at(&p)?;
+    let len = f.metadata().at(&p)?.len();
+    if len < HEADER_SIZE {
+        return Err(Error::Corrupt {
+            path: p,
+            offset: 0,
+            reason: SegmentError::Short.to_string(),
+        });
+    }
+    Ok((f, len))
+}
+
+/// Maps segment `id` read-only and checks its header.
+pub fn map(dir: &Path, id: u32) -> Result<Mmap> {
+    let p = path(dir, id);
+    let f = File::open(&p).at(&p)?;
+    // SAFETY: pop3sd never truncates or writes into the existing part of a
+    // segment file (appends only extend it past the mapped length; compaction
+    // writes a new file and unlinks this one, which leaves the mapping valid).
+    // The map is read-only. An outside process truncating the file would break
+    // this contract; the storage root is documented as pop3sd's alone.
+    let m = unsafe { Mmap::map(&f) }.at(&p)?;
+    check_header(&m, id).map_err(|e| Error::Corrupt {
+        path: p.clone(),
+        offset: 0,
+        reason: e.to_string(),
+    })?;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(file_name(0x1a), "seg-0000001a");
+        assert_eq!(parse_name("seg-0000001a"), Some(0x1a));
+        assert_eq!(parse_name("seg-1a"), None);
+        assert_eq!(parse_name("index"), None);
+    }
+
+    #[test]
+    fn header_round_trip_and_checks() {
+        let h = encode_header(5);
+        assert_eq!(check_header(&h, 5), Ok(()));
+        assert_eq!(
+            check_header(&h, 6),
+            Err(SegmentError::WrongId {
+                found: 5,
+                expected: 6
+            })
+        );
+        let mut bad = h;
+        bad[13] ^= 1;
+        assert_eq!(check_header(&bad, 5), Err(SegmentError::Checksum));
+        assert_eq!(check_header(&h[..10], 5), Err(SegmentError::Short));
+    }
+
+    #[test]
+    fn create_then_map() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = create(d.path(), 1).unwrap();
+        f.write_all(b"abc\r\n.\r\n").unwrap();
+        let m = map(d.path(), 1).unwrap();
+        assert_eq!(&m[HEADER_SIZE as usize..], b"abc\r\n.\r\n");
+        assert_eq!(list(d.path()).unwrap(), vec![1]);
+        assert!(create(d.path(), 1).is_err());
+    }
+}

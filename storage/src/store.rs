@@ -1,0 +1,231 @@
+//! The storage root: tenants (domains) containing users' maildrops.
+//!
+//! Layout: `ROOT/FORMAT` (format marker), `ROOT/<domain>/<local>/` per
+//! maildrop. Names are validated [`Domain`]s and [`LocalPart`]s, so no path
+//! built here can leave its tenant's directory, and entries starting with a
+//! dot (never valid names) are free for pop3sd's own files.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::durable::{create_dir_durable, replace_file, sync_dir};
+use crate::error::{Error, IoContext, Result};
+use crate::maildrop::{create_index, Maildrop, Shared, StoreOptions, INDEX};
+use crate::name::{Address, Domain, LocalPart};
+
+const FORMAT_FILE: &str = "FORMAT";
+const FORMAT_LINE: &str = "pop3sd-store 1\n";
+
+/// Handle to a storage root. One per process is the intent: it also holds the
+/// in-process lock table (one shared state per maildrop).
+pub struct Store {
+    root: PathBuf,
+    options: StoreOptions,
+    registry: Mutex<HashMap<PathBuf, Weak<Shared>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) a storage root.
+    pub fn open(root: impl Into<PathBuf>, options: StoreOptions) -> Result<Store> {
+        let root = root.into();
+        create_dir_durable(&root)?;
+        let marker = root.join(FORMAT_FILE);
+        match std::fs::read_to_string(&marker) {
+            Ok(s) if s == FORMAT_LINE => {}
+            Ok(s) => {
+                let found = s
+                    .trim()
+                    .strip_prefix("pop3sd-store ")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                return Err(Error::Version {
+                    path: marker,
+                    found,
+                    supported: 1,
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                replace_file(&marker, FORMAT_LINE.as_bytes())?;
+            }
+            Err(e) => return Err(e).at(&marker),
+        }
+        Ok(Store {
+            root,
+            options,
+            registry: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn tenant_dir(&self, domain: &Domain) -> PathBuf {
+        self.root.join(domain.as_str())
+    }
+
+    fn maildrop_dir(&self, addr: &Address) -> PathBuf {
+        self.tenant_dir(&addr.domain).join(addr.local.as_str())
+    }
+
+    /// Creates a tenant's directory (idempotent).
+    pub fn create_tenant(&self, domain: &Domain) -> Result<()> {
+        create_dir_durable(&self.tenant_dir(domain))
+    }
+
+    /// True when the tenant has a directory.
+    pub fn tenant_exists(&self, domain: &Domain) -> bool {
+        self.tenant_dir(domain).is_dir()
+    }
+
+    fn names_in<T>(dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).at(dir)? {
+            let entry = entry.at(dir)?;
+            if !entry.file_type().at(dir)?.is_dir() {
+                continue;
+            }
+            if let Some(v) = entry.file_name().to_str().and_then(&parse) {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every tenant with a directory, sorted.
+    pub fn tenants(&self) -> Result<Vec<Domain>> {
+        let mut v = Self::names_in(&self.root, |s| {
+            Domain::parse(s).ok().filter(|d| d.as_str() == s)
+        })?;
+        v.sort();
+        Ok(v)
+    }
+
+    /// Every user of a tenant that has a maildrop, sorted.
+    pub fn users(&self, domain: &Domain) -> Result<Vec<LocalPart>> {
+        let dir = self.tenant_dir(domain);
+        if !dir.is_dir() {
+            return Err(Error::NoTenant(domain.to_string()));
+        }
+        let mut v = Self::names_in(&dir, |s| {
+            LocalPart::parse(s)
+                .ok()
+                .filter(|l| l.as_str() == s && dir.join(s).join(INDEX).is_file())
+        })?;
+        v.sort();
+        Ok(v)
+    }
+
+    fn handle(&self, addr: &Address, dir: PathBuf) -> Maildrop {
+        let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = reg.get(&dir).and_then(Weak::upgrade) {
+            return Maildrop { shared };
+        }
+        if reg.len() >= 1024 && reg.len().is_power_of_two() {
+            reg.retain(|_, w| w.strong_count() > 0);
+        }
+        let shared = Arc::new(Shared::new(
+            dir.clone(),
+            addr.to_string(),
+            self.options.clone(),
+        ));
+        reg.insert(dir, Arc::downgrade(&shared));
+        Maildrop { shared }
+    }
+
+    /// An existing maildrop; [`Error::NoMaildrop`] if there is none.
+    pub fn maildrop(&self, addr: &Address) -> Result<Maildrop> {
+        let dir = self.maildrop_dir(addr);
+        if !dir.join(INDEX).is_file() {
+            return Err(Error::NoMaildrop(addr.to_string()));
+        }
+        Ok(self.handle(addr, dir))
+    }
+
+    /// Creates a maildrop (and its tenant directory if missing);
+    /// [`Error::Exists`] if it already exists.
+    pub fn create_maildrop(&self, addr: &Address) -> Result<Maildrop> {
+        let dir = self.maildrop_dir(addr);
+        if dir.join(INDEX).is_file() {
+            return Err(Error::Exists(addr.to_string()));
+        }
+        create_dir_durable(&dir)?;
+        create_index(&dir)?;
+        Ok(self.handle(addr, dir))
+    }
+
+    /// The maildrop, created if it does not exist yet.
+    pub fn ensure_maildrop(&self, addr: &Address) -> Result<Maildrop> {
+        match self.maildrop(addr) {
+            Err(Error::NoMaildrop(_)) => match self.create_maildrop(addr) {
+                Err(Error::Exists(_)) => self.maildrop(addr),
+                other => other,
+            },
+            other => other,
+        }
+    }
+
+    /// Removes a maildrop and all its mail, provided no session holds it.
+    /// The directory is first renamed to a dot-name (atomic: the user is gone
+    /// at once), then removed.
+    pub fn delete_maildrop(&self, addr: &Address) -> Result<()> {
+        let md = self.maildrop(addr)?;
+        let session = md.open_session()?;
+        let dir = self.maildrop_dir(addr);
+        let tenant = self.tenant_dir(&addr.domain);
+        let grave = tenant.join(format!(".deleted-{}-{}", addr.local, std::process::id()));
+        std::fs::rename(&dir, &grave).at(&dir)?;
+        sync_dir(&tenant)?;
+        drop(session);
+        std::fs::remove_dir_all(&grave).at(&grave)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_and_listing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
+        let a = Address::parse("alice@example.com").unwrap();
+        let b = Address::parse("bob@example.com").unwrap();
+        let c = Address::parse("alice@example.org").unwrap();
+        for x in [&a, &b, &c] {
+            s.create_maildrop(x).unwrap();
+        }
+        assert!(matches!(s.create_maildrop(&a), Err(Error::Exists(_))));
+        assert_eq!(
+            s.tenants()
+                .unwrap()
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>(),
+            ["example.com", "example.org"]
+        );
+        assert_eq!(s.users(&a.domain).unwrap().len(), 2);
+        assert!(d.path().join("root/example.com/alice/index").is_file());
+        s.delete_maildrop(&b).unwrap();
+        assert_eq!(s.users(&a.domain).unwrap().len(), 1);
+        assert!(matches!(s.maildrop(&b), Err(Error::NoMaildrop(_))));
+    }
+
+    #[test]
+    fn format_marker_is_checked() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("FORMAT"), "pop3sd-store 9\n").unwrap();
+        assert!(matches!(
+            Store::open(d.path(), StoreOptions::default()),
+            Err(Error::Version { found: 9, .. })
+        ));
+    }
+}

@@ -1,0 +1,122 @@
+//! Maildir import keeps Dovecot's POP3 UIDLs so clients do not re-download.
+
+use pop3sd_storage::maildir::{import_maildir, UidlSource};
+use pop3sd_storage::{wire, Address, Error, Store, StoreOptions};
+
+fn make_maildir(root: &std::path::Path) {
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(
+        root.join("cur/1500000001.M1P1.host,S=20:2,S"),
+        b"Subject: one\n\n.hidden dot\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("cur/1500000002.M2P2.host:2,"),
+        b"Subject: two\n\nbody\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("new/1500000003.M3P3.host"),
+        b"Subject: three\n\nbody",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("dovecot-uidlist"),
+        "3 V1500000000 N4 G0123\n\
+         1 :1500000001.M1P1.host,S=20\n\
+         2 P00001234abcd :1500000002.M2P2.host\n\
+         3 :1500000003.M3P3.host\n",
+    )
+    .unwrap();
+}
+
+fn uidls(store: &Store, a: &Address) -> Vec<String> {
+    let md = store.maildrop(a).unwrap();
+    let s = md.open_session().unwrap();
+    (0..s.snapshot().len())
+        .map(|i| String::from_utf8(s.snapshot().uidl(i).unwrap().as_bytes().to_vec()).unwrap())
+        .collect()
+}
+
+#[test]
+fn dovecot_uidls_are_kept_and_reimport_is_safe() {
+    let d = tempfile::tempdir().unwrap();
+    let maildir = d.path().join("Maildir");
+    make_maildir(&maildir);
+    let store = Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
+    let a = Address::parse("migrated@example.com").unwrap();
+    let md = store.create_maildrop(&a).unwrap();
+    let r = import_maildir(&md, &maildir, &UidlSource::default()).unwrap();
+    assert_eq!((r.imported, r.kept_uidls), (3, 3));
+    assert_eq!(
+        uidls(&store, &a),
+        ["0000000159682F00", "00001234abcd", "0000000359682F00"]
+    );
+    {
+        let s = md.open_session().unwrap();
+        let snap = s.snapshot();
+        assert_eq!(
+            wire::decode(snap.wire(0).unwrap()).unwrap(),
+            b"Subject: one\r\n\r\n.hidden dot\r\n"
+        );
+        assert_eq!(
+            snap.wire(0).unwrap(),
+            b"Subject: one\r\n\r\n..hidden dot\r\n.\r\n"
+        );
+        assert_eq!(snap.message(2).unwrap().arrival(), 1_500_000_003);
+    }
+    // Running it again imports nothing twice.
+    let again = import_maildir(&md, &maildir, &UidlSource::default()).unwrap();
+    assert_eq!(again.imported, 0);
+    assert_eq!(again.skipped.len(), 3);
+    assert_eq!(md.stats().unwrap().messages, 3);
+}
+
+#[test]
+fn map_file_and_native_sources() {
+    let d = tempfile::tempdir().unwrap();
+    let maildir = d.path().join("Maildir");
+    make_maildir(&maildir);
+    let map = d.path().join("uidl.map");
+    std::fs::write(&map, "# file uidl\n1500000002.M2P2.host:2, legacy-2\n").unwrap();
+    let store = Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
+    let a = Address::parse("m@example.com").unwrap();
+    let md = store.create_maildrop(&a).unwrap();
+    let r = import_maildir(&md, &maildir, &UidlSource::MapFile(map)).unwrap();
+    assert_eq!((r.imported, r.kept_uidls, r.new_uidls), (3, 1, 2));
+    assert!(uidls(&store, &a).contains(&"legacy-2".to_string()));
+
+    let b = Address::parse("n@example.com").unwrap();
+    let md = store.create_maildrop(&b).unwrap();
+    let r = import_maildir(&md, &maildir, &UidlSource::Native).unwrap();
+    assert_eq!(r.new_uidls, 3);
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
+    let md = store
+        .create_maildrop(&Address::parse("x@example.com").unwrap())
+        .unwrap();
+    assert!(matches!(
+        import_maildir(&md, d.path(), &UidlSource::default()),
+        Err(Error::Import { .. })
+    ));
+    let maildir = d.path().join("Maildir");
+    make_maildir(&maildir);
+    std::fs::write(maildir.join("dovecot-uidlist"), "7 nonsense\n").unwrap();
+    assert!(matches!(
+        import_maildir(&md, &maildir, &UidlSource::default()),
+        Err(Error::Import { .. })
+    ));
+    let bad_map = d.path().join("bad.map");
+    std::fs::write(&bad_map, "only-one-field\n").unwrap();
+    assert!(matches!(
+        import_maildir(&md, &maildir, &UidlSource::MapFile(bad_map)),
+        Err(Error::Import { .. })
+    ));
+    assert_eq!(md.stats().unwrap().messages, 0, "nothing imported on error");
+}
