@@ -1,4 +1,10 @@
 //! pop3sd: a multi-tenant POP3S server.
 //!
 //! - [`engine`]: the POP3 session as a pure state machine (no I/O).
+pub mod auth;
+pub mod config;
+pub mod demo;
 pub mod engine;
+pub mod runtime;
+pub mod startup;
+pub mod tls;

@@ -373,6 +373,27 @@ impl Maildrop {
         }
     }
 
+    /// Appends several messages under one lock with one fsync pair (imports,
+    /// bulk loads). Each message gets its own result; all acknowledged
+    /// messages are durable when this returns.
+    pub fn append_batch(&self, msgs: Vec<PreparedMessage>) -> Vec<Result<Receipt>> {
+        let mut results = Vec::with_capacity(msgs.len());
+        let mut start = 0;
+        while start < msgs.len() {
+            // Bound one write to about 64 MiB of mail.
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < msgs.len() && (end == start || bytes + msgs[end].wire_len() <= 64 << 20) {
+                bytes += msgs[end].wire_len();
+                end += 1;
+            }
+            let refs: Vec<&PreparedMessage> = msgs[start..end].iter().collect();
+            results.extend(self.write_batch(&refs));
+            start = end;
+        }
+        results
+    }
+
     fn write_batch(&self, batch: &[&PreparedMessage]) -> Vec<Result<Receipt>> {
         match self.write_batch_locked(batch) {
             Ok(v) => v,

@@ -1,0 +1,266 @@
+//! The tenant directory: which domains exist, who their users are, and the
+//! policies that apply to them.
+//!
+//! A tenant is a domain plus aliases. Every lookup goes from a validated
+//! [`Address`] to its tenant by domain, then to the user within that tenant
+//! only: there is no operation that takes a user of one tenant to another.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pop3sd_storage::{Address, Domain, LocalPart};
+
+use super::scheme::StoredHash;
+use crate::engine::{Expire, Policy, PolicyHint};
+
+/// Per-tenant rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantPolicy {
+    pub expire: Expire,
+    pub login_delay: u32,
+    /// Allow USER/PASS and AUTH PLAIN without TLS (plain listener, no STLS).
+    pub allow_cleartext: bool,
+    /// Allow `user` without `@domain` on connections whose SNI names this tenant.
+    pub allow_bare_user: bool,
+    /// Offer APOP (needs PLAIN-scheme passwords; off by default).
+    pub apop: bool,
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        TenantPolicy {
+            expire: Expire::Never,
+            login_delay: 0,
+            allow_cleartext: false,
+            allow_bare_user: true,
+            apop: false,
+        }
+    }
+}
+
+impl TenantPolicy {
+    /// The POP3-visible part (EXPIRE, LOGIN-DELAY).
+    pub fn pop3(&self) -> Policy {
+        Policy {
+            expire: self.expire,
+            login_delay: self.login_delay,
+        }
+    }
+}
+
+/// One tenant: a domain, its aliases, users and policy.
+#[derive(Debug)]
+pub struct Tenant {
+    pub domain: Domain,
+    pub aliases: Vec<Domain>,
+    pub policy: TenantPolicy,
+    users: HashMap<LocalPart, StoredHash>,
+}
+
+impl Tenant {
+    /// A tenant with these users.
+    pub fn new(
+        domain: Domain,
+        aliases: Vec<Domain>,
+        policy: TenantPolicy,
+        users: impl IntoIterator<Item = (LocalPart, StoredHash)>,
+    ) -> Self {
+        Tenant {
+            domain,
+            aliases,
+            policy,
+            users: users.into_iter().collect(),
+        }
+    }
+
+    /// The user's stored hash, if the user exists.
+    pub fn user(&self, local: &LocalPart) -> Option<&StoredHash> {
+        self.users.get(local)
+    }
+
+    /// Number of users.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// All user names, sorted.
+    pub fn user_names(&self) -> Vec<&LocalPart> {
+        let mut v: Vec<_> = self.users.keys().collect();
+        v.sort();
+        v
+    }
+
+    /// Every name the tenant answers to, its own domain first.
+    pub fn names(&self) -> impl Iterator<Item = &Domain> {
+        std::iter::once(&self.domain).chain(self.aliases.iter())
+    }
+}
+
+/// A user found in the directory.
+#[derive(Debug, Clone)]
+pub struct Found<'a> {
+    pub tenant: &'a Arc<Tenant>,
+    /// The address with the tenant's own domain (aliases resolved).
+    pub address: Address,
+    pub hash: &'a StoredHash,
+}
+
+/// All tenants.
+#[derive(Debug, Default)]
+pub struct Directory {
+    tenants: Vec<Arc<Tenant>>,
+    by_name: HashMap<Domain, usize>,
+}
+
+impl Directory {
+    /// Builds the directory; a domain claimed by two tenants is an error.
+    pub fn new(tenants: Vec<Tenant>) -> Result<Self, String> {
+        let mut by_name = HashMap::new();
+        for (i, t) in tenants.iter().enumerate() {
+            for name in t.names() {
+                if let Some(prev) = by_name.insert(name.clone(), i) {
+                    return Err(format!(
+                        "domain {name} is claimed by tenants {} and {}",
+                        tenants[prev].domain, t.domain
+                    ));
+                }
+            }
+        }
+        Ok(Directory {
+            tenants: tenants.into_iter().map(Arc::new).collect(),
+            by_name,
+        })
+    }
+
+    /// The tenant a domain (or alias) belongs to.
+    pub fn tenant(&self, domain: &Domain) -> Option<&Arc<Tenant>> {
+        self.by_name.get(domain).map(|&i| &self.tenants[i])
+    }
+
+    /// All tenants, in configuration order.
+    pub fn tenants(&self) -> &[Arc<Tenant>] {
+        &self.tenants
+    }
+
+    /// Finds a user; `None` for an unknown tenant or user.
+    pub fn user(&self, address: &Address) -> Option<Found<'_>> {
+        let tenant = self.tenant(&address.domain)?;
+        let hash = tenant.user(&address.local)?;
+        Some(Found {
+            tenant,
+            address: Address::new(address.local.clone(), tenant.domain.clone()),
+            hash,
+        })
+    }
+
+    /// What CAPA shows before login: the SNI tenant's policy if known, else
+    /// the values common to all tenants (marked per-user when they differ).
+    pub fn policy_hint(&self, sni_tenant: Option<&Tenant>) -> PolicyHint {
+        if let Some(t) = sni_tenant {
+            return PolicyHint {
+                policy: t.policy.pop3(),
+                per_user: false,
+            };
+        }
+        let mut policies = self.tenants.iter().map(|t| t.policy.pop3());
+        match policies.next() {
+            None => PolicyHint::default(),
+            Some(first) => {
+                let differ = policies.clone().any(|p| p != first);
+                if !differ {
+                    return PolicyHint {
+                        policy: first,
+                        per_user: false,
+                    };
+                }
+                // The shortest retention and the longest delay are safe to announce.
+                let all: Vec<Policy> = std::iter::once(first).chain(policies).collect();
+                let expire = all
+                    .iter()
+                    .filter_map(|p| match p.expire {
+                        Expire::Days(d) => Some(d),
+                        Expire::Never => None,
+                    })
+                    .min()
+                    .map_or(Expire::Never, Expire::Days);
+                let login_delay = all.iter().map(|p| p.login_delay).max().unwrap_or(0);
+                PolicyHint {
+                    policy: Policy {
+                        expire,
+                        login_delay,
+                    },
+                    per_user: true,
+                }
+            }
+        }
+    }
+
+    /// True when some tenant accepts passwords without TLS.
+    pub fn any_cleartext(&self) -> bool {
+        self.tenants.iter().any(|t| t.policy.allow_cleartext)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> Directory {
+        let d = |s: &str| Domain::parse(s).unwrap();
+        let l = |s: &str| LocalPart::parse(s).unwrap();
+        let h = |s: &str| StoredHash::parse(&format!("{{PLAIN}}{s}")).unwrap();
+        Directory::new(vec![
+            Tenant::new(
+                d("a.example"),
+                vec![d("alias.example")],
+                TenantPolicy::default(),
+                [(l("alice"), h("1"))],
+            ),
+            Tenant::new(
+                d("b.example"),
+                vec![],
+                TenantPolicy::default(),
+                [(l("alice"), h("2"))],
+            ),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn same_local_part_in_two_tenants_stays_apart() {
+        let dir = dir();
+        let a = dir
+            .user(&Address::parse("alice@a.example").unwrap())
+            .unwrap();
+        let b = dir
+            .user(&Address::parse("alice@b.example").unwrap())
+            .unwrap();
+        assert!(a.hash.verify(b"1") && !a.hash.verify(b"2"));
+        assert!(b.hash.verify(b"2") && !b.hash.verify(b"1"));
+        let via_alias = dir
+            .user(&Address::parse("alice@alias.example").unwrap())
+            .unwrap();
+        assert_eq!(via_alias.address.to_string(), "alice@a.example");
+        assert!(dir
+            .user(&Address::parse("bob@a.example").unwrap())
+            .is_none());
+        assert!(dir
+            .user(&Address::parse("alice@c.example").unwrap())
+            .is_none());
+    }
+
+    #[test]
+    fn a_domain_belongs_to_one_tenant() {
+        let d = Domain::parse("x.example").unwrap();
+        let r = Directory::new(vec![
+            Tenant::new(d.clone(), vec![], TenantPolicy::default(), []),
+            Tenant::new(
+                Domain::parse("y.example").unwrap(),
+                vec![d],
+                TenantPolicy::default(),
+                [],
+            ),
+        ]);
+        assert!(r.is_err());
+    }
+}

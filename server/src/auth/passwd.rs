@@ -1,0 +1,158 @@
+//! Dovecot-compatible passwd-files, one per tenant.
+//!
+//! Each line is `user:{SCHEME}hash:uid:gid:gecos:home:shell:extra_fields`;
+//! only the first two fields matter to pop3sd (the rest are kept so that a
+//! file rewritten by `pop3sd user` stays usable by Dovecot). The user may be
+//! written bare or as `user@domain` (the tenant's domain or an alias).
+//! Blank lines and `#` comments are skipped.
+
+use std::path::Path;
+
+use pop3sd_storage::{Domain, LocalPart};
+
+use super::scheme::{SchemeError, StoredHash};
+
+/// One user of a passwd-file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub user: LocalPart,
+    pub hash: StoredHash,
+    /// Fields 3 and later, verbatim (joined by ':').
+    pub rest: String,
+}
+
+/// A problem in a passwd-file, with its line number (1-based).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct PasswdError {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Parses a passwd-file's text. `domains` are the names the tenant answers
+/// to; a `user@domain` line for another domain is an error (it would be a
+/// path from one tenant to another). Every problem is reported, not just
+/// the first.
+pub fn parse(text: &str, domains: &[Domain]) -> Result<Vec<PasswdEntry>, Vec<PasswdError>> {
+    let mut entries: Vec<PasswdEntry> = Vec::new();
+    let mut errors = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = n + 1;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let mut err = |reason: String| errors.push(PasswdError { line, reason });
+        let mut fields = trimmed.splitn(3, ':');
+        let (Some(name), Some(pw)) = (fields.next(), fields.next()) else {
+            err("expected user:password".into());
+            continue;
+        };
+        let rest = fields.next().unwrap_or("").to_string();
+        let local = match name.rsplit_once('@') {
+            Some((local, domain)) => match Domain::parse(domain) {
+                Ok(d) if domains.contains(&d) => local,
+                Ok(d) => {
+                    err(format!("user {name:?} belongs to {d}, not to this tenant"));
+                    continue;
+                }
+                Err(e) => {
+                    err(format!("user {name:?}: domain: {e}"));
+                    continue;
+                }
+            },
+            None => name,
+        };
+        let user = match LocalPart::parse(local) {
+            Ok(u) => u,
+            Err(e) => {
+                err(format!("user {name:?}: {e}"));
+                continue;
+            }
+        };
+        let hash = match StoredHash::parse(pw) {
+            Ok(h) => h,
+            Err(SchemeError::Unsupported(s)) => {
+                err(format!("user {user}: unsupported password scheme {s}"));
+                continue;
+            }
+            Err(e) => {
+                err(format!("user {user}: {e}"));
+                continue;
+            }
+        };
+        if entries.iter().any(|e| e.user == user) {
+            err(format!("user {user} is listed twice"));
+            continue;
+        }
+        entries.push(PasswdEntry { user, hash, rest });
+    }
+    if errors.is_empty() {
+        Ok(entries)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Reads and parses a passwd-file; errors name the file.
+pub fn load(path: &Path, domains: &[Domain]) -> Result<Vec<PasswdEntry>, Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    parse(&text, domains).map_err(|errs| {
+        errs.into_iter()
+            .map(|e| format!("{}:{}: {}", path.display(), e.line, e.reason))
+            .collect()
+    })
+}
+
+/// Serializes entries back into passwd-file text.
+pub fn render(entries: &[PasswdEntry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        out.push_str(e.user.as_str());
+        out.push(':');
+        out.push_str(&e.hash.to_field());
+        if !e.rest.is_empty() {
+            out.push(':');
+            out.push_str(&e.rest);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domains() -> Vec<Domain> {
+        vec![
+            Domain::parse("example.com").unwrap(),
+            Domain::parse("example.net").unwrap(),
+        ]
+    }
+
+    #[test]
+    fn dovecot_lines() {
+        let text =
+            "# comment\n\nalice:{PLAIN}pw:1000:1000::/home/alice::\nBob@example.net:{PLAIN}x\n";
+        let e = parse(text, &domains()).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].user.as_str(), "alice");
+        assert_eq!(e[0].rest, "1000:1000::/home/alice::");
+        assert_eq!(e[1].user.as_str(), "bob");
+        assert!(e[1].hash.verify(b"x"));
+        let again = parse(&render(&e), &domains()).unwrap();
+        assert_eq!(again, e);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = "ok:{PLAIN}a\nnocolon\n../x:{PLAIN}a\ncarol:{MD5}abc\ndave@other.org:{PLAIN}a\nok:{PLAIN}b\n";
+        let errs = parse(text, &domains()).unwrap_err();
+        let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5, 6]);
+        assert!(errs[3].reason.contains("not to this tenant"));
+        assert!(errs[4].reason.contains("twice"));
+    }
+}

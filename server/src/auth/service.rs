@@ -1,0 +1,353 @@
+//! Deciding a login: directory lookup, password check (cached, or hashed off
+//! the core), policy checks, brute-force delays.
+//!
+//! The work is split so the network driver can keep slow hashing off its
+//! event loop: [`Authenticator::check`] runs on the connection's core and
+//! either decides at once (cache hit, PLAIN scheme, EXTERNAL, APOP, policy
+//! refusal) or returns a [`HashJob`] for the thread pool. Unknown users get a
+//! job too, against a dummy hash, so they take as long as known ones.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pop3sd_storage::Address;
+use subtle::ConstantTimeEq;
+
+use super::cache::VerifyCache;
+use super::directory::{Directory, Tenant};
+use super::scheme::{dummy_hash, StoredHash};
+use super::throttle::{Throttle, ThrottleConfig};
+use crate::engine::{AuthRequest, Credentials, Policy, Secret};
+
+/// A login that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Canonical address (aliases resolved): the maildrop to open.
+    pub address: Address,
+    pub tenant: Arc<Tenant>,
+    pub policy: Policy,
+}
+
+/// Why a login was refused (the engine maps each to its response code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unknown user, wrong password, unmapped certificate: indistinguishable.
+    Failed,
+    CleartextRefused,
+    LoginDelay,
+}
+
+/// A password check that needs real CPU; run [`HashJob::run`] off the core.
+pub struct HashJob {
+    target: Option<Verified>,
+    stored: StoredHash,
+    password: Secret,
+}
+
+impl HashJob {
+    /// Verifies the password (slow by design). Returns the job back with the result.
+    pub fn run(self) -> HashResult {
+        let ok = self.stored.verify(self.password.expose()) && self.target.is_some();
+        HashResult { job: self, ok }
+    }
+}
+
+/// A finished [`HashJob`], to hand back to the core that asked.
+pub struct HashResult {
+    job: HashJob,
+    ok: bool,
+}
+
+/// The decision [`Authenticator::check`] could make on the core.
+pub enum Check {
+    Verified(Verified),
+    Refused(Refusal),
+    Hash(HashJob),
+}
+
+/// Shared login logic for all cores.
+pub struct Authenticator {
+    directory: Arc<Directory>,
+    throttle: Throttle,
+    last_login: Mutex<HashMap<Address, Instant>>,
+}
+
+fn md5_hex_eq(banner: &str, secret: &[u8], digest: &[u8; 16]) -> bool {
+    use md5::Digest;
+    let mut h = md5::Md5::new();
+    h.update(banner.as_bytes());
+    h.update(secret);
+    let got: [u8; 16] = h.finalize().into();
+    bool::from(got.ct_eq(digest))
+}
+
+impl Authenticator {
+    /// An authenticator over `directory`.
+    pub fn new(directory: Arc<Directory>, throttle: ThrottleConfig) -> Self {
+        Authenticator {
+            directory,
+            throttle: Throttle::new(throttle),
+            last_login: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The directory in force.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    /// Decides what can be decided on the core.
+    pub fn check(&self, req: &AuthRequest, cache: &VerifyCache, now: Instant) -> Check {
+        let found = self.directory.user(&req.address);
+        if let Some(f) = &found {
+            if !req.secure && !f.tenant.policy.allow_cleartext {
+                return Check::Refused(Refusal::CleartextRefused);
+            }
+        }
+        let target = found.as_ref().map(|f| Verified {
+            address: f.address.clone(),
+            tenant: f.tenant.clone(),
+            policy: f.tenant.policy.pop3(),
+        });
+        match &req.credentials {
+            Credentials::External => match target {
+                // The TLS layer verified the certificate against this
+                // tenant's CA and mapped it to this address.
+                Some(t) => Check::Verified(t),
+                None => Check::Refused(Refusal::Failed),
+            },
+            Credentials::Apop { banner, digest } => {
+                let ok = found.as_ref().is_some_and(|f| {
+                    f.tenant.policy.apop
+                        && f.hash
+                            .plaintext()
+                            .is_some_and(|p| md5_hex_eq(banner, p, digest))
+                });
+                match (ok, target) {
+                    (true, Some(t)) => Check::Verified(t),
+                    _ => Check::Refused(Refusal::Failed),
+                }
+            }
+            Credentials::Password(pw) => match (found, target) {
+                (Some(f), Some(t)) => {
+                    if !f.hash.is_expensive() {
+                        if f.hash.verify(pw.expose()) {
+                            Check::Verified(t)
+                        } else {
+                            Check::Refused(Refusal::Failed)
+                        }
+                    } else if cache.check(&t.address, f.hash, pw.expose(), now) {
+                        Check::Verified(t)
+                    } else {
+                        Check::Hash(HashJob {
+                            target: Some(t),
+                            stored: f.hash.clone(),
+                            password: pw.clone(),
+                        })
+                    }
+                }
+                _ => Check::Hash(HashJob {
+                    target: None,
+                    stored: dummy_hash().clone(),
+                    password: pw.clone(),
+                }),
+            },
+        }
+    }
+
+    /// Takes a hash result back on the core, caching a success.
+    pub fn finish_hash(
+        &self,
+        r: HashResult,
+        cache: &mut VerifyCache,
+        now: Instant,
+    ) -> Result<Verified, Refusal> {
+        match (r.ok, r.job.target) {
+            (true, Some(t)) => {
+                cache.insert(&t.address, &r.job.stored, r.job.password.expose(), now);
+                Ok(t)
+            }
+            (_, Some(t)) => {
+                cache.forget(&t.address);
+                Err(Refusal::Failed)
+            }
+            (_, None) => Err(Refusal::Failed),
+        }
+    }
+
+    /// Applies LOGIN-DELAY and records the login. Call after credentials
+    /// are verified.
+    pub fn admit(&self, v: &Verified, now: Instant) -> Result<(), Refusal> {
+        self.throttle.success(&v.address);
+        let delay = v.policy.login_delay;
+        if delay == 0 {
+            return Ok(());
+        }
+        let mut last = self.last_login.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(prev) = last.get(&v.address) {
+            if now.saturating_duration_since(*prev) < Duration::from_secs(delay.into()) {
+                return Err(Refusal::LoginDelay);
+            }
+        }
+        last.insert(v.address.clone(), now);
+        Ok(())
+    }
+
+    /// Records a failure; returns the delay before answering it.
+    pub fn failure(&self, address: &Address, ip: IpAddr, now: Instant) -> Duration {
+        self.throttle.failure(Some(address), ip, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::directory::TenantPolicy;
+    use crate::engine::Mechanism;
+    use pop3sd_storage::{Domain, LocalPart};
+
+    fn auth(policy: TenantPolicy) -> Authenticator {
+        let users = [
+            (
+                LocalPart::parse("plain").unwrap(),
+                StoredHash::parse("{PLAIN}pw").unwrap(),
+            ),
+            (
+                LocalPart::parse("argon").unwrap(),
+                StoredHash::new_argon2id(b"pw").unwrap(),
+            ),
+        ];
+        let dir = Directory::new(vec![Tenant::new(
+            Domain::parse("e.example").unwrap(),
+            vec![],
+            policy,
+            users,
+        )])
+        .unwrap();
+        Authenticator::new(Arc::new(dir), ThrottleConfig::default())
+    }
+
+    fn req(user: &str, pw: &str, secure: bool) -> AuthRequest {
+        AuthRequest {
+            address: Address::parse(user).unwrap(),
+            credentials: Credentials::Password(Secret::new(pw.as_bytes())),
+            mechanism: Mechanism::UserPass,
+            secure,
+        }
+    }
+
+    #[test]
+    fn plain_is_decided_on_the_core_argon_goes_to_the_pool_then_the_cache() {
+        let a = auth(TenantPolicy::default());
+        let mut cache = VerifyCache::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        assert!(matches!(
+            a.check(&req("plain@e.example", "pw", true), &cache, now),
+            Check::Verified(_)
+        ));
+        assert!(matches!(
+            a.check(&req("plain@e.example", "no", true), &cache, now),
+            Check::Refused(Refusal::Failed)
+        ));
+        let Check::Hash(job) = a.check(&req("argon@e.example", "pw", true), &cache, now) else {
+            panic!("argon2 should need the pool")
+        };
+        let v = a.finish_hash(job.run(), &mut cache, now).unwrap();
+        assert_eq!(v.address.to_string(), "argon@e.example");
+        assert!(matches!(
+            a.check(&req("argon@e.example", "pw", true), &cache, now),
+            Check::Verified(_)
+        ));
+        let Check::Hash(job) = a.check(&req("argon@e.example", "wrong", true), &cache, now) else {
+            panic!("a wrong password is never a cache hit")
+        };
+        assert_eq!(
+            a.finish_hash(job.run(), &mut cache, now).unwrap_err(),
+            Refusal::Failed
+        );
+    }
+
+    #[test]
+    fn unknown_users_are_hashed_too() {
+        let a = auth(TenantPolicy::default());
+        let mut cache = VerifyCache::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        for user in ["nobody@e.example", "x@unknown.example"] {
+            let Check::Hash(job) = a.check(&req(user, "pw", true), &cache, now) else {
+                panic!("unknown user {user} must cost a hash")
+            };
+            assert_eq!(
+                a.finish_hash(job.run(), &mut cache, now).unwrap_err(),
+                Refusal::Failed
+            );
+        }
+    }
+
+    #[test]
+    fn cleartext_and_login_delay_policies() {
+        let a = auth(TenantPolicy::default());
+        let cache = VerifyCache::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        assert!(matches!(
+            a.check(&req("plain@e.example", "pw", false), &cache, now),
+            Check::Refused(Refusal::CleartextRefused)
+        ));
+        let a = auth(TenantPolicy {
+            login_delay: 60,
+            allow_cleartext: true,
+            ..TenantPolicy::default()
+        });
+        let Check::Verified(v) = a.check(&req("plain@e.example", "pw", false), &cache, now) else {
+            panic!("cleartext allowed")
+        };
+        assert_eq!(a.admit(&v, now), Ok(()));
+        assert_eq!(
+            a.admit(&v, now + Duration::from_secs(30)),
+            Err(Refusal::LoginDelay)
+        );
+        assert_eq!(a.admit(&v, now + Duration::from_secs(61)), Ok(()));
+    }
+
+    #[test]
+    fn apop_needs_the_tenant_and_a_plain_secret() {
+        let banner = "<1896.697170952@dbc.mtview.ca.us>".to_string();
+        let digest = |pw: &str| -> [u8; 16] {
+            use md5::Digest;
+            md5::Md5::digest(format!("{banner}{pw}").as_bytes()).into()
+        };
+        let r = |user: &str, pw: &str| AuthRequest {
+            address: Address::parse(user).unwrap(),
+            credentials: Credentials::Apop {
+                banner: banner.clone(),
+                digest: digest(pw),
+            },
+            mechanism: Mechanism::Apop,
+            secure: true,
+        };
+        let cache = VerifyCache::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        let off = auth(TenantPolicy::default());
+        assert!(matches!(
+            off.check(&r("plain@e.example", "pw"), &cache, now),
+            Check::Refused(_)
+        ));
+        let on = auth(TenantPolicy {
+            apop: true,
+            ..TenantPolicy::default()
+        });
+        assert!(matches!(
+            on.check(&r("plain@e.example", "pw"), &cache, now),
+            Check::Verified(_)
+        ));
+        assert!(matches!(
+            on.check(&r("plain@e.example", "no"), &cache, now),
+            Check::Refused(_)
+        ));
+        assert!(matches!(
+            on.check(&r("argon@e.example", "pw"), &cache, now),
+            Check::Refused(_)
+        ));
+    }
+}

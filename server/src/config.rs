@@ -1,0 +1,498 @@
+//! The TOML configuration file (documented field by field in docs/config.md).
+//!
+//! Loading is two steps: [`Config::parse`] checks syntax and types (serde),
+//! [`Config::check`] checks meaning (paths exist, names are valid, ports do
+//! not clash) and reports every problem with where it is, so that
+//! `pop3sd check-config` and a refused reload can name them all at once.
+//! Relative paths are relative to the config file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Expire;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where maildrops live (created if missing; must not be world-readable).
+    pub storage_root: PathBuf,
+    /// Name used in the APOP banner and logs.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<TenantConfig>,
+    /// Directory the config was read from; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn default_hostname() -> String {
+    "localhost".into()
+}
+
+/// Which I/O driver the cores run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    /// io_uring (the default; start-up fails clearly where it is unavailable).
+    #[default]
+    IoUring,
+    /// epoll, only when chosen here; logged at start-up.
+    Legacy,
+}
+
+/// Cores, rings and the blocking pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Event-loop threads, one per core; 0 means one per available CPU.
+    pub cores: usize,
+    /// Pin each event-loop thread to its own CPU.
+    pub pin_cores: bool,
+    pub driver: Driver,
+    /// io_uring submission queue entries per ring.
+    pub ring_entries: u32,
+    /// Threads for password hashing and storage work.
+    pub blocking_threads: usize,
+    /// Listen backlog per listener socket.
+    pub backlog: i32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cores: 0,
+            pin_cores: false,
+            driver: Driver::IoUring,
+            ring_entries: 1024,
+            blocking_threads: 2,
+            backlog: 1024,
+        }
+    }
+}
+
+/// TLS session resumption settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// File with ticket keys shared by several servers (see docs/config.md);
+    /// without it, keys are random per process and rotate on their own.
+    pub ticket_keys_file: Option<PathBuf>,
+    /// How long one ticket key encrypts new tickets before the next takes
+    /// over; tickets stay valid for one more period.
+    pub ticket_key_lifetime_secs: u64,
+    /// TLS 1.3 tickets sent after each full handshake.
+    pub tls13_tickets: usize,
+    /// TLS 1.2 session-id cache entries (shared by all cores).
+    pub session_cache_size: usize,
+    /// Tenant whose certificate clients without SNI get; default: the first.
+    pub default_tenant: Option<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            ticket_keys_file: None,
+            ticket_key_lifetime_secs: 6 * 3600,
+            tls13_tickets: 2,
+            session_cache_size: 10_000,
+            default_tenant: None,
+        }
+    }
+}
+
+/// Timeouts and thresholds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub handshake_timeout_secs: u64,
+    pub auth_timeout_secs: u64,
+    /// RFC 1939 requires at least 600.
+    pub idle_timeout_secs: u64,
+    pub max_bad_commands: u32,
+    pub max_auth_failures: u32,
+    pub failure_delay_ms: u64,
+    pub max_failure_delay_ms: u64,
+    /// Verified passwords remembered per core.
+    pub auth_cache_size: usize,
+    pub auth_cache_ttl_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            handshake_timeout_secs: 30,
+            auth_timeout_secs: 60,
+            idle_timeout_secs: 600,
+            max_bad_commands: 20,
+            max_auth_failures: 3,
+            failure_delay_ms: 1000,
+            max_failure_delay_ms: 15_000,
+            auth_cache_size: 100_000,
+            auth_cache_ttl_secs: 3600,
+        }
+    }
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Implicit TLS (port 995): TLS before the greeting.
+    #[default]
+    Pop3s,
+    /// Plain POP3 (port 110) with STLS.
+    Pop3,
+}
+
+/// Whether a listener asks for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCerts {
+    /// Never send a CertificateRequest.
+    #[default]
+    None,
+    /// Ask; a client without one may still use passwords.
+    Optional,
+    /// Ask, and refuse the handshake without a valid certificate.
+    Required,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub kind: ListenerKind,
+    #[serde(default)]
+    pub client_certificates: ClientCerts,
+}
+
+/// EXPIRE as written in TOML: "never" or a number of days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExpireSetting {
+    Days(u32),
+    Word(ExpireWord),
+}
+
+/// The word form of [`ExpireSetting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpireWord {
+    Never,
+}
+
+impl Default for ExpireSetting {
+    fn default() -> Self {
+        ExpireSetting::Word(ExpireWord::Never)
+    }
+}
+
+impl From<ExpireSetting> for Expire {
+    fn from(e: ExpireSetting) -> Self {
+        match e {
+            ExpireSetting::Days(d) => Expire::Days(d),
+            ExpireSetting::Word(ExpireWord::Never) => Expire::Never,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One tenant (domain).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub domain: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// PEM certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub private_key: PathBuf,
+    /// Dovecot-style passwd-file.
+    pub passwd_file: PathBuf,
+    /// CA that signs this tenant's client certificates (SASL EXTERNAL).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub expire: ExpireSetting,
+    #[serde(default)]
+    pub login_delay: u32,
+    #[serde(default)]
+    pub allow_cleartext: bool,
+    #[serde(default = "yes")]
+    pub allow_bare_user: bool,
+    #[serde(default)]
+    pub apop: bool,
+}
+
+/// A problem found in a configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct ConfigProblem {
+    pub location: String,
+    pub message: String,
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("{} has {} problem(s):\n{}", path.display(), problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+impl Config {
+    /// Reads and parses a file (types only; see [`Config::check`]).
+    pub fn parse_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(cfg)
+    }
+
+    /// Parses and checks a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let cfg = Self::parse_file(path)?;
+        let problems = cfg.check();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// A path from the file, resolved against the file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Checks meaning; every problem is returned, none is fatal on its own.
+    /// (Certificates and passwd-files are parsed by their loaders, which add
+    /// their own problems: see `crate::server::build`.)
+    pub fn check(&self) -> Vec<ConfigProblem> {
+        let mut p = Vec::new();
+        let mut add =
+            |location: String, message: String| p.push(ConfigProblem { location, message });
+        if self.listeners.is_empty() {
+            add("listener".into(), "no [[listener]] is configured".into());
+        }
+        if self.tenants.is_empty() {
+            add("tenant".into(), "no [[tenant]] is configured".into());
+        }
+        if self.limits.idle_timeout_secs < 600 {
+            add(
+                "limits.idle_timeout_secs".into(),
+                format!(
+                    "{} is below the 10 minutes RFC 1939 requires for the autologout timer",
+                    self.limits.idle_timeout_secs
+                ),
+            );
+        }
+        if self.tls.tls13_tickets > 16 {
+            add(
+                "tls.tls13_tickets".into(),
+                "at most 16 tickets per handshake".into(),
+            );
+        }
+        let mut seen_addrs = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if seen_addrs.contains(&l.address) {
+                add(
+                    format!("listener[{i}].address"),
+                    format!("{} is used twice", l.address),
+                );
+            }
+            seen_addrs.push(l.address);
+            if l.kind == ListenerKind::Pop3 && l.client_certificates != ClientCerts::None {
+                // STLS listeners could ask too, but nothing here needs it yet.
+                add(
+                    format!("listener[{i}].client_certificates"),
+                    "client certificates are supported on pop3s listeners only".into(),
+                );
+            }
+            if l.client_certificates != ClientCerts::None
+                && !self.tenants.iter().any(|t| t.client_ca.is_some())
+            {
+                add(
+                    format!("listener[{i}].client_certificates"),
+                    "asks for client certificates but no tenant has a client_ca".into(),
+                );
+            }
+        }
+        let mut names: Vec<(String, usize)> = Vec::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let loc = |f: &str| format!("tenant[{i}] ({}).{f}", t.domain);
+            for name in std::iter::once(&t.domain).chain(t.aliases.iter()) {
+                match pop3sd_storage::Domain::parse(name) {
+                    Ok(d) => {
+                        if let Some((_, j)) = names.iter().find(|(n, _)| n == d.as_str()) {
+                            add(loc("domain"), format!("{d} is also claimed by tenant[{j}]"));
+                        }
+                        names.push((d.as_str().to_string(), i));
+                    }
+                    Err(e) => add(loc("domain"), format!("{name:?}: {e}")),
+                }
+            }
+            for (field, path) in [
+                ("certificate", Some(&t.certificate)),
+                ("private_key", Some(&t.private_key)),
+                ("passwd_file", Some(&t.passwd_file)),
+                ("client_ca", t.client_ca.as_ref()),
+            ] {
+                if let Some(path) = path {
+                    let full = self.resolve(path);
+                    if !full.is_file() {
+                        add(
+                            loc(field),
+                            format!("{} does not exist or is not a file", full.display()),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(d) = &self.tls.default_tenant {
+            if !self.tenants.iter().any(|t| &t.domain == d) {
+                add(
+                    "tls.default_tenant".into(),
+                    format!("{d} is not a configured tenant"),
+                );
+            }
+        }
+        p
+    }
+
+    /// Timeouts as durations.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.handshake_timeout_secs)
+    }
+
+    /// Serializes back to TOML (the demo writes its config this way).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+storage_root = "mail"
+hostname = "pop.example.com"
+
+[[listener]]
+address = "127.0.0.1:995"
+
+[[listener]]
+address = "127.0.0.1:110"
+kind = "pop3"
+
+[[tenant]]
+domain = "example.com"
+aliases = ["example.net"]
+certificate = "c.pem"
+private_key = "k.pem"
+passwd_file = "passwd"
+expire = 30
+
+[[tenant]]
+domain = "example.org"
+certificate = "c.pem"
+private_key = "k.pem"
+passwd_file = "passwd"
+expire = "never"
+"#;
+
+    #[test]
+    fn parses_and_checks() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["c.pem", "k.pem", "passwd"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        let path = d.path().join("pop3sd.toml");
+        std::fs::write(&path, EXAMPLE).unwrap();
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(cfg.listeners[1].kind, ListenerKind::Pop3);
+        assert_eq!(Expire::from(cfg.tenants[0].expire), Expire::Days(30));
+        assert_eq!(Expire::from(cfg.tenants[1].expire), Expire::Never);
+        assert_eq!(cfg.resolve(Path::new("passwd")), d.path().join("passwd"));
+        // Round trip through the serializer the demo uses.
+        let again: Config = toml::from_str(&cfg.to_toml()).unwrap();
+        assert_eq!(again.tenants.len(), 2);
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let bad = EXAMPLE
+            .replace("example.org", "example.com")
+            .replace("\"127.0.0.1:110\"", "\"127.0.0.1:995\"")
+            + "\n[limits]\nidle_timeout_secs = 60\n";
+        let path = d.path().join("pop3sd.toml");
+        std::fs::write(&path, bad).unwrap();
+        let err = Config::load(&path).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("{err}")
+        };
+        let text = err.to_string();
+        assert!(text.contains("listener[1].address"), "{text}");
+        assert!(text.contains("also claimed"), "{text}");
+        assert!(text.contains("idle_timeout_secs"), "{text}");
+        assert!(text.contains("c.pem does not exist"), "{text}");
+        assert!(problems.len() >= 6, "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("pop3sd.toml");
+        std::fs::write(&path, "storage_root = \"x\"\nstorage_rot = \"y\"\n").unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Syntax { .. })
+        ));
+    }
+}

@@ -1,0 +1,754 @@
+//! One client connection: the thin glue between a socket, rustls's
+//! unbuffered API and the sans-IO engine.
+//!
+//! Data path for RETR: the engine hands out slices of the memory-mapped
+//! segment; each slice (at most one TLS record's worth) is encrypted by
+//! rustls straight into the connection's output buffer, which io_uring then
+//! writes. No plaintext copy of the message is made on the way.
+//!
+//! Idle connections hold no I/O buffer: they wait with a readiness poll and
+//! take buffers from the core's pool only when bytes move.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use pop3sd_storage::{Domain, Session};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::ServerConfig;
+
+use super::Core;
+use crate::auth::{Check, Refusal};
+use crate::config::ListenerKind;
+use crate::engine::{
+    Action, AuthOutcome, AuthRequest, Engine, ExternalIdentity, Mailbox, MailboxError,
+    SessionContext, TlsInfo,
+};
+use crate::tls::resolver::take_captured_sni;
+
+/// Largest plaintext per TLS record (and per encrypt call).
+const MAX_RECORD_PLAINTEXT: usize = 16384;
+/// Largest TLS record on the wire (RFC 8446 section 5.2 plus header).
+const MAX_WIRE_RECORD: usize = 16384 + 2048 + 5;
+
+/// What a listener is, as a connection needs to know it.
+pub struct ListenerInfo {
+    pub kind: ListenerKind,
+    pub tls_config: Arc<ServerConfig>,
+    pub local: SocketAddr,
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("tls handshake timed out")]
+    HandshakeTimeout,
+    #[error("write timed out")]
+    WriteTimeout,
+    #[error("message could not be read during RETR: {0}")]
+    Mailbox(#[from] MailboxError),
+    #[error("tls buffer: {0}")]
+    Buffer(String),
+}
+
+/// Facts about the TLS session, for logs.
+#[derive(Debug, Default, Clone)]
+struct TlsFacts {
+    version: &'static str,
+    cipher: String,
+    resumed: bool,
+    sni: Option<String>,
+}
+
+/// Output bytes waiting to be written: an initialized pool buffer and how
+/// much of it is filled.
+struct OutBuf {
+    buf: Option<Vec<u8>>,
+    filled: usize,
+}
+
+pub(crate) struct Conn {
+    core: Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    listener: Rc<ListenerInfo>,
+    tls: Option<UnbufferedServerConnection>,
+    /// Received bytes not yet processed (TLS records, or plaintext before STLS).
+    inbuf: Option<Vec<u8>>,
+    out: OutBuf,
+    engine: Option<Engine<Session>>,
+    handshake_deadline: Option<Instant>,
+    /// STLS was accepted; the engine gets `tls_started` once TLS is up.
+    upgrading: bool,
+    need_read: bool,
+    peer_closed: bool,
+    close_sent: bool,
+    finished: bool,
+    facts: TlsFacts,
+}
+
+fn encode_err(e: &EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
+fn encrypt_err(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
+impl OutBuf {
+    fn space(&self) -> usize {
+        self.buf
+            .as_ref()
+            .map_or(super::buffers::OUT_BUF_SIZE, |b| b.len())
+            - self.filled
+    }
+
+    /// Runs `f` on the free part of the buffer (taking one from the pool if
+    /// needed); on "insufficient size" the buffer grows and `f` runs again.
+    fn append<E: std::fmt::Debug>(
+        &mut self,
+        core: &Core,
+        mut f: impl FnMut(&mut [u8]) -> Result<usize, E>,
+        need: impl Fn(&E) -> Option<usize>,
+    ) -> Result<(), ConnError> {
+        let buf = self.buf.get_or_insert_with(|| core.buffers.take_out());
+        loop {
+            match f(&mut buf[self.filled..]) {
+                Ok(n) => {
+                    self.filled += n;
+                    return Ok(());
+                }
+                Err(e) => match need(&e) {
+                    Some(required) => {
+                        let want = self.filled + required;
+                        if want > 16 * super::buffers::OUT_BUF_SIZE {
+                            return Err(ConnError::Buffer(format!("{e:?}")));
+                        }
+                        buf.resize(want, 0);
+                    }
+                    None => return Err(ConnError::Buffer(format!("{e:?}"))),
+                },
+            }
+        }
+    }
+}
+
+impl Conn {
+    pub(crate) fn new(
+        core: Rc<Core>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: Rc<ListenerInfo>,
+    ) -> Self {
+        let id = core.next_session_id();
+        Conn {
+            core,
+            stream,
+            peer,
+            id,
+            listener,
+            tls: None,
+            inbuf: None,
+            out: OutBuf {
+                buf: None,
+                filled: 0,
+            },
+            engine: None,
+            handshake_deadline: None,
+            upgrading: false,
+            need_read: false,
+            peer_closed: false,
+            close_sent: false,
+            finished: false,
+            facts: TlsFacts::default(),
+        }
+    }
+
+    /// Session id used in every log line of this connection.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn start_tls(&mut self) -> Result<(), ConnError> {
+        self.tls = Some(UnbufferedServerConnection::new(
+            self.listener.tls_config.clone(),
+        )?);
+        self.handshake_deadline = Some(Instant::now() + self.core.shared.handshake_timeout);
+        Ok(())
+    }
+
+    /// Context for a new engine, or for one continuing after STLS.
+    fn context(&self, sni: Option<&str>, external: Option<ExternalIdentity>) -> SessionContext {
+        let shared = &self.core.shared;
+        let dir = shared.auth.directory();
+        let tenant = sni
+            .and_then(|s| Domain::parse(s).ok())
+            .and_then(|d| dir.tenant(&d).cloned());
+        let apop = match &tenant {
+            Some(t) => t.policy.apop,
+            None => self.tls.is_none() && dir.tenants().iter().any(|t| t.policy.apop),
+        };
+        SessionContext {
+            tls: self.tls.is_some(),
+            stls_offered: self.listener.kind == ListenerKind::Pop3,
+            cleartext_login: dir.any_cleartext(),
+            default_domain: tenant
+                .as_ref()
+                .filter(|t| t.policy.allow_bare_user)
+                .map(|t| t.domain.clone()),
+            external,
+            apop_banner: apop.then(|| {
+                format!(
+                    "<{}.{}.{}@{}>",
+                    std::process::id(),
+                    self.id,
+                    Instant::now().elapsed().subsec_nanos() ^ (self.id as u32).rotate_left(13),
+                    shared.hostname
+                )
+            }),
+            policy_hint: dir.policy_hint(tenant.as_deref()),
+            limits: shared.limits,
+        }
+    }
+
+    /// The handshake just finished: record what it negotiated and start (or
+    /// continue, after STLS) the POP3 session.
+    fn handshake_done(&mut self) {
+        self.handshake_deadline = None;
+        let Some(tls) = &self.tls else { return };
+        self.facts.version = match tls.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        };
+        self.facts.cipher = tls
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
+        self.facts.resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let external = tls
+            .peer_certificates()
+            .and_then(|chain| self.core.shared.tls.identities.identify(chain))
+            .map(|address| ExternalIdentity { address });
+        self.core.metrics.handshake(self.facts.resumed);
+        tracing::debug!(
+            session = self.id,
+            client = %self.peer,
+            tls = self.facts.version,
+            cipher = %self.facts.cipher,
+            resumed = self.facts.resumed,
+            sni = self.facts.sni.as_deref().unwrap_or(""),
+            client_cert = external.as_ref().map(|e| e.address.to_string()).unwrap_or_default(),
+            "tls handshake done"
+        );
+        let sni = self.facts.sni.clone();
+        let ctx = self.context(sni.as_deref(), external);
+        let now = Instant::now();
+        match &mut self.engine {
+            Some(engine) if self.upgrading => {
+                self.upgrading = false;
+                engine.tls_started(
+                    TlsInfo {
+                        default_domain: ctx.default_domain,
+                        external: ctx.external,
+                        policy_hint: Some(ctx.policy_hint),
+                    },
+                    now,
+                );
+            }
+            Some(_) => {}
+            None => self.engine = Some(Engine::new(ctx, now)),
+        }
+    }
+
+    /// Flushes a TLS alert rustls queued after a fatal error.
+    fn queue_alert(&mut self) {
+        let Some(tls) = self.tls.as_mut() else { return };
+        for _ in 0..4 {
+            let UnbufferedStatus { state, .. } = tls.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                    let _ = self.out.append(&self.core, |b| enc.encode(b), encode_err);
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => break,
+            }
+        }
+    }
+
+    /// One round of TLS processing: feed received records, produce records.
+    fn tls_step(&mut self) -> Result<(), ConnError> {
+        let core = self.core.clone();
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        let handshaking = tls.is_handshaking();
+        if handshaking {
+            take_captured_sni();
+        }
+        let mut empty = Vec::new();
+        let inbuf = self.inbuf.as_mut().unwrap_or(&mut empty);
+        let UnbufferedStatus { discard, state } = tls.process_tls_records(inbuf);
+        let mut handshake_finished = false;
+        let now = Instant::now();
+        match state {
+            Err(e) => {
+                drop_front(inbuf, discard);
+                self.queue_alert();
+                return Err(e.into());
+            }
+            Ok(ConnectionState::ReadTraffic(mut rt)) => {
+                while let Some(rec) = rt.next_record() {
+                    let rec = rec?;
+                    if let Some(engine) = self.engine.as_mut() {
+                        engine.receive(rec.payload, now);
+                    }
+                }
+            }
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                self.out.append(&core, |b| enc.encode(b), encode_err)?;
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+            Ok(ConnectionState::BlockedHandshake) => self.need_read = true,
+            Ok(ConnectionState::WriteTraffic(mut wt)) => {
+                if self.engine.is_none() || self.upgrading {
+                    handshake_finished = true;
+                } else if let Some(engine) = self.engine.as_mut() {
+                    let mut produced = false;
+                    while self.out.space() > MAX_RECORD_PLAINTEXT + 64 {
+                        let Some(chunk) = engine.next_output()? else {
+                            break;
+                        };
+                        let n = chunk.len().min(MAX_RECORD_PLAINTEXT);
+                        self.out
+                            .append(&core, |b| wt.encrypt(&chunk[..n], b), encrypt_err)?;
+                        engine.advance_output(n, now);
+                        produced = true;
+                    }
+                    if engine.is_closed() && !engine.has_output() && !self.close_sent {
+                        self.out
+                            .append(&core, |b| wt.queue_close_notify(b), encrypt_err)?;
+                        self.close_sent = true;
+                        self.finished = true;
+                    } else if !produced {
+                        self.need_read = true;
+                    }
+                }
+            }
+            Ok(ConnectionState::PeerClosed) => self.peer_closed = true,
+            Ok(ConnectionState::Closed) => self.finished = true,
+            Ok(_) => self.need_read = true,
+        }
+        if let Some(buf) = self.inbuf.as_mut() {
+            drop_front(buf, discard);
+        }
+        if handshaking {
+            if let Some(sni) = take_captured_sni() {
+                self.facts.sni = Some(sni);
+            }
+        }
+        if handshake_finished {
+            self.handshake_done();
+        }
+        Ok(())
+    }
+
+    /// One round without TLS (plain listener before STLS).
+    fn plain_step(&mut self) {
+        let now = Instant::now();
+        let core = self.core.clone();
+        let Some(engine) = self.engine.as_mut() else {
+            self.finished = true;
+            return;
+        };
+        if let Some(buf) = self.inbuf.as_mut() {
+            if !buf.is_empty() {
+                engine.receive(buf, now);
+                buf.clear();
+            }
+        }
+        let mut produced = false;
+        while self.out.space() > MAX_RECORD_PLAINTEXT {
+            let chunk = match engine.next_output() {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(session = self.id, error = %e, "message unreadable mid-RETR; closing");
+                    self.finished = true;
+                    return;
+                }
+            };
+            let n = chunk.len().min(MAX_RECORD_PLAINTEXT);
+            let _ = self.out.append(
+                &core,
+                |b: &mut [u8]| -> Result<usize, usize> {
+                    if b.len() < n {
+                        return Err(n);
+                    }
+                    b[..n].copy_from_slice(&chunk[..n]);
+                    Ok(n)
+                },
+                |need| Some(*need),
+            );
+            engine.advance_output(n, now);
+            produced = true;
+        }
+        if engine.is_closed() && !engine.has_output() {
+            self.finished = true;
+        } else if !produced {
+            self.need_read = true;
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        if self.out.filled == 0 {
+            return Ok(());
+        }
+        let Some(buf) = self.out.buf.take() else {
+            return Ok(());
+        };
+        let filled = self.out.filled;
+        self.out.filled = 0;
+        let deadline =
+            monoio::time::Instant::from_std(Instant::now() + self.core.shared.write_timeout);
+        let (res, slice) =
+            match monoio::time::timeout_at(deadline, self.stream.write_all(buf.slice(0..filled)))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => return Err(ConnError::WriteTimeout),
+            };
+        let buf = slice.into_inner();
+        res?;
+        let idle = self.engine.as_ref().is_none_or(|e| !e.has_output());
+        if idle {
+            self.core.buffers.put_out(buf);
+        } else {
+            self.out.buf = Some(buf);
+        }
+        Ok(())
+    }
+
+    fn read_deadline(&self) -> Option<Instant> {
+        match (
+            self.handshake_deadline,
+            self.engine.as_ref().and_then(|e| e.next_deadline()),
+        ) {
+            (Some(h), Some(e)) => Some(h.min(e)),
+            (h, e) => h.or(e),
+        }
+    }
+
+    /// Waits for the client (holding no buffer while idle), then reads.
+    async fn read(&mut self) -> Result<(), ConnError> {
+        self.need_read = false;
+        if self.peer_closed {
+            self.finished = true;
+            return Ok(());
+        }
+        let pending = self.inbuf.as_ref().is_some_and(|b| !b.is_empty());
+        if !pending {
+            if let Some(b) = self.inbuf.take() {
+                self.core.buffers.put_in(b);
+            }
+        }
+        let ready = match self.read_deadline() {
+            Some(d) => {
+                let deadline = monoio::time::Instant::from_std(d);
+                monoio::time::timeout_at(deadline, self.stream.readable(false))
+                    .await
+                    .ok()
+            }
+            None => Some(self.stream.readable(false).await),
+        };
+        let now = Instant::now();
+        match ready {
+            None => {
+                if self.handshake_deadline.is_some_and(|h| now >= h) {
+                    return Err(ConnError::HandshakeTimeout);
+                }
+                if let Some(engine) = self.engine.as_mut() {
+                    engine.handle_timeout(now);
+                }
+                return Ok(());
+            }
+            Some(r) => r?,
+        }
+        let mut buf = self
+            .inbuf
+            .take()
+            .unwrap_or_else(|| self.core.buffers.take_in());
+        // Room for the rest of a TLS record whose header is already here.
+        let want = record_remaining(&buf).clamp(2048, MAX_WIRE_RECORD);
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want);
+        }
+        let len = buf.len();
+        let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
+        let buf = slice.into_inner();
+        self.inbuf = Some(buf);
+        match res {
+            Ok(0) => {
+                self.peer_closed = true;
+                self.finished = true;
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    async fn authenticate(&mut self, req: AuthRequest) -> AuthOutcome<Session> {
+        let shared = self.core.shared.clone();
+        let now = Instant::now();
+        let check = {
+            let cache = self.core.auth_cache.borrow();
+            shared.auth.check(&req, &cache, now)
+        };
+        let verdict = match check {
+            Check::Verified(v) => Ok(v),
+            Check::Refused(r) => Err(r),
+            Check::Hash(job) => match shared.pool.run(move || job.run()).await {
+                Ok(result) => {
+                    let mut cache = self.core.auth_cache.borrow_mut();
+                    shared.auth.finish_hash(result, &mut cache, Instant::now())
+                }
+                Err(_) => return AuthOutcome::TempFail,
+            },
+        };
+        let verified = match verdict {
+            Ok(v) => v,
+            Err(Refusal::Failed) => {
+                let delay = shared
+                    .auth
+                    .failure(&req.address, self.peer.ip(), Instant::now());
+                self.core.metrics.login(false);
+                tracing::info!(
+                    session = self.id,
+                    client = %self.peer.ip(),
+                    user = %req.address,
+                    mech = req.mechanism.name(),
+                    delay_ms = delay.as_millis() as u64,
+                    "login failed"
+                );
+                monoio::time::sleep(delay).await;
+                return AuthOutcome::Failed;
+            }
+            Err(Refusal::CleartextRefused) => return AuthOutcome::CleartextRefused,
+            Err(Refusal::LoginDelay) => return AuthOutcome::LoginDelay,
+        };
+        if shared.auth.admit(&verified, Instant::now()).is_err() {
+            return AuthOutcome::LoginDelay;
+        }
+        let store = shared.store.clone();
+        let address = verified.address.clone();
+        let opened = shared
+            .pool
+            .run(move || {
+                store
+                    .ensure_maildrop(&address)
+                    .and_then(|m| m.open_session())
+            })
+            .await;
+        match opened {
+            Ok(Ok(session)) => {
+                self.core.metrics.login(true);
+                tracing::info!(
+                    session = self.id,
+                    client = %self.peer.ip(),
+                    user = %verified.address,
+                    mech = req.mechanism.name(),
+                    tls = self.facts.version,
+                    resumed = self.facts.resumed,
+                    messages = session.count(),
+                    "login"
+                );
+                AuthOutcome::Success {
+                    mailbox: session,
+                    policy: verified.policy,
+                    unix_time: pop3sd_storage::durable::unix_now(),
+                }
+            }
+            Ok(Err(pop3sd_storage::Error::InUse(_))) => AuthOutcome::InUse,
+            Ok(Err(e)) => {
+                tracing::error!(session = self.id, user = %verified.address, error = %e, "cannot open maildrop");
+                if e.is_temporary() {
+                    AuthOutcome::TempFail
+                } else {
+                    AuthOutcome::PermFail
+                }
+            }
+            Err(_) => AuthOutcome::TempFail,
+        }
+    }
+
+    async fn commit(
+        &mut self,
+        mut session: Session,
+        expunge: Vec<usize>,
+    ) -> Result<usize, MailboxError> {
+        let pool = self.core.shared.pool.clone();
+        let n = expunge.len();
+        let done = pool
+            .run(move || {
+                let r = pop3sd_storage::Session::expunge(&mut session, &expunge);
+                (r, session)
+            })
+            .await;
+        let (result, session) = match done {
+            Ok(x) => x,
+            Err(_) => return Err(MailboxError("expunge worker failed".into())),
+        };
+        match result {
+            Ok(()) => {
+                // Reclaim space after answering, still holding the maildrop.
+                pool.detach(move || {
+                    if session.compaction_worthwhile().unwrap_or(false) {
+                        let name = session.maildrop().name().to_string();
+                        if let Err(e) = session.compact() {
+                            tracing::warn!(maildrop = %name, error = %e, "compaction failed");
+                        }
+                    }
+                });
+                Ok(n)
+            }
+            Err(e) => {
+                tracing::error!(session = self.id, error = %e, "expunge failed");
+                Err(MailboxError(e.to_string()))
+            }
+        }
+    }
+
+    async fn run_actions(&mut self) -> Result<(), ConnError> {
+        loop {
+            let Some(action) = self.engine.as_mut().and_then(|e| e.poll_action()) else {
+                return Ok(());
+            };
+            match action {
+                Action::Authenticate(req) => {
+                    let outcome = self.authenticate(req).await;
+                    if let Some(e) = self.engine.as_mut() {
+                        e.auth_complete(outcome, Instant::now());
+                    }
+                }
+                Action::Commit { mailbox, expunge } => {
+                    let r = self.commit(mailbox, expunge).await;
+                    if let Some(e) = self.engine.as_mut() {
+                        e.commit_complete(r);
+                    }
+                }
+                Action::StartTls => {
+                    // "+OK Begin TLS" goes out in plaintext first.
+                    self.plain_step();
+                    self.flush().await?;
+                    if let Some(b) = self.inbuf.as_mut() {
+                        b.clear();
+                    }
+                    self.upgrading = true;
+                    self.start_tls()?;
+                }
+                Action::Close => {}
+            }
+        }
+    }
+
+    /// Runs the connection to its end.
+    pub(crate) async fn run(&mut self) -> Result<(), ConnError> {
+        let _ = self.stream.set_nodelay(true);
+        match self.listener.kind {
+            ListenerKind::Pop3s => self.start_tls()?,
+            ListenerKind::Pop3 => {
+                let ctx = self.context(None, None);
+                self.engine = Some(Engine::new(ctx, Instant::now()));
+            }
+        }
+        loop {
+            if self.tls.is_some() {
+                self.tls_step()?;
+            } else {
+                self.plain_step();
+            }
+            self.run_actions().await?;
+            self.flush().await?;
+            if self.finished {
+                return Ok(());
+            }
+            if self.need_read {
+                self.read().await?;
+                if self.finished {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Writes the logout line (Dovecot's pop3_logout_format figures).
+    pub(crate) fn log_end(&self, result: &Result<(), ConnError>) {
+        let Some(engine) = &self.engine else {
+            if let Err(e) = result {
+                tracing::debug!(session = self.id, client = %self.peer, error = %e, "connection ended before the session started");
+            }
+            return;
+        };
+        let Some((user, _)) = engine.login() else {
+            return;
+        };
+        let s = engine.stats();
+        tracing::info!(
+            session = self.id,
+            client = %self.peer.ip(),
+            user = %user,
+            top = s.top,
+            top_bytes = s.top_bytes,
+            retr = s.retr,
+            retr_bytes = s.retr_bytes,
+            del = s.dele,
+            expunged = s.expunged,
+            messages = s.messages,
+            size = s.size,
+            bytes_in = s.bytes_in,
+            bytes_out = s.bytes_out,
+            state = engine.state_name(),
+            error = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+            "logout"
+        );
+    }
+}
+
+/// Removes `n` processed bytes from the front of `buf`.
+fn drop_front(buf: &mut Vec<u8>, n: usize) {
+    if n == 0 {
+        return;
+    }
+    if n >= buf.len() {
+        buf.clear();
+    } else {
+        buf.copy_within(n.., 0);
+        buf.truncate(buf.len() - n);
+    }
+}
+
+/// Bytes still missing from the TLS record whose header starts `buf`.
+fn record_remaining(buf: &[u8]) -> usize {
+    if buf.len() < 5 {
+        return 0;
+    }
+    let len = u16::from_be_bytes([buf[3], buf[4]]) as usize + 5;
+    len.saturating_sub(buf.len())
+}

@@ -1,0 +1,196 @@
+//! TLS configuration: rustls with the ring provider, TLS 1.2 and 1.3 only,
+//! each tenant's certificate by SNI, shared session resumption, and client
+//! certificates only on listeners configured for them.
+//!
+//! A listener without client-certificate configuration gets a ServerConfig
+//! built with `with_no_client_auth()`: rustls then never sends a
+//! CertificateRequest (the pop3-over-tls rule). One ticketer and one
+//! session cache serve every ServerConfig and every core, so any valid
+//! ticket or session id resumes wherever the connection lands.
+
+pub mod certs;
+pub mod client_identity;
+pub mod resolver;
+pub mod ticket_keys;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::{RootCertStore, ServerConfig};
+
+use crate::config::{ClientCerts, Config, ConfigProblem};
+pub use client_identity::ClientIdentities;
+pub use resolver::SniResolver;
+pub use ticket_keys::TicketKeys;
+
+/// Everything TLS needs at run time, shared by all cores.
+#[derive(Debug, Clone)]
+pub struct TlsContext {
+    /// For listeners that never ask for a client certificate.
+    pub no_client_auth: Arc<ServerConfig>,
+    /// For listeners that ask but do not insist.
+    pub client_optional: Option<Arc<ServerConfig>>,
+    /// For listeners that insist on a client certificate.
+    pub client_required: Option<Arc<ServerConfig>>,
+    /// Per-tenant re-verification and user mapping of client certificates.
+    pub identities: ClientIdentities,
+    pub resolver: Arc<SniResolver>,
+}
+
+impl TlsContext {
+    /// The ServerConfig a listener uses.
+    pub fn for_listener(&self, mode: ClientCerts) -> Arc<ServerConfig> {
+        match mode {
+            ClientCerts::None => self.no_client_auth.clone(),
+            ClientCerts::Optional => self
+                .client_optional
+                .clone()
+                .unwrap_or_else(|| self.no_client_auth.clone()),
+            ClientCerts::Required => self
+                .client_required
+                .clone()
+                .unwrap_or_else(|| self.no_client_auth.clone()),
+        }
+    }
+}
+
+/// The provider pop3sd uses everywhere: ring.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn problem(location: String, message: impl ToString) -> ConfigProblem {
+    ConfigProblem {
+        location,
+        message: message.to_string(),
+    }
+}
+
+/// Builds the TLS context from a configuration, reporting every problem.
+pub fn build(cfg: &Config) -> Result<TlsContext, Vec<ConfigProblem>> {
+    let mut problems = Vec::new();
+    let provider = provider();
+    let mut by_name = HashMap::new();
+    let mut default = None;
+    let mut union_roots = RootCertStore::empty();
+    let mut identities = ClientIdentities::default();
+    for (i, t) in cfg.tenants.iter().enumerate() {
+        let loc = |f: &str| format!("tenant[{i}] ({}).{f}", t.domain);
+        let names: Vec<pop3sd_storage::Domain> = std::iter::once(&t.domain)
+            .chain(t.aliases.iter())
+            .filter_map(|n| pop3sd_storage::Domain::parse(n).ok())
+            .collect();
+        match certs::load_certified_key(&cfg.resolve(&t.certificate), &cfg.resolve(&t.private_key))
+        {
+            Ok(ck) => {
+                for n in &names {
+                    by_name.insert(n.as_str().to_string(), ck.clone());
+                }
+                let is_default = match &cfg.tls.default_tenant {
+                    Some(d) => d == &t.domain,
+                    None => default.is_none(),
+                };
+                if is_default {
+                    default = Some(ck);
+                }
+            }
+            Err(e) => problems.push(problem(loc("certificate"), e)),
+        }
+        if let Some(ca) = &t.client_ca {
+            match certs::load_certs(&cfg.resolve(ca)) {
+                Ok(cas) => {
+                    let mut roots = RootCertStore::empty();
+                    for c in cas {
+                        if let Err(e) = roots.add(c.clone()) {
+                            problems.push(problem(loc("client_ca"), e));
+                        }
+                        let _ = union_roots.add(c);
+                    }
+                    match WebPkiClientVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider.clone(),
+                    )
+                    .build()
+                    {
+                        Ok(v) => identities.add(names.clone(), v),
+                        Err(e) => problems.push(problem(loc("client_ca"), e)),
+                    }
+                }
+                Err(e) => problems.push(problem(loc("client_ca"), e)),
+            }
+        }
+    }
+    let ticketer: Arc<TicketKeys> = match &cfg.tls.ticket_keys_file {
+        Some(p) => match TicketKeys::from_file(&cfg.resolve(p), cfg.tls.ticket_key_lifetime_secs) {
+            Ok(k) => Arc::new(k),
+            Err(e) => {
+                problems.push(problem("tls.ticket_keys_file".into(), e));
+                return Err(problems);
+            }
+        },
+        None => match TicketKeys::random(cfg.tls.ticket_key_lifetime_secs) {
+            Ok(k) => Arc::new(k),
+            Err(e) => {
+                problems.push(problem("tls".into(), e));
+                return Err(problems);
+            }
+        },
+    };
+    let Some(default) = default else {
+        if problems.is_empty() {
+            problems.push(problem(
+                "tenant".into(),
+                "no tenant certificate could be loaded",
+            ));
+        }
+        return Err(problems);
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let resolver = Arc::new(SniResolver::new(by_name, default));
+    let cache = ServerSessionMemoryCache::new(cfg.tls.session_cache_size.max(1));
+    let finish = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>| -> Result<Arc<ServerConfig>, String> {
+        let b = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?;
+        let b = match verifier {
+            Some(v) => b.with_client_cert_verifier(v),
+            None => b.with_no_client_auth(),
+        };
+        let mut sc = b.with_cert_resolver(resolver.clone());
+        sc.ticketer = ticketer.clone();
+        sc.session_storage = cache.clone();
+        sc.send_tls13_tickets = cfg.tls.tls13_tickets;
+        sc.ignore_client_order = false;
+        Ok(Arc::new(sc))
+    };
+    let no_client_auth = finish(None).map_err(|e| vec![problem("tls".into(), e)])?;
+    let (mut client_optional, mut client_required) = (None, None);
+    let wants = |m: ClientCerts| cfg.listeners.iter().any(|l| l.client_certificates == m);
+    if !union_roots.is_empty() {
+        let roots = Arc::new(union_roots);
+        if wants(ClientCerts::Optional) {
+            let v = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| vec![problem("tls".into(), e)])?;
+            client_optional = Some(finish(Some(v)).map_err(|e| vec![problem("tls".into(), e)])?);
+        }
+        if wants(ClientCerts::Required) {
+            let v = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| vec![problem("tls".into(), e)])?;
+            client_required = Some(finish(Some(v)).map_err(|e| vec![problem("tls".into(), e)])?);
+        }
+    }
+    Ok(TlsContext {
+        no_client_auth,
+        client_optional,
+        client_required,
+        identities,
+        resolver,
+    })
+}
