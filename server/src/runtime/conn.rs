@@ -680,7 +680,11 @@ impl Conn {
         }
         loop {
             if self.tls.is_some() {
-                self.tls_step()?;
+                if let Err(e) = self.tls_step() {
+                    // Send the alert rustls queued, then give up.
+                    let _ = self.flush().await;
+                    return Err(e);
+                }
             } else {
                 self.plain_step();
             }
