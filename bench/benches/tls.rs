@@ -1,0 +1,136 @@
+//! The hardware ceiling on this machine: the cost of one TLS server
+//! handshake (full, in memory; and its main primitives, X25519 and an ECDSA
+//! P-256 signature), and record encryption by rustls against raw ring
+//! AES-GCM on the same buffer.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use pop3sd_bench::TestPki;
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::agreement;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, ServerConnection};
+
+/// A full handshake in memory; only the server's calls are timed.
+fn server_handshake_cost(pki: &TestPki, tls13: bool, iters: u64) -> Duration {
+    let server = pki.server_config(tls13);
+    let client = pki.client_config();
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        let mut c = ClientConnection::new(
+            client.clone(),
+            ServerName::try_from("pop.example.test").unwrap(),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let mut s = ServerConnection::new(server.clone()).unwrap();
+        spent += t.elapsed();
+        let mut buf = Vec::new();
+        while c.is_handshaking() || s.is_handshaking() {
+            buf.clear();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            let t = Instant::now();
+            let mut rd = buf.as_slice();
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+            }
+            s.process_new_packets().unwrap();
+            let mut out = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut out).unwrap();
+            }
+            spent += t.elapsed();
+            let mut rd = out.as_slice();
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+            }
+            c.process_new_packets().unwrap();
+        }
+    }
+    spent
+}
+
+fn handshake(c: &mut Criterion) {
+    let pki = TestPki::new();
+    let mut g = c.benchmark_group("handshake");
+    g.bench_function("server_full_tls13_ecdsa_p256", |b| {
+        b.iter_custom(|n| server_handshake_cost(&pki, true, n))
+    });
+    g.bench_function("server_full_tls12_ecdsa_p256", |b| {
+        b.iter_custom(|n| server_handshake_cost(&pki, false, n))
+    });
+    let rng = SystemRandom::new();
+    g.bench_function("x25519_keygen_and_agree", |b| {
+        let peer = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng).unwrap();
+        let peer_pub = peer.compute_public_key().unwrap();
+        b.iter(|| {
+            let k = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng).unwrap();
+            let _ = k.compute_public_key().unwrap();
+            agreement::agree_ephemeral(
+                k,
+                &agreement::UnparsedPublicKey::new(&agreement::X25519, peer_pub.as_ref()),
+                |s| criterion::black_box(s.len()),
+            )
+            .unwrap()
+        })
+    });
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    g.bench_function("ecdsa_p256_sign", |b| {
+        b.iter(|| key.sign(&rng, b"transcript hash goes here").unwrap())
+    });
+    g.finish();
+}
+
+fn records(c: &mut Criterion) {
+    let mut g = c.benchmark_group("record_encrypt_16k");
+    g.throughput(Throughput::Bytes(16384));
+    let plain = vec![0x61u8; 16384];
+    for (name, alg, keylen) in [
+        ("aes128gcm", &aead::AES_128_GCM, 16),
+        ("aes256gcm", &aead::AES_256_GCM, 32),
+    ] {
+        let key = LessSafeKey::new(UnboundKey::new(alg, &vec![7u8; keylen]).unwrap());
+        let mut buf = plain.clone();
+        let mut seq = 0u64;
+        g.bench_function(BenchmarkId::new("ring_seal_in_place", name), |b| {
+            b.iter(|| {
+                seq += 1;
+                let mut nonce = [0u8; 12];
+                nonce[4..].copy_from_slice(&seq.to_be_bytes());
+                let tag = key
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::empty(),
+                        &mut buf,
+                    )
+                    .unwrap();
+                tag
+            })
+        });
+    }
+    // rustls: one 16 KiB record (copy into the buffer, header, seal) with the
+    // suite a TLS 1.3 client negotiates by default with ring (AES-256-GCM first).
+    let pki = TestPki::new();
+    let (_c, mut s) = pop3sd_bench::unbuffered_pair(&pki.server_config(true), &pki.client_config());
+    let mut out = vec![0u8; 16384 + 64];
+    g.bench_function("rustls_unbuffered_encrypt_tls13", |b| {
+        b.iter(|| {
+            let rustls::unbuffered::UnbufferedStatus { state, .. } = s.process_tls_records(&mut []);
+            let Ok(rustls::unbuffered::ConnectionState::WriteTraffic(mut wt)) = state else {
+                panic!("not ready")
+            };
+            criterion::black_box(wt.encrypt(&plain, &mut out).unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, handshake, records);
+criterion_main!(benches);
