@@ -104,14 +104,12 @@ fn records(c: &mut Criterion) {
                 seq += 1;
                 let mut nonce = [0u8; 12];
                 nonce[4..].copy_from_slice(&seq.to_be_bytes());
-                let tag = key
-                    .seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key(nonce),
-                        Aad::empty(),
-                        &mut buf,
-                    )
-                    .unwrap();
-                tag
+                key.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut buf,
+                )
+                .unwrap()
             })
         });
     }
