@@ -1,1 +1,891 @@
-fn main() {}
+//! `pop3-loadgen`: drives a POP3S server (pop3sd, Dovecot or any other) with
+//! checked, bounded load and reports rates, latency percentiles (HDR),
+//! errors by kind, and client (and, given its pid, server) CPU time.
+//!
+//! One monoio io_uring runtime per thread, like the server. Closed-loop mode
+//! keeps a fixed number of operations in flight; open-loop mode starts
+//! operations at a fixed rate and measures latency from each operation's
+//! intended start, so a slow server cannot hide behind a slow client
+//! (no coordinated omission). Every run is bounded by --duration and/or
+//! --count.
+
+mod pop3;
+mod report;
+mod scenario;
+mod stats;
+mod tls_stream;
+mod users;
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+
+use pop3::LoginMethod;
+use report::{IdleMemory, Point, Report};
+use scenario::{Op, Rng, Scenario, Target};
+use stats::Stats;
+use users::User;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "pop3-loadgen",
+    version,
+    about = "Load generator for POP3S servers"
+)]
+struct Args {
+    /// Scenario to run.
+    #[arg(long, short, value_enum, default_value_t = Scenario::Session)]
+    scenario: Scenario,
+    /// Read target, CA and users from the JSON line of `pop3sd demo --json` (saved to a file).
+    #[arg(long)]
+    demo_json: Option<PathBuf>,
+    /// Server address (IP:port); default from --demo-json.
+    #[arg(long)]
+    target: Option<SocketAddr>,
+    /// CA file to verify the server's certificate; default from --demo-json.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// SNI name to send; default: each user's domain.
+    #[arg(long)]
+    sni: Option<String>,
+    /// Users as "user password" lines.
+    #[arg(long)]
+    users_file: Option<PathBuf>,
+    /// Users from a pattern: {n} is replaced by 1..=--user-count.
+    #[arg(long)]
+    user_pattern: Option<String>,
+    /// Password pattern for --user-pattern ({n} allowed).
+    #[arg(long, default_value = "password{n}")]
+    password_pattern: String,
+    #[arg(long, default_value_t = 100)]
+    user_count: usize,
+    /// Login command.
+    #[arg(long, value_enum, default_value_t = LoginMethod::Plain)]
+    login: LoginMethod,
+    /// Worker threads (one io_uring runtime each); 0 = one per CPU.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Closed loop: operations in flight at once.
+    #[arg(long, short, default_value_t = 16)]
+    concurrency: usize,
+    /// Open loop: operations started per second (overrides --concurrency).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open loop: most operations in flight before new ones count as "overload".
+    #[arg(long, default_value_t = 10_000)]
+    max_inflight: usize,
+    /// Run for this long (seconds).
+    #[arg(long, short, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many operations in total.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Per-operation timeout (seconds).
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// retr: always retrieve this message number instead of a random one.
+    #[arg(long)]
+    message: Option<usize>,
+    /// session: resume TLS sessions (default: full handshakes).
+    #[arg(long)]
+    resume: bool,
+    /// mixed: weights, e.g. "handshake=20,resume=10,session=70".
+    #[arg(long, default_value = "handshake=20,resume=10,session=70")]
+    mix: String,
+    /// idle: connections to hold.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// idle: how long to hold them (seconds).
+    #[arg(long, default_value_t = 10.0)]
+    hold: f64,
+    /// TLS version to offer: "1.2", "1.3" or "any".
+    #[arg(long, default_value = "any")]
+    tls_version: String,
+    /// Only this cipher suite (rustls name, e.g. TLS13_AES_128_GCM_SHA256).
+    #[arg(long)]
+    cipher: Option<String>,
+    /// Only this key exchange group: x25519, secp256r1, secp384r1.
+    #[arg(long)]
+    kx: Option<String>,
+    /// Server process id: report its CPU time per operation (and memory per idle connection).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the JSON report here ("-" for stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an HDR histogram interval log here.
+    #[arg(long)]
+    hdr_log: Option<PathBuf>,
+    /// Draw throughput and p99 over time into this SVG file.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+enum Msg {
+    Interval(Stats),
+    Tls(String, String),
+}
+
+fn build_config(args: &Args, ca: &PathBuf, resume: bool) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    for c in certs {
+        roots
+            .add(c.map_err(|e| format!("{}: {e}", ca.display()))?)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(name) = &args.cipher {
+        provider
+            .cipher_suites
+            .retain(|s| format!("{:?}", s.suite()).eq_ignore_ascii_case(name));
+        if provider.cipher_suites.is_empty() {
+            return Err(format!("unknown cipher suite {name}"));
+        }
+    }
+    if let Some(kx) = &args.kx {
+        provider
+            .kx_groups
+            .retain(|g| format!("{:?}", g.name()).eq_ignore_ascii_case(kx));
+        if provider.kx_groups.is_empty() {
+            return Err(format!(
+                "unknown key exchange group {kx} (x25519, secp256r1, secp384r1)"
+            ));
+        }
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match args.tls_version.as_str() {
+        "1.2" => &[&rustls::version::TLS12],
+        "1.3" => &[&rustls::version::TLS13],
+        "any" => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        other => return Err(format!("--tls-version {other}: use 1.2, 1.3 or any")),
+    };
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.resumption = if resume {
+        rustls::client::Resumption::in_memory_sessions(4096)
+    } else {
+        rustls::client::Resumption::disabled()
+    };
+    Ok(Arc::new(cfg))
+}
+
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read only the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            // Root may raise the hard limit too; otherwise up to the hard limit.
+            let big: libc::rlim_t = 1 << 20;
+            for max in [big, r.rlim_max] {
+                let want = libc::rlimit {
+                    rlim_cur: max,
+                    rlim_max: max,
+                };
+                if r.rlim_cur < max && libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name in parentheses; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz.max(1.0))
+}
+
+fn proc_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct Shared {
+    args: Args,
+    users: Vec<User>,
+    addr: SocketAddr,
+    ca: PathBuf,
+    mix: Vec<(Op, u32)>,
+    idle_ready: AtomicUsize,
+    idle_held: AtomicUsize,
+    idle_release: AtomicBool,
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(clean) => {
+            if clean {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("pop3-loadgen: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the whole load test; Ok(false) when operations failed.
+fn run() -> Result<bool, String> {
+    let args = Args::parse();
+    raise_nofile();
+    let demo = args
+        .demo_json
+        .as_deref()
+        .map(users::from_demo_json)
+        .transpose()?;
+    let addr = match (args.target, &demo) {
+        (Some(a), _) => a,
+        (None, Some(d)) => d
+            .pop3s
+            .parse()
+            .map_err(|e| format!("demo pop3s address: {e}"))?,
+        (None, None) => return Err("give --target or --demo-json".into()),
+    };
+    let ca = match (&args.ca, &demo) {
+        (Some(c), _) => c.clone(),
+        (None, Some(d)) => PathBuf::from(&d.ca_file),
+        (None, None) => return Err("give --ca or --demo-json".into()),
+    };
+    let users = if let Some(f) = &args.users_file {
+        users::from_file(f)?
+    } else if let Some(p) = &args.user_pattern {
+        users::from_pattern(p, &args.password_pattern, args.user_count)
+    } else if let Some(d) = &demo {
+        d.users.clone()
+    } else {
+        return Err("give --users-file, --user-pattern or --demo-json".into());
+    };
+    let mix = scenario::parse_mix(&args.mix)?;
+    // Build the configs once here to report errors before starting threads.
+    build_config(&args, &ca, false)?;
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let shared = Arc::new(Shared {
+        args: args.clone(),
+        users,
+        addr,
+        ca,
+        mix,
+        idle_ready: AtomicUsize::new(0),
+        idle_held: AtomicUsize::new(0),
+        idle_release: AtomicBool::new(false),
+    });
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let server_cpu_before = args.server_pid.and_then(proc_cpu_seconds);
+    let rss_before = args.server_pid.and_then(proc_rss_kib);
+    let cpu_before = own_cpu_seconds();
+    let start = Instant::now();
+    let start_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut handles = Vec::new();
+    for w in 0..threads {
+        let shared = shared.clone();
+        let tx = tx.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("loadgen-{w}"))
+                .spawn(move || worker_thread(w, threads, shared, tx))
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    drop(tx);
+
+    let progress = if args.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.enable_steady_tick(Duration::from_millis(250));
+        pb
+    };
+    let mut total = Stats::default();
+    let mut second = Stats::default();
+    let mut second_start = 0.0f64;
+    let mut points = Vec::new();
+    let mut intervals: Vec<(f64, f64, Stats)> = Vec::new();
+    let mut tls = (String::new(), String::new());
+    let mut idle_mem = None;
+    let mut idle_measured = false;
+    let idle_deadline = Duration::from_secs_f64(args.hold);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Msg::Interval(s)) => {
+                total.merge(&s);
+                second.merge(&s);
+            }
+            Ok(Msg::Tls(v, c)) => tls = (v, c),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let now = start.elapsed().as_secs_f64();
+        if now - second_start >= 1.0 {
+            let dur = now - second_start;
+            points.push(Point {
+                t: now,
+                ops_per_s: second.ops as f64 / dur,
+                p99_ms: second.hist.value_at_quantile(0.99) as f64 / 1000.0,
+            });
+            progress.set_message(format!(
+                "{:.0} ops/s  p99 {:.2} ms  errors {}  total {}",
+                second.ops as f64 / dur,
+                second.hist.value_at_quantile(0.99) as f64 / 1000.0,
+                total.error_total(),
+                total.ops
+            ));
+            intervals.push((second_start, dur, second.take()));
+            second_start = now;
+        }
+        if args.scenario == Scenario::Idle
+            && !idle_measured
+            && shared.idle_ready.load(Ordering::Acquire) == threads
+        {
+            // All connections are up and logged in: let the server settle, measure.
+            idle_measured = true;
+            std::thread::sleep(Duration::from_secs(1));
+            let held = shared.idle_held.load(Ordering::Acquire) as u64;
+            let after = args.server_pid.and_then(proc_rss_kib);
+            if let (Some(b), Some(a)) = (rss_before, after) {
+                idle_mem = Some(IdleMemory {
+                    connections: held,
+                    server_rss_before_kib: b,
+                    server_rss_after_kib: a,
+                    bytes_per_connection: a.saturating_sub(b) * 1024 / held.max(1),
+                });
+            }
+            progress.set_message(format!("{held} connections held"));
+            std::thread::sleep(idle_deadline.saturating_sub(Duration::from_secs(1)));
+            shared.idle_release.store(true, Ordering::Release);
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    progress.finish_and_clear();
+    if second.ops > 0 || second.error_total() > 0 {
+        let now = start.elapsed().as_secs_f64();
+        intervals.push((second_start, now - second_start, second.take()));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let client_cpu = own_cpu_seconds() - cpu_before;
+    let server_cpu = match (
+        server_cpu_before,
+        args.server_pid.and_then(proc_cpu_seconds),
+    ) {
+        (Some(b), Some(a)) => Some(a - b),
+        _ => None,
+    };
+    let (mode, concurrency, rate) = match args.rate {
+        Some(r) => ("open".to_string(), None, Some(r)),
+        None => ("closed".to_string(), Some(args.concurrency), None),
+    };
+    let report = Report::new(
+        format!("{:?}", args.scenario).to_lowercase(),
+        addr.to_string(),
+        mode,
+        threads,
+        concurrency,
+        rate,
+        elapsed,
+        &total,
+        tls,
+        client_cpu,
+        server_cpu,
+        idle_mem,
+    );
+    eprintln!("{}", report.table());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    if let Some(path) = &args.chart {
+        report::chart(path, &report.scenario, &points)?;
+    }
+    if let Some(path) = &args.hdr_log {
+        report::hdr_log(path, start_unix, &intervals)?;
+    }
+    Ok(report.error_total == 0 && report.ops > 0)
+}
+
+fn worker_thread(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<Msg>) {
+    let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(4096)
+        .enable_timer()
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pop3-loadgen: worker {w}: io_uring unavailable: {e}");
+            let mut s = Stats::default();
+            s.error("io_uring");
+            let _ = tx.send(Msg::Interval(s));
+            shared.idle_ready.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+    };
+    rt.block_on(worker(w, threads, shared, tx));
+}
+
+/// Splits `total` over `parts`, giving part `i` its share.
+fn share(total: usize, parts: usize, i: usize) -> usize {
+    total / parts + usize::from(i < total % parts)
+}
+
+async fn worker(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<Msg>) {
+    let args = &shared.args;
+    let target = match (
+        build_config(args, &shared.ca, false),
+        build_config(args, &shared.ca, true),
+    ) {
+        (Ok(full), Ok(resuming)) => Rc::new(Target {
+            addr: shared.addr,
+            sni: args.sni.clone(),
+            full,
+            resuming,
+            login: args.login,
+            timeout: Duration::from_secs_f64(args.timeout),
+        }),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("pop3-loadgen: {e}");
+            return;
+        }
+    };
+    let stats = Rc::new(RefCell::new(Stats::default()));
+    let done = Rc::new(std::cell::Cell::new(false));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.duration);
+    let budget = Rc::new(std::cell::Cell::new(
+        args.count
+            .map_or(u64::MAX, |c| share(c as usize, threads, w) as u64),
+    ));
+
+    // Reporter: ship this thread's counts every 250 ms.
+    let reporter = {
+        let stats = stats.clone();
+        let done = done.clone();
+        let tx = tx.clone();
+        monoio::spawn(async move {
+            while !done.get() {
+                monoio::time::sleep(Duration::from_millis(250)).await;
+                let s = stats.borrow_mut().take();
+                if tx.send(Msg::Interval(s)).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    // One TLS description for the report.
+    if w == 0 {
+        if let Some(u) = shared.users.first() {
+            let mut out = scenario::Outcome::default();
+            if let Ok(Ok(p)) =
+                monoio::time::timeout(target.timeout, target.connect(u, false, &mut out)).await
+            {
+                let d = p.stream.describe();
+                let _ = tx.send(Msg::Tls(d.0, d.1));
+            }
+        }
+    }
+
+    match (args.scenario, args.rate) {
+        (Scenario::Idle, _) => idle(w, threads, &shared, &target, &stats).await,
+        (_, Some(rate)) => {
+            open_loop(
+                w, threads, &shared, &target, &stats, deadline, &budget, rate,
+            )
+            .await
+        }
+        (_, None) => {
+            let n = share(args.concurrency.max(1), threads, w);
+            let pool = Rc::new(UserPool::new(&shared, w, threads));
+            let mut tasks = Vec::new();
+            for i in 0..n {
+                let (shared, target, stats, budget, pool) = (
+                    shared.clone(),
+                    target.clone(),
+                    stats.clone(),
+                    budget.clone(),
+                    pool.clone(),
+                );
+                tasks.push(monoio::spawn(async move {
+                    closed_loop_task(
+                        w * 10_000 + i,
+                        pool,
+                        shared,
+                        target,
+                        stats,
+                        deadline,
+                        budget,
+                    )
+                    .await
+                }));
+            }
+            for t in tasks {
+                t.await;
+            }
+        }
+    }
+    done.set(true);
+    reporter.await;
+    let s = stats.borrow_mut().take();
+    let _ = tx.send(Msg::Interval(s));
+}
+
+/// This thread's users, handed out so that no two of its operations use the
+/// same maildrop at once (a second session would rightly get [IN-USE]).
+/// Users are split across threads the same way, so threads do not collide.
+struct UserPool {
+    free: RefCell<std::collections::VecDeque<usize>>,
+}
+
+impl UserPool {
+    fn new(shared: &Shared, w: usize, threads: usize) -> Self {
+        let n = shared.users.len();
+        let mine: std::collections::VecDeque<usize> = if n >= threads {
+            (w..n).step_by(threads).collect()
+        } else {
+            (0..n).collect()
+        };
+        UserPool {
+            free: RefCell::new(mine),
+        }
+    }
+
+    /// A user no other operation of this thread is using, if there is one;
+    /// otherwise any (the run then needs more users than concurrency).
+    fn take(&self, shared: &Shared, rng: &mut Rng) -> usize {
+        let mut free = self.free.borrow_mut();
+        if free.is_empty() {
+            return rng.below(shared.users.len());
+        }
+        let i = rng.below(free.len());
+        free.swap_remove_back(i).unwrap_or(0)
+    }
+
+    fn give_back(&self, u: usize) {
+        let mut free = self.free.borrow_mut();
+        if !free.contains(&u) {
+            free.push_back(u);
+        }
+    }
+}
+
+/// Runs one operation of the scenario and records it.
+async fn one_op(
+    shared: &Shared,
+    pool: &UserPool,
+    target: &Target,
+    stats: &RefCell<Stats>,
+    rng: &mut Rng,
+    started: Instant,
+) {
+    let ui = pool.take(shared, rng);
+    let user = &shared.users[ui];
+    let op = match shared.args.scenario {
+        Scenario::Handshake => Op::Handshake,
+        Scenario::Resume => Op::Resume,
+        Scenario::Mixed => scenario::pick(&shared.mix, rng),
+        _ => Op::Session,
+    };
+    let fut = async {
+        match op {
+            Op::Handshake => scenario::handshake(target, user, false).await,
+            Op::Resume => scenario::handshake(target, user, true).await,
+            Op::Session => scenario::session(target, user, shared.args.resume, rng).await,
+        }
+    };
+    let result = match monoio::time::timeout(target.timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(pop3::OpError::Timeout),
+    };
+    pool.give_back(ui);
+    let mut s = stats.borrow_mut();
+    match result {
+        Ok(out) => {
+            s.op(started.elapsed().as_micros() as u64);
+            s.bytes_in += out.bytes_in;
+            s.payload += out.payload;
+            s.handshakes += out.handshakes;
+            s.resumed += out.resumed;
+        }
+        Err(e) => {
+            s.error(e.kind());
+        }
+    }
+}
+
+fn take_budget(budget: &std::cell::Cell<u64>) -> bool {
+    match budget.get() {
+        0 => false,
+        n => {
+            budget.set(n - 1);
+            true
+        }
+    }
+}
+
+async fn closed_loop_task(
+    seed: usize,
+    pool: Rc<UserPool>,
+    shared: Arc<Shared>,
+    target: Rc<Target>,
+    stats: Rc<RefCell<Stats>>,
+    deadline: Instant,
+    budget: Rc<std::cell::Cell<u64>>,
+) {
+    let mut rng = Rng::new(seed as u64 * 0x9e37_79b9 + 1);
+    if shared.args.scenario == Scenario::Retr {
+        retr_loop(&shared, &pool, &target, &stats, deadline, &budget, &mut rng).await;
+        return;
+    }
+    while Instant::now() < deadline && take_budget(&budget) {
+        one_op(&shared, &pool, &target, &stats, &mut rng, Instant::now()).await;
+    }
+}
+
+async fn retr_loop(
+    shared: &Shared,
+    pool: &UserPool,
+    target: &Target,
+    stats: &RefCell<Stats>,
+    deadline: Instant,
+    budget: &std::cell::Cell<u64>,
+    rng: &mut Rng,
+) {
+    let mut conn = None;
+    // A retr connection keeps its user for its whole life.
+    let ui = pool.take(shared, rng);
+    let user = &shared.users[ui];
+    while Instant::now() < deadline && take_budget(budget) {
+        if conn.is_none() {
+            match monoio::time::timeout(target.timeout, scenario::retr_open(target, user)).await {
+                Ok(Ok((c, out))) => {
+                    let mut s = stats.borrow_mut();
+                    s.handshakes += out.handshakes;
+                    s.resumed += out.resumed;
+                    conn = Some(c);
+                }
+                Ok(Err(e)) => {
+                    stats.borrow_mut().error(e.kind());
+                    continue;
+                }
+                Err(_) => {
+                    stats.borrow_mut().error("timeout");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let t = Instant::now();
+        match monoio::time::timeout(
+            target.timeout,
+            scenario::retr_one(c, rng, shared.args.message),
+        )
+        .await
+        {
+            Ok(Ok(out)) => {
+                let mut s = stats.borrow_mut();
+                s.op(t.elapsed().as_micros() as u64);
+                s.bytes_in += out.bytes_in;
+                s.payload += out.payload;
+            }
+            Ok(Err(e)) => {
+                stats.borrow_mut().error(e.kind());
+                conn = None;
+            }
+            Err(_) => {
+                stats.borrow_mut().error("timeout");
+                conn = None;
+            }
+        }
+    }
+    if let Some(mut c) = conn {
+        let _ = monoio::time::timeout(target.timeout, c.pop.quit()).await;
+    }
+    pool.give_back(ui);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    w: usize,
+    threads: usize,
+    shared: &Arc<Shared>,
+    target: &Rc<Target>,
+    stats: &Rc<RefCell<Stats>>,
+    deadline: Instant,
+    budget: &Rc<std::cell::Cell<u64>>,
+    rate: f64,
+) {
+    let per_thread = (rate / threads as f64).max(1e-3);
+    let period = Duration::from_secs_f64(1.0 / per_thread);
+    // Stagger the threads' schedules within one period.
+    let first = Instant::now() + period.mul_f64(w as f64 / threads as f64);
+    let inflight = Rc::new(std::cell::Cell::new(0usize));
+    let pool = Rc::new(UserPool::new(shared, w, threads));
+    let max = share(shared.args.max_inflight.max(1), threads, w).max(1);
+    let mut k = 0u64;
+    let mut tasks = Vec::new();
+    loop {
+        let intended = first + period.mul_f64(k as f64);
+        k += 1;
+        if intended >= deadline || !take_budget(budget) {
+            break;
+        }
+        monoio::time::sleep_until(monoio::time::Instant::from_std(intended)).await;
+        if inflight.get() >= max {
+            stats.borrow_mut().error("overload");
+            continue;
+        }
+        inflight.set(inflight.get() + 1);
+        let (shared, target, stats, inflight, pool) = (
+            shared.clone(),
+            target.clone(),
+            stats.clone(),
+            inflight.clone(),
+            pool.clone(),
+        );
+        tasks.push(monoio::spawn(async move {
+            let mut rng = Rng::new(k.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ w as u64);
+            // Latency counts from the intended start, not from when we got to it.
+            one_op(&shared, &pool, &target, &stats, &mut rng, intended).await;
+            inflight.set(inflight.get() - 1);
+        }));
+        if tasks.len() > 4096 {
+            tasks.retain(|t: &monoio::task::JoinHandle<()>| !t.is_finished());
+        }
+    }
+    for t in tasks {
+        t.await;
+    }
+}
+
+async fn idle(
+    w: usize,
+    threads: usize,
+    shared: &Arc<Shared>,
+    target: &Rc<Target>,
+    stats: &Rc<RefCell<Stats>>,
+) {
+    let n = share(shared.args.connections, threads, w);
+    let conns: Rc<RefCell<Vec<pop3::Pop3>>> = Rc::new(RefCell::new(Vec::with_capacity(n)));
+    let pool = Rc::new(UserPool::new(shared, w, threads));
+    // Open them 64 at a time.
+    let mut opened = 0;
+    while opened < n {
+        let batch = (n - opened).min(64);
+        let mut tasks = Vec::new();
+        for i in 0..batch {
+            let (shared, target, stats, conns, pool) = (
+                shared.clone(),
+                target.clone(),
+                stats.clone(),
+                conns.clone(),
+                pool.clone(),
+            );
+            let seed = (w * 1_000_000 + opened + i) as u64;
+            tasks.push(monoio::spawn(async move {
+                let mut rng = Rng::new(seed);
+                // Held connections keep their user: an idle test needs at least as many users.
+                let user = shared.users[pool.take(&shared, &mut rng)].clone();
+                let t = Instant::now();
+                let mut out = scenario::Outcome::default();
+                let r = monoio::time::timeout(target.timeout, async {
+                    let mut p = target.connect(&user, false, &mut out).await?;
+                    p.login(target.login, &user.name, &user.password).await?;
+                    p.stat().await?;
+                    Ok::<_, pop3::OpError>(p)
+                })
+                .await;
+                let mut s = stats.borrow_mut();
+                match r {
+                    Ok(Ok(p)) => {
+                        s.op(t.elapsed().as_micros() as u64);
+                        s.handshakes += out.handshakes;
+                        s.held += 1;
+                        shared.idle_held.fetch_add(1, Ordering::AcqRel);
+                        conns.borrow_mut().push(p);
+                    }
+                    Ok(Err(e)) => s.error(e.kind()),
+                    Err(_) => s.error("timeout"),
+                }
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        opened += batch;
+    }
+    shared.idle_ready.fetch_add(1, Ordering::AcqRel);
+    let hold_until = Instant::now() + Duration::from_secs_f64(shared.args.hold + 30.0);
+    while !shared.idle_release.load(Ordering::Acquire) && Instant::now() < hold_until {
+        monoio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all: Vec<pop3::Pop3> = std::mem::take(&mut *conns.borrow_mut());
+    let mut tasks = Vec::new();
+    for mut p in all {
+        let timeout = target.timeout;
+        let stats = stats.clone();
+        tasks.push(monoio::spawn(async move {
+            if !matches!(monoio::time::timeout(timeout, p.quit()).await, Ok(Ok(()))) {
+                stats.borrow_mut().error("quit");
+            }
+        }));
+        if tasks.len() >= 256 {
+            for t in tasks.drain(..) {
+                t.await;
+            }
+        }
+    }
+    for t in tasks {
+        t.await;
+    }
+}

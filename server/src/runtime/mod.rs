@@ -128,6 +128,39 @@ fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
     TcpListener::bind_with_config(addr, &opts)
 }
 
+/// Raises the open-file limit to its hard maximum: every connection needs a
+/// socket and a logged-in one a lock file too. Returns the limit in force.
+pub fn raise_nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        // With CAP_SYS_RESOURCE (root before dropping privileges) the hard
+        // limit itself can go up to fs.nr_open; otherwise the soft limit
+        // goes up to the hard one.
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+            .unwrap_or(r.rlim_max);
+        for max in [nr_open.max(r.rlim_max), r.rlim_max] {
+            let wanted = libc::rlimit {
+                rlim_cur: max,
+                rlim_max: max,
+            };
+            if r.rlim_cur < max && libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                r = wanted;
+                break;
+            }
+        }
+    }
+    r.rlim_cur
+}
+
 /// Starts the cores. Each binds every listener (ports of 0 are resolved by
 /// core 0 first, then shared) and serves until the process ends.
 pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
@@ -139,6 +172,11 @@ pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
             "runtime.driver = \"legacy\": serving with epoll, not io_uring, as configured"
         );
     }
+    let nofile = raise_nofile_limit();
+    tracing::info!(
+        nofile,
+        "open file limit (each logged-in connection uses two)"
+    );
     let cores = core_count(cfg);
     let mut addresses: Vec<SocketAddr> = cfg.listeners.iter().map(|l| l.address).collect();
     let mut threads = Vec::new();

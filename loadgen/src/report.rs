@@ -1,0 +1,260 @@
+//! The end of a run: a table for people, a JSON document for scripts, and
+//! optionally an HDR interval log and an SVG chart of throughput and p99.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::stats::Stats;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// Memory figures of the idle scenario (when the server's pid is known).
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleMemory {
+    pub connections: u64,
+    pub server_rss_before_kib: u64,
+    pub server_rss_after_kib: u64,
+    pub bytes_per_connection: u64,
+}
+
+/// The JSON document a run produces.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub target: String,
+    pub mode: String,
+    pub threads: usize,
+    pub concurrency: Option<usize>,
+    pub rate: Option<f64>,
+    pub duration_s: f64,
+    pub ops: u64,
+    pub ops_per_s: f64,
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub error_total: u64,
+    pub bytes_in: u64,
+    pub payload_bytes: u64,
+    pub payload_mb_per_s: f64,
+    pub handshakes: u64,
+    pub resumed: u64,
+    pub resumed_fraction: f64,
+    pub latency_us: Latency,
+    pub tls_version: String,
+    pub cipher_suite: String,
+    pub client_cpu_s: f64,
+    pub client_cpu_us_per_op: f64,
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_us_per_op: Option<f64>,
+    pub idle: Option<IdleMemory>,
+}
+
+impl Report {
+    /// Fills the derived figures from the totals.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        scenario: String,
+        target: String,
+        mode: String,
+        threads: usize,
+        concurrency: Option<usize>,
+        rate: Option<f64>,
+        elapsed_s: f64,
+        total: &Stats,
+        tls: (String, String),
+        client_cpu_s: f64,
+        server_cpu_s: Option<f64>,
+        idle: Option<IdleMemory>,
+    ) -> Self {
+        let h = &total.hist;
+        let ops = total.ops.max(1) as f64;
+        Report {
+            scenario,
+            target,
+            mode,
+            threads,
+            concurrency,
+            rate,
+            duration_s: elapsed_s,
+            ops: total.ops,
+            ops_per_s: total.ops as f64 / elapsed_s.max(1e-9),
+            errors: total
+                .errors
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            error_total: total.error_total(),
+            bytes_in: total.bytes_in,
+            payload_bytes: total.payload,
+            payload_mb_per_s: total.payload as f64 / 1e6 / elapsed_s.max(1e-9),
+            handshakes: total.handshakes,
+            resumed: total.resumed,
+            resumed_fraction: if total.handshakes > 0 {
+                total.resumed as f64 / total.handshakes as f64
+            } else {
+                0.0
+            },
+            latency_us: Latency {
+                mean: h.mean(),
+                p50: h.value_at_quantile(0.5),
+                p90: h.value_at_quantile(0.9),
+                p99: h.value_at_quantile(0.99),
+                p999: h.value_at_quantile(0.999),
+                max: h.max(),
+            },
+            tls_version: tls.0,
+            cipher_suite: tls.1,
+            client_cpu_s,
+            client_cpu_us_per_op: client_cpu_s * 1e6 / ops,
+            server_cpu_s,
+            server_cpu_us_per_op: server_cpu_s.map(|s| s * 1e6 / ops),
+            idle,
+        }
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let l = &self.latency_us;
+        let mut s = format!(
+            "scenario {}  target {}  mode {}  threads {}\n\
+             ops        {:>12}   ({:.1}/s over {:.1} s)\n\
+             errors     {:>12}   {}\n\
+             latency µs p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.0})\n\
+             handshakes {:>12}   resumed {} ({:.1}%)\n\
+             payload    {:>12} B ({:.1} MB/s)\n\
+             tls        {} {}\n\
+             client CPU {:.3} s ({:.1} µs/op)",
+            self.scenario,
+            self.target,
+            self.mode,
+            self.threads,
+            self.ops,
+            self.ops_per_s,
+            self.duration_s,
+            self.error_total,
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            l.mean,
+            self.handshakes,
+            self.resumed,
+            self.resumed_fraction * 100.0,
+            self.payload_bytes,
+            self.payload_mb_per_s,
+            self.tls_version,
+            self.cipher_suite,
+            self.client_cpu_s,
+            self.client_cpu_us_per_op,
+        );
+        if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_us_per_op) {
+            s.push_str(&format!("\nserver CPU {cpu:.3} s ({per:.1} µs/op)"));
+        }
+        if let Some(i) = &self.idle {
+            s.push_str(&format!(
+                "\nidle       {} connections held; server RSS {} → {} KiB ({} bytes/connection)",
+                i.connections,
+                i.server_rss_before_kib,
+                i.server_rss_after_kib,
+                i.bytes_per_connection
+            ));
+        }
+        s
+    }
+}
+
+/// One point of the time series (per reporting second).
+#[derive(Debug, Clone, Copy)]
+pub struct Point {
+    pub t: f64,
+    pub ops_per_s: f64,
+    pub p99_ms: f64,
+}
+
+/// Draws throughput and p99 over time into an SVG file.
+pub fn chart(path: &Path, title: &str, points: &[Point]) -> Result<(), String> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (top, bottom) = root.split_vertically(300);
+    let t_max = points.last().map_or(1.0, |p| p.t).max(1.0);
+    let ops_max = points.iter().map(|p| p.ops_per_s).fold(1.0, f64::max) * 1.1;
+    let p99_max = points.iter().map(|p| p.p99_ms).fold(0.1, f64::max) * 1.1;
+    let mut c = ChartBuilder::on(&top)
+        .caption(
+            format!("{title}: operations per second"),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, 0f64..ops_max)
+        .map_err(|e| e.to_string())?;
+    c.configure_mesh()
+        .x_desc("seconds")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    c.draw_series(LineSeries::new(
+        points.iter().map(|p| (p.t, p.ops_per_s)),
+        &BLUE,
+    ))
+    .map_err(|e| e.to_string())?;
+    let mut c = ChartBuilder::on(&bottom)
+        .caption("p99 latency (ms)", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, 0f64..p99_max)
+        .map_err(|e| e.to_string())?;
+    c.configure_mesh()
+        .x_desc("seconds")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    c.draw_series(LineSeries::new(
+        points.iter().map(|p| (p.t, p.p99_ms)),
+        &RED,
+    ))
+    .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Writes interval histograms in HdrHistogram's interval-log format.
+pub fn hdr_log(
+    path: &Path,
+    start_unix: f64,
+    intervals: &[(f64, f64, Stats)],
+) -> Result<(), String> {
+    use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+    use hdrhistogram::serialization::V2Serializer;
+    let mut file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut ser = V2Serializer::new();
+    let mut w = IntervalLogWriterBuilder::new()
+        .with_base_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(start_unix))
+        .with_start_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(start_unix))
+        .begin_log_with(&mut file, &mut ser)
+        .map_err(|e| e.to_string())?;
+    for (t, dur, s) in intervals {
+        w.write_histogram(
+            &s.hist,
+            std::time::Duration::from_secs_f64(*t),
+            std::time::Duration::from_secs_f64(*dur),
+            None,
+        )
+        .map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Counting what happened: latency histograms (HDR, microseconds), errors
+//! by kind, bytes, resumptions. Each worker thread keeps its own and sends
+//! an interval snapshot to the main thread every reporting tick, so no lock
+//! is taken per operation.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+
+/// Largest latency recorded (60 s, in µs); larger values are clamped.
+pub const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// Counters of one interval or of the whole run.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub hist: Histogram<u64>,
+    pub ops: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Bytes read from the server (plaintext).
+    pub bytes_in: u64,
+    /// Message payload octets retrieved (RETR).
+    pub payload: u64,
+    /// Handshakes, and how many of them resumed.
+    pub handshakes: u64,
+    pub resumed: u64,
+    /// Connections held open (idle scenario).
+    pub held: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            hist: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds"),
+            ops: 0,
+            errors: BTreeMap::new(),
+            bytes_in: 0,
+            payload: 0,
+            handshakes: 0,
+            resumed: 0,
+            held: 0,
+        }
+    }
+}
+
+impl Stats {
+    /// Records one successful operation.
+    pub fn op(&mut self, latency_us: u64) {
+        self.ops += 1;
+        let _ = self.hist.record(latency_us.clamp(1, MAX_LATENCY_US));
+    }
+
+    /// Records one failed operation.
+    pub fn error(&mut self, kind: &'static str) {
+        *self.errors.entry(kind).or_insert(0) += 1;
+    }
+
+    /// Total errors.
+    pub fn error_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Adds another's counts into this one.
+    pub fn merge(&mut self, other: &Stats) {
+        let _ = self.hist.add(&other.hist);
+        self.ops += other.ops;
+        for (k, v) in &other.errors {
+            *self.errors.entry(k).or_insert(0) += v;
+        }
+        self.bytes_in += other.bytes_in;
+        self.payload += other.payload;
+        self.handshakes += other.handshakes;
+        self.resumed += other.resumed;
+        self.held += other.held;
+    }
+
+    /// Takes the counts, leaving this empty (for interval snapshots).
+    pub fn take(&mut self) -> Stats {
+        std::mem::take(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_and_take() {
+        let mut a = Stats::default();
+        a.op(100);
+        a.error("io");
+        let mut b = Stats::default();
+        b.op(300);
+        b.error("io");
+        b.error("tls");
+        a.merge(&b);
+        assert_eq!(a.ops, 2);
+        assert_eq!(a.error_total(), 3);
+        assert_eq!(a.errors["io"], 2);
+        assert_eq!(a.hist.max(), 300);
+        let t = a.take();
+        assert_eq!(t.ops, 2);
+        assert_eq!(a.ops, 0);
+    }
+}

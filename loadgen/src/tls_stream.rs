@@ -1,0 +1,177 @@
+//! A rustls client connection over a monoio TCP stream.
+//!
+//! The load generator is a client, so rustls's buffered API is the simple
+//! and right tool here: records in, plaintext out through `reader()`, the
+//! other way through `writer()`. Plaintext is kept in one buffer that the
+//! POP3 layer scans for line ends.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, HandshakeKind};
+
+/// A TLS client stream.
+pub struct TlsStream {
+    tcp: TcpStream,
+    conn: ClientConnection,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// Decrypted bytes not yet consumed; `pos` is the start of unread data.
+    plain: Vec<u8>,
+    pos: usize,
+    eof: bool,
+}
+
+fn tls_err(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsStream {
+    /// Connects and completes the handshake.
+    pub async fn connect(
+        addr: SocketAddr,
+        sni: &str,
+        config: Arc<ClientConfig>,
+    ) -> io::Result<TlsStream> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(sni.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let conn = ClientConnection::new(config, name).map_err(tls_err)?;
+        let mut s = TlsStream {
+            tcp,
+            conn,
+            rbuf: Vec::with_capacity(32 * 1024),
+            wbuf: Vec::with_capacity(4096),
+            plain: Vec::with_capacity(4096),
+            pos: 0,
+            eof: false,
+        };
+        while s.conn.is_handshaking() {
+            s.flush().await?;
+            if s.conn.is_handshaking() && s.conn.wants_read() && s.read_some().await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "eof during handshake",
+                ));
+            }
+        }
+        s.flush().await?;
+        Ok(s)
+    }
+
+    /// Whether the handshake resumed a previous session.
+    pub fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(HandshakeKind::Resumed)
+    }
+
+    /// Negotiated TLS version and cipher suite, for the report.
+    pub fn describe(&self) -> (String, String) {
+        (
+            self.conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            self.conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default(),
+        )
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut self.wbuf)?;
+        }
+        if !self.wbuf.is_empty() {
+            let buf = std::mem::take(&mut self.wbuf);
+            let (r, mut buf) = self.tcp.write_all(buf).await;
+            buf.clear();
+            self.wbuf = buf;
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Reads from the socket once and decrypts what arrived.
+    async fn read_some(&mut self) -> io::Result<usize> {
+        let mut buf = std::mem::take(&mut self.rbuf);
+        buf.clear();
+        let cap = buf.capacity();
+        let (r, slice) = self.tcp.read(buf.slice_mut(0..cap)).await;
+        let buf = slice.into_inner();
+        let n = r?;
+        if n == 0 {
+            self.eof = true;
+            self.rbuf = buf;
+            return Ok(0);
+        }
+        let mut rd = &buf[..n];
+        while !rd.is_empty() {
+            self.conn.read_tls(&mut rd)?;
+            let state = self.conn.process_new_packets().map_err(tls_err)?;
+            if state.plaintext_bytes_to_read() > 0 {
+                self.take_plaintext()?;
+            }
+        }
+        self.rbuf = buf;
+        Ok(n)
+    }
+
+    fn take_plaintext(&mut self) -> io::Result<()> {
+        if self.pos > 0 && self.pos == self.plain.len() {
+            self.plain.clear();
+            self.pos = 0;
+        }
+        let mut chunk = [0u8; 16384];
+        loop {
+            match self.conn.reader().read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.plain.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends bytes (encrypted).
+    pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.conn.writer().write_all(data)?;
+        self.flush().await
+    }
+
+    /// Unread plaintext.
+    pub fn buffered(&self) -> &[u8] {
+        &self.plain[self.pos..]
+    }
+
+    /// Marks `n` bytes of [`TlsStream::buffered`] as consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos == self.plain.len() {
+            self.plain.clear();
+            self.pos = 0;
+        } else if self.pos > 64 * 1024 {
+            self.plain.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
+    /// Waits for more plaintext; false at end of stream.
+    pub async fn fill(&mut self) -> io::Result<bool> {
+        let before = self.plain.len() - self.pos;
+        while self.plain.len() - self.pos == before {
+            if self.eof {
+                return Ok(false);
+            }
+            self.read_some().await?;
+            self.take_plaintext()?;
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,236 @@
+//! The load generator against a real pop3sd on loopback (started in this
+//! process from the demo set-up), every scenario bounded in count and time,
+//! checking that it reports what happened and that nothing failed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use pop3sd::demo::{self, DemoOptions, DemoScheme};
+
+struct Server {
+    json: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// One server for all tests of this file (its threads live as long as the process).
+fn server() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = DemoOptions {
+            dir: Some(dir.path().join("root")),
+            port: 0,
+            pop3_port: 0,
+            external_port: 0,
+            users: 20,
+            messages: 4,
+            scheme: DemoScheme::Plain,
+            cores: 2,
+        };
+        let (config, info) = demo::prepare(&opts).unwrap();
+        let shared = pop3sd::startup::build(config).unwrap();
+        let running = pop3sd::runtime::start(shared).unwrap();
+        std::thread::spawn(move || running.join());
+        let json = dir.path().join("demo.json");
+        std::fs::write(&json, serde_json::to_string(&info).unwrap()).unwrap();
+        Server { json, _dir: dir }
+    })
+}
+
+/// Runs the loadgen; every run is bounded by --count or a short --duration.
+fn loadgen(args: &[&str], out: &Path) -> serde_json::Value {
+    let s = server();
+    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+        .arg("--demo-json")
+        .arg(&s.json)
+        .args(["--quiet", "--threads", "2"])
+        .args(args)
+        .arg("--json")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "loadgen {args:?} failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+#[test]
+fn every_scenario_runs_clean() {
+    let d = tempfile::tempdir().unwrap();
+    let r = loadgen(
+        &[
+            "-s",
+            "handshake",
+            "--count",
+            "40",
+            "--duration",
+            "30",
+            "-c",
+            "4",
+        ],
+        &d.path().join("h.json"),
+    );
+    assert_eq!(r["ops"], 40);
+    assert_eq!(r["error_total"], 0);
+    assert_eq!(r["resumed"], 0);
+
+    let r = loadgen(
+        &[
+            "-s",
+            "resume",
+            "--count",
+            "40",
+            "--duration",
+            "30",
+            "-c",
+            "4",
+        ],
+        &d.path().join("r.json"),
+    );
+    assert_eq!(r["error_total"], 0);
+    // Sessions are cached per SNI name: each of the 4 tasks may need one full
+    // handshake per tenant (2) before it holds a ticket; every other resumes.
+    assert!(r["resumed"].as_u64().unwrap() >= 40 - 4 * 2, "{r}");
+
+    let r = loadgen(
+        &[
+            "-s", "session", "--count", "40", "-c", "4", "--login", "user",
+        ],
+        &d.path().join("s.json"),
+    );
+    assert_eq!(r["ops"], 40);
+    assert_eq!(r["error_total"], 0);
+    assert!(r["payload_bytes"].as_u64().unwrap() > 0);
+    assert!(r["latency_us"]["p99"].as_u64().unwrap() >= r["latency_us"]["p50"].as_u64().unwrap());
+
+    let r = loadgen(
+        &[
+            "-s",
+            "retr",
+            "--count",
+            "200",
+            "--duration",
+            "30",
+            "-c",
+            "4",
+        ],
+        &d.path().join("t.json"),
+    );
+    assert_eq!(r["ops"], 200);
+    assert_eq!(r["error_total"], 0);
+    assert!(r["payload_mb_per_s"].as_f64().unwrap() > 0.0);
+
+    let r = loadgen(
+        &[
+            "-s",
+            "mixed",
+            "--count",
+            "60",
+            "--duration",
+            "30",
+            "-c",
+            "4",
+        ],
+        &d.path().join("m.json"),
+    );
+    assert_eq!(r["error_total"], 0);
+    assert_eq!(r["ops"], 60);
+
+    let r = loadgen(
+        &["-s", "session", "--rate", "50", "--duration", "2"],
+        &d.path().join("o.json"),
+    );
+    assert_eq!(r["mode"], "open");
+    assert_eq!(r["error_total"], 0);
+    assert!(r["ops"].as_u64().unwrap() >= 80, "{r}");
+
+    let pid = std::process::id().to_string();
+    let r = loadgen(
+        &[
+            "-s",
+            "idle",
+            "--connections",
+            "30",
+            "--hold",
+            "1",
+            "--server-pid",
+            &pid,
+        ],
+        &d.path().join("i.json"),
+    );
+    assert_eq!(r["error_total"], 0);
+    assert_eq!(r["idle"]["connections"], 30);
+}
+
+#[test]
+fn a_wrong_password_is_counted_not_hidden() {
+    let d = tempfile::tempdir().unwrap();
+    let users = d.path().join("users");
+    std::fs::write(&users, "alice@example.com not-the-password\n").unwrap();
+    let s = server();
+    let out = d.path().join("bad.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+        .arg("--demo-json")
+        .arg(&s.json)
+        .arg("--users-file")
+        .arg(&users)
+        .args([
+            "--quiet",
+            "-s",
+            "session",
+            "--count",
+            "2",
+            "-c",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "failed operations must make the exit status non-zero"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(r["errors"]["login"], 2);
+}
+
+#[test]
+fn chart_and_hdr_log_are_written() {
+    let d = tempfile::tempdir().unwrap();
+    let s = server();
+    let chart = d.path().join("c.svg");
+    let hdr = d.path().join("h.hlog");
+    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+        .arg("--demo-json")
+        .arg(&s.json)
+        .args([
+            "--quiet",
+            "-s",
+            "handshake",
+            "--duration",
+            "2",
+            "-c",
+            "2",
+            "--chart",
+        ])
+        .arg(&chart)
+        .arg("--hdr-log")
+        .arg(&hdr)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_to_string(&chart).unwrap().contains("<svg"));
+    assert!(std::fs::read_to_string(&hdr)
+        .unwrap()
+        .contains("#[StartTime"));
+}
