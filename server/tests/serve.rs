@@ -1,0 +1,175 @@
+//! `pop3sd serve` and `pop3sd check-config` from a written configuration:
+//! drivers, RSA certificates, configuration errors.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::have;
+use pop3sd::config::{Config, Driver};
+use pop3sd::demo::{self, DemoOptions, DemoScheme};
+
+fn prepare(dir: &Path) -> (Config, demo::DemoInfo) {
+    demo::prepare(&DemoOptions {
+        dir: Some(dir.join("root")),
+        port: 0,
+        pop3_port: 0,
+        external_port: 0,
+        users: 2,
+        messages: 2,
+        scheme: DemoScheme::Plain,
+        cores: 1,
+    })
+    .unwrap()
+}
+
+fn write_config(cfg: &Config, path: &Path) {
+    std::fs::write(path, cfg.to_toml()).unwrap();
+}
+
+/// Starts `pop3sd serve`, waits for "serving" in its log; returns the child and log path.
+fn serve(config: &Path, env: &[(&str, &str)]) -> (std::process::Child, std::path::PathBuf) {
+    let log = config.with_extension("log");
+    let mut cmd = Command::new(common::bin());
+    cmd.arg("serve").arg("--config").arg(config).stdout(Stdio::null());
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    (child, log)
+}
+
+fn wait_for(log: &Path, needle: &str) -> bool {
+    for _ in 0..200 {
+        if std::fs::read_to_string(log).unwrap_or_default().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn pop3s_login(addr: &str, sni: &str, cafile: &Path, user: &str, password: &str) -> std::process::Output {
+    let script = format!(
+        r#"
+import poplib, socket, ssl, sys
+host, port = "{addr}".rsplit(":", 1)
+ctx = ssl.create_default_context(cafile=r"{ca}")
+raw = socket.create_connection((host, int(port)), 10)
+s = ctx.wrap_socket(raw, server_hostname="{sni}")
+f = s.makefile("rb")
+assert f.readline().startswith(b"+OK")
+for line in [b"USER {user}\r\n", b"PASS {password}\r\n", b"STAT\r\n", b"QUIT\r\n"]:
+    s.sendall(line)
+    r = f.readline()
+    assert r.startswith(b"+OK"), r
+print(s.version(), s.getpeercert()["subject"])
+"#,
+        ca = cafile.display()
+    );
+    Command::new("python3").arg("-c").arg(script).output().unwrap()
+}
+
+#[test]
+fn missing_io_uring_stops_start_up_with_a_clear_message() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, _) = prepare(d.path());
+    let path = d.path().join("pop3sd.toml");
+    write_config(&cfg, &path);
+    // monoio's probe reports io_uring as unusable under this variable, as it
+    // would on a kernel without it or under seccomp.
+    let o = Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("MONOIO_FORCE_LEGACY_DRIVER", "1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("io_uring is not available"), "{err}");
+    assert!(err.contains("driver = \"legacy\""), "the message says how to opt in to epoll: {err}");
+}
+
+#[test]
+fn legacy_driver_only_when_configured_and_logged() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut cfg, info) = prepare(d.path());
+    cfg.runtime.driver = Driver::Legacy;
+    let path = d.path().join("pop3sd.toml");
+    write_config(&cfg, &path);
+    let (mut child, log) = serve(&path, &[]);
+    assert!(wait_for(&log, "serving"), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("epoll, not io_uring"), "{text}");
+    let u = &info.tenants[0].users[0];
+    let o = pop3s_login(&info.pop3s, "example.com", &info.ca_file, &u.user, &u.password);
+    let _ = child.kill();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn rsa_certificates_work_beside_ecdsa() {
+    assert!(have("openssl"), "openssl is required (installed by .ci/run)");
+    let d = tempfile::tempdir().unwrap();
+    let (mut cfg, info) = prepare(d.path());
+    let key = d.path().join("rsa.key");
+    let cert = d.path().join("rsa.pem");
+    let o = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=example.org"])
+        .args(["-addext", "subjectAltName=DNS:example.org"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    cfg.tenants[1].certificate = cert.clone();
+    cfg.tenants[1].private_key = key;
+    let path = d.path().join("pop3sd.toml");
+    write_config(&cfg, &path);
+    let (mut child, log) = serve(&path, &[]);
+    assert!(wait_for(&log, "serving"), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let org = &info.tenants[1].users[0];
+    let rsa = pop3s_login(&info.pop3s, "example.org", &cert, &org.user, &org.password);
+    let com = &info.tenants[0].users[0];
+    let ecdsa = pop3s_login(&info.pop3s, "example.com", &info.ca_file, &com.user, &com.password);
+    let _ = child.kill();
+    assert!(rsa.status.success(), "RSA tenant: {}", String::from_utf8_lossy(&rsa.stderr));
+    assert!(ecdsa.status.success(), "ECDSA tenant: {}", String::from_utf8_lossy(&ecdsa.stderr));
+}
+
+#[test]
+fn check_config_names_every_problem() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut cfg, _) = prepare(d.path());
+    let path = d.path().join("pop3sd.toml");
+    write_config(&cfg, &path);
+    let ok = Command::new(common::bin()).arg("check-config").arg(&path).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("OK"));
+
+    // A passwd-file with a bad line, a key that does not match its certificate,
+    // and a missing client CA.
+    let passwd = cfg.resolve(&cfg.tenants[0].passwd_file);
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str("../evil:{PLAIN}x\n");
+    std::fs::write(&passwd, text).unwrap();
+    cfg.tenants[1].private_key = cfg.tenants[0].private_key.clone();
+    cfg.tenants[0].client_ca = Some(d.path().join("nope.pem"));
+    write_config(&cfg, &path);
+    let bad = Command::new(common::bin()).arg("check-config").arg(&path).output().unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("tenant[0] (example.com).passwd_file"), "{err}");
+    assert!(err.contains(":3: "), "line number of the bad passwd line: {err}");
+    assert!(err.contains("tenant[1] (example.org).certificate") && err.contains("do not match"), "{err}");
+    assert!(err.contains("tenant[0] (example.com).client_ca"), "{err}");
+    // Serving refuses the same file, naming the same problems.
+    let serve = Command::new(common::bin()).args(["serve", "--config"]).arg(&path).output().unwrap();
+    assert!(!serve.status.success());
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("do not match"));
+}
