@@ -122,6 +122,14 @@ struct Args {
     /// Server process id: report its CPU time per operation (and memory per idle connection).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Server processes by name (comma-separated /proc comm values, e.g.
+    /// "dovecot,pop3-login,pop3,auth"): CPU of the live ones, memory as PSS.
+    #[arg(long)]
+    server_comm: Option<String>,
+    /// Server CPU = all CPU time used on this machine minus this process's
+    /// (for servers that fork short-lived processes; needs an otherwise idle machine).
+    #[arg(long)]
+    server_cpu_from_system: bool,
     /// Write the JSON report here ("-" for stdout).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -218,26 +226,106 @@ fn own_cpu_seconds() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0)
+}
+
 fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name in parentheses; utime and stime are 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / hz.max(1.0))
+    Some(ticks / clock_ticks())
 }
 
-fn proc_rss_kib(pid: u32) -> Option<u64> {
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
+}
+
+fn proc_pss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("Pss:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn pids_by_comm(names: &[String]) -> Vec<u32> {
+    let mut pids = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+                if names.iter().any(|n| n == comm.trim()) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    pids
+}
+
+fn system_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?;
+    let f: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7).unwrap_or(&0.0);
+    Some(busy / clock_ticks())
+}
+
+/// How the server's CPU time and memory are observed.
+enum ServerProbe {
+    None,
+    Pid(u32),
+    Comm(Vec<String>),
+    System,
+}
+
+impl ServerProbe {
+    fn from_args(args: &Args) -> Self {
+        if args.server_cpu_from_system {
+            ServerProbe::System
+        } else if let Some(c) = &args.server_comm {
+            ServerProbe::Comm(c.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        } else if let Some(p) = args.server_pid {
+            ServerProbe::Pid(p)
+        } else {
+            ServerProbe::None
+        }
+    }
+
+    /// CPU seconds so far (for System: everything but this process).
+    fn cpu(&self) -> Option<f64> {
+        match self {
+            ServerProbe::None => None,
+            ServerProbe::Pid(p) => proc_cpu_seconds(*p),
+            ServerProbe::Comm(names) => Some(pids_by_comm(names).into_iter().filter_map(proc_cpu_seconds).sum()),
+            ServerProbe::System => Some(system_busy_seconds()? - own_cpu_seconds()),
+        }
+    }
+
+    /// Resident memory in KiB (PSS summed over processes for Comm).
+    fn memory_kib(&self) -> Option<u64> {
+        match self {
+            ServerProbe::Pid(p) => proc_status_kib(*p, "VmRSS:"),
+            ServerProbe::Comm(names) => Some(pids_by_comm(names).into_iter().filter_map(proc_pss_kib).sum()),
+            _ => None,
+        }
+    }
 }
 
 struct Shared {
@@ -316,8 +404,9 @@ fn run() -> Result<bool, String> {
         idle_release: AtomicBool::new(false),
     });
     let (tx, rx) = mpsc::channel::<Msg>();
-    let server_cpu_before = args.server_pid.and_then(proc_cpu_seconds);
-    let rss_before = args.server_pid.and_then(proc_rss_kib);
+    let probe = ServerProbe::from_args(&args);
+    let server_cpu_before = probe.cpu();
+    let rss_before = probe.memory_kib();
     let cpu_before = own_cpu_seconds();
     let start = Instant::now();
     let start_unix = std::time::SystemTime::now()
@@ -388,12 +477,13 @@ fn run() -> Result<bool, String> {
             idle_measured = true;
             std::thread::sleep(Duration::from_secs(1));
             let held = shared.idle_held.load(Ordering::Acquire) as u64;
-            let after = args.server_pid.and_then(proc_rss_kib);
+            let after = probe.memory_kib();
             if let (Some(b), Some(a)) = (rss_before, after) {
                 idle_mem = Some(IdleMemory {
                     connections: held,
-                    server_rss_before_kib: b,
-                    server_rss_after_kib: a,
+                    measure: if matches!(probe, ServerProbe::Comm(_)) { "pss" } else { "rss" }.into(),
+                    server_memory_before_kib: b,
+                    server_memory_after_kib: a,
                     bytes_per_connection: a.saturating_sub(b) * 1024 / held.max(1),
                 });
             }
@@ -412,10 +502,7 @@ fn run() -> Result<bool, String> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let client_cpu = own_cpu_seconds() - cpu_before;
-    let server_cpu = match (
-        server_cpu_before,
-        args.server_pid.and_then(proc_cpu_seconds),
-    ) {
+    let server_cpu = match (server_cpu_before, probe.cpu()) {
         (Some(b), Some(a)) => Some(a - b),
         _ => None,
     };

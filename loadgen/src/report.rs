@@ -22,8 +22,10 @@ pub struct Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleMemory {
     pub connections: u64,
-    pub server_rss_before_kib: u64,
-    pub server_rss_after_kib: u64,
+    /// "rss" of one process, or "pss" summed over processes.
+    pub measure: String,
+    pub server_memory_before_kib: u64,
+    pub server_memory_after_kib: u64,
     pub bytes_per_connection: u64,
 }
 
@@ -166,10 +168,11 @@ impl Report {
         }
         if let Some(i) = &self.idle {
             s.push_str(&format!(
-                "\nidle       {} connections held; server RSS {} → {} KiB ({} bytes/connection)",
+                "\nidle       {} connections held; server {} {} → {} KiB ({} bytes/connection)",
                 i.connections,
-                i.server_rss_before_kib,
-                i.server_rss_after_kib,
+                i.measure,
+                i.server_memory_before_kib,
+                i.server_memory_after_kib,
                 i.bytes_per_connection
             ));
         }

@@ -27,6 +27,8 @@ fn server() -> &'static Server {
             messages: 4,
             scheme: DemoScheme::Plain,
             cores: 2,
+            message_size: 0,
+            maildir: None,
         };
         let (config, info) = demo::prepare(&opts).unwrap();
         let shared = pop3sd::startup::build(config).unwrap();

@@ -53,6 +53,12 @@ pub struct DemoOptions {
     pub scheme: DemoScheme,
     /// Event-loop threads (0 = all cores).
     pub cores: usize,
+    /// Size of every message (0: a mix of about 0.6, 3, 20 and 60 KB).
+    pub message_size: usize,
+    /// Also write every message into a Maildir tree here
+    /// (`DIR/<domain>/<user>/{cur,new,tmp}`), so that another server
+    /// (Dovecot) can be given identical mail.
+    pub maildir: Option<PathBuf>,
 }
 
 /// A demo user as printed in the JSON line.
@@ -151,8 +157,13 @@ pub fn demo_users(n: usize) -> Vec<String> {
 
 /// A demo message: headers, a dot line, and a body whose size varies.
 pub fn demo_message(domain: &str, user: &str, i: usize) -> Vec<u8> {
+    demo_message_sized(domain, user, i, 0)
+}
+
+/// A demo message of about `size` bytes (0: the default mix of sizes).
+pub fn demo_message_sized(domain: &str, user: &str, i: usize, size: usize) -> Vec<u8> {
     let sizes = [600usize, 3_000, 20_000, 60_000];
-    let target = sizes[i % sizes.len()];
+    let target = if size > 0 { size } else { sizes[i % sizes.len()] };
     let mut m = format!(
         "From: Demo Sender <sender@{domain}>\r\nTo: {user}@{domain}\r\nSubject: Demo message {n} for {user}\r\n\
          Date: Sat, 28 Nov 2026 00:00:00 +0000\r\nMessage-ID: <demo.{n}.{user}@{domain}>\r\n\r\n\
@@ -278,7 +289,7 @@ pub fn prepare(opts: &DemoOptions) -> Result<(Config, DemoInfo), DemoError> {
         write(&passwd_file, render(&entries), 0o600)?;
 
         // Mail: one durable batch per user, users in parallel.
-        deliver_demo_mail(&store, domain, &users, opts.messages)?;
+        deliver_demo_mail(&store, domain, &users, opts)?;
 
         tenants_cfg.push(TenantConfig {
             domain: domain.to_string(),
@@ -386,12 +397,20 @@ pub fn prepare(opts: &DemoOptions) -> Result<(Config, DemoInfo), DemoError> {
     Ok((config, info))
 }
 
-fn deliver_demo_mail(
-    store: &Store,
-    domain: &str,
-    users: &[String],
-    messages: usize,
-) -> Result<(), DemoError> {
+fn write_maildir(root: &Path, domain: &str, user: &str, messages: &[Vec<u8>]) -> Result<(), DemoError> {
+    let dir = root.join(domain).join(user);
+    for sub in ["cur", "new", "tmp"] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).map_err(|source| DemoError::Io { path: d, source })?;
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let p = dir.join("cur").join(format!("{}.M{i}P0.pop3sd-demo:2,", 1_764_000_000 + i));
+        std::fs::write(&p, m).map_err(|source| DemoError::Io { path: p, source })?;
+    }
+    Ok(())
+}
+
+fn deliver_demo_mail(store: &Store, domain: &str, users: &[String], opts: &DemoOptions) -> Result<(), DemoError> {
     let threads = 8.min(users.len().max(1));
     let chunk = users.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
@@ -403,12 +422,16 @@ fn deliver_demo_mail(
                         let addr = Address::parse(format!("{u}@{domain}"))
                             .map_err(|e| DemoError::Other(e.to_string()))?;
                         let md = store.ensure_maildrop(&addr)?;
+                        let raw: Vec<Vec<u8>> = (0..opts.messages)
+                            .map(|i| demo_message_sized(domain, u, i, opts.message_size))
+                            .collect();
+                        if let Some(dir) = &opts.maildir {
+                            write_maildir(dir, domain, u, &raw)?;
+                        }
                         if md.stats()?.messages > 0 {
                             continue; // an existing demo root keeps its mail
                         }
-                        let batch: Vec<PreparedMessage> = (0..messages)
-                            .map(|i| PreparedMessage::from_raw(&demo_message(domain, u, i)))
-                            .collect();
+                        let batch: Vec<PreparedMessage> = raw.iter().map(|m| PreparedMessage::from_raw(m)).collect();
                         for r in md.append_batch(batch) {
                             r?;
                         }

@@ -59,6 +59,12 @@ enum Command {
         /// Event-loop threads (0 = one per CPU).
         #[arg(long, default_value_t = 0)]
         cores: usize,
+        /// Size of every message in bytes (0 = a mix of about 0.6, 3, 20 and 60 KB).
+        #[arg(long, default_value_t = 0)]
+        message_size: usize,
+        /// Also write the same mail as Maildirs under DIR/<domain>/<user> (for comparisons with Dovecot).
+        #[arg(long)]
+        maildir: Option<PathBuf>,
         /// Print one line of JSON on stdout once ready (for scripts and tests).
         #[arg(long)]
         json: bool,
@@ -103,6 +109,8 @@ fn run(cli: Cli) -> Result<(), String> {
             messages,
             password_scheme,
             cores,
+            message_size,
+            maildir,
             json,
         } => {
             let opts = DemoOptions {
@@ -114,6 +122,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 messages,
                 scheme: password_scheme,
                 cores,
+                message_size,
+                maildir,
             };
             let (config, info) =
                 demo::prepare(&opts).map_err(|e| format!("demo set-up failed: {e}"))?;

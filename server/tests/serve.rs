@@ -21,6 +21,8 @@ fn prepare(dir: &Path) -> (Config, demo::DemoInfo) {
         messages: 2,
         scheme: DemoScheme::Plain,
         cores: 1,
+        message_size: 0,
+        maildir: None,
     })
     .unwrap()
 }

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# pop3sd and Dovecot side by side, in one run, on this machine.
+#
+# Both servers get identical tenants (example.com, example.org), users and
+# passwords (the same passwd-files), ECDSA P-256 certificates (picked by SNI)
+# and mail (pop3sd's demo writes the same messages as Maildirs for Dovecot).
+# Dovecot is tuned as its documentation advises for performance:
+# high-performance login processes (service_count = 0, process_min_avail =
+# one per core), reused pop3 processes, an auth cache. The same pop3-loadgen
+# scenarios run against each; server CPU is all CPU used on the machine minus
+# the load generator's own (fair to Dovecot's many processes), so run this on
+# an otherwise idle machine.
+#
+# Writes $OUT/compare.md (a side-by-side table with ratios) and
+# $OUT/compare.json, plus every loadgen report.
+#
+# Usage: bench/compare.sh            (needs root for apt-get and the vmail user)
+# Knobs: USERS (per tenant, 500) MESSAGES (10) DURATION (s, 10)
+#        CONCURRENCY (32) IDLE (idle connections, at most 2*USERS) OUT (bench/results/<date>)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+USERS=${USERS:-500}
+MESSAGES=${MESSAGES:-10}
+DURATION=${DURATION:-10}
+CONCURRENCY=${CONCURRENCY:-32}
+IDLE=${IDLE:-$((2 * USERS))}  # each idle connection holds its own user
+CORES=$(nproc)
+OUT=${OUT:-$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)}
+W=$(mktemp -d /tmp/pop3-compare.XXXXXX)
+mkdir -p "$OUT"
+
+log() { printf '== %s\n' "$*" >&2; }
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  if [ -f "$W/dovecot/dovecot.conf" ]; then doveadm -c "$W/dovecot/dovecot.conf" stop 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+if ! command -v dovecot >/dev/null 2>&1; then
+  log "installing dovecot-pop3d"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends dovecot-pop3d >/dev/null
+fi
+id vmail >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin vmail
+
+log "building pop3sd and pop3-loadgen"
+(cd "$ROOT" && cargo build --release -q -p pop3sd -p pop3-loadgen)
+POP3SD=$ROOT/target/release/pop3sd
+LOADGEN=$ROOT/target/release/pop3-loadgen
+
+wait_json() { for _ in $(seq 1 600); do [ -s "$1" ] && return 0; sleep 0.2; done; echo "timeout waiting for $1" >&2; return 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_pop3sd NAME EXTRA-ARGS... : demo data set + Maildir copy; prints pid
+start_pop3sd() {
+  local name=$1; shift
+  "$POP3SD" demo --dir "$W/$name/root" --maildir "$W/$name/maildir" --password-scheme plain \
+    --cores "$CORES" --json "$@" >"$W/$name/pop3sd.json" 2>"$W/$name/pop3sd.log" &
+  local pid=$!
+  wait_json "$W/$name/pop3sd.json"
+  echo "$pid"
+}
+# Starts pop3sd in the background and records its pid in $PID (and for cleanup).
+pop3sd_up() { rm -f "$W/$1/pop3sd.json"; PID=$(start_pop3sd "$@"); PIDS+=("$PID"); }
+
+# start_dovecot NAME PORT : same tenants, users, certificates and mail
+start_dovecot() {
+  local name=$1 port=$2 d="$W/dovecot"
+  local r="$W/$name/root"
+  mkdir -p "$d/run" "$d/state"
+  chown -R vmail:vmail "$W/$name/maildir"
+  chmod 755 "$W" "$W/$name"
+  # Dovecot's auth process runs as user dovecot; the demo root is private.
+  rm -rf "$W/$name/dovecot-passwd"
+  cp -r "$r/passwd" "$W/$name/dovecot-passwd"
+  chown -R root:dovecot "$W/$name/dovecot-passwd"
+  chmod 750 "$W/$name/dovecot-passwd"
+  chmod 640 "$W/$name/dovecot-passwd"/*
+  cat >"$d/dovecot.conf" <<EOF
+protocols = pop3
+listen = 127.0.0.1
+base_dir = $d/run
+state_dir = $d/state
+log_path = $d/dovecot.log
+ssl = required
+ssl_min_protocol = TLSv1.2
+ssl_cert = <$r/tls/example.com.pem
+ssl_key = <$r/tls/example.com.key
+local_name example.org {
+  ssl_cert = <$r/tls/example.org.pem
+  ssl_key = <$r/tls/example.org.key
+}
+disable_plaintext_auth = yes
+auth_mechanisms = plain
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%n $W/$name/dovecot-passwd/%d
+}
+userdb {
+  driver = static
+  args = uid=vmail gid=vmail home=$W/$name/maildir/%d/%n
+}
+mail_location = maildir:$W/$name/maildir/%d/%n
+first_valid_uid = $(id -u vmail)
+pop3_uidl_format = %08Xu%08Xv
+auth_cache_size = 64M
+auth_cache_ttl = 1 hours
+default_process_limit = $((IDLE + 2000))
+default_client_limit = $((IDLE * 2 + 4000))
+service pop3-login {
+  inet_listener pop3 {
+    port = 0
+  }
+  inet_listener pop3s {
+    port = $port
+    ssl = yes
+  }
+  service_count = 0
+  process_min_avail = $CORES
+  vsz_limit = 1G
+}
+service pop3 {
+  service_count = 0
+  process_min_avail = $CORES
+}
+service auth {
+  client_limit = $((IDLE * 2 + 4000))
+}
+EOF
+  dovecot -c "$d/dovecot.conf"
+  for _ in $(seq 1 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null && break; sleep 0.1; done
+  # The same JSON as pop3sd's, pointing at Dovecot.
+  python3 - "$W/$name/pop3sd.json" "$W/$name/dovecot.json" "$port" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1])); j["pop3s"] = "127.0.0.1:" + sys.argv[3]
+json.dump(j, open(sys.argv[2], "w"))
+PY
+}
+
+stop_dovecot() { doveadm -c "$W/dovecot/dovecot.conf" stop 2>/dev/null || true; sleep 1; rm -rf "$W/dovecot"; }
+
+# run SERVER SCENARIO-NAME JSON LOADGEN-ARGS...
+run() {
+  local server=$1 label=$2 json=$3; shift 3
+  log "$server: $label"
+  "$LOADGEN" --demo-json "$json" --quiet --timeout 60 "$@" --json "$OUT/$server-$label.json" \
+    2>"$OUT/$server-$label.txt" || true
+}
+
+DOVECOT_COMMS=dovecot,pop3-login,pop3,auth,anvil,log,config,stats,imap-login
+
+log "data set A: $USERS users per tenant, $MESSAGES mixed-size messages each"
+mkdir -p "$W/a"
+pop3sd_up a --users "$USERS" --messages "$MESSAGES"
+DPORT=$(free_port)
+for who in pop3sd dovecot; do
+  if [ "$who" = dovecot ]; then kill "$PID"; start_dovecot a "$DPORT"; JSON=$W/a/dovecot.json; else JSON=$W/a/pop3sd.json; fi
+  run "$who" handshake "$JSON" -s handshake -c "$CONCURRENCY" -d "$DURATION" --server-cpu-from-system
+  run "$who" resume "$JSON" -s resume -c "$CONCURRENCY" -d "$DURATION" --server-cpu-from-system
+  run "$who" session "$JSON" -s session -c "$CONCURRENCY" -d "$DURATION" --server-cpu-from-system
+done
+# Open loop at half of Dovecot's peak session rate, against both.
+RATE=$(python3 -c "import json; print(max(1.0, json.load(open('$OUT/dovecot-session.json'))['ops_per_s'] / 2))")
+run dovecot session-open "$W/a/dovecot.json" -s session --rate "$RATE" -d "$DURATION" --server-cpu-from-system
+run dovecot idle "$W/a/dovecot.json" -s idle --connections "$IDLE" --hold 5 --server-comm "$DOVECOT_COMMS"
+stop_dovecot
+pop3sd_up a --users "$USERS" --messages "$MESSAGES"
+run pop3sd session-open "$W/a/pop3sd.json" -s session --rate "$RATE" -d "$DURATION" --server-cpu-from-system
+kill "$PID"; sleep 1
+# A fresh `pop3sd serve` for the memory figure: no allocator history from
+# the demo's mail generation or from earlier runs.
+"$POP3SD" serve --config "$W/a/root/pop3sd.toml" 2>"$W/a/serve.log" &
+PID=$!; PIDS+=("$PID")
+for _ in $(seq 1 100); do grep -q serving "$W/a/serve.log" 2>/dev/null && break; sleep 0.1; done
+run pop3sd idle "$W/a/pop3sd.json" -s idle --connections "$IDLE" --hold 5 --server-pid "$PID"
+kill "$PID"; sleep 1
+
+log "data set B: 1 MiB messages"
+mkdir -p "$W/b"
+pop3sd_up b --users 16 --messages 4 --message-size 1048576
+run pop3sd retr-1mib "$W/b/pop3sd.json" -s retr -c 8 -d "$DURATION" --server-cpu-from-system
+kill "$PID"; sleep 1
+start_dovecot b "$(free_port)"
+run dovecot retr-1mib "$W/b/dovecot.json" -s retr -c 8 -d "$DURATION" --server-cpu-from-system
+stop_dovecot
+
+log "hardware ceiling: criterion (rustls/ring in memory)"
+(cd "$ROOT" && cargo bench -q -p pop3sd-bench --bench tls -- --warm-up-time 1 --measurement-time 3 2>/dev/null) >"$OUT/ceiling.txt" || true
+
+python3 - "$OUT" "$CORES" "$USERS" "$MESSAGES" "$DURATION" "$CONCURRENCY" "$IDLE" <<'PY'
+import json, os, re, sys, datetime, platform
+out, cores, users, messages, duration, conc, idle = sys.argv[1:]
+def load(n):
+    p = os.path.join(out, n + ".json")
+    return json.load(open(p)) if os.path.exists(p) else None
+rows = []
+def row(label, key, fmt, better):
+    a, b = load("pop3sd-" + key), load("dovecot-" + key)
+    if not a or not b:
+        return
+    rows.append((label, a, b, fmt, better))
+lines = ["| scenario | figure | pop3sd | Dovecot | ratio (pop3sd is better by) |", "|---|---|---|---|---|"]
+result = {"machine": {"cores": int(cores), "cpu": platform.processor() or platform.machine()},
+          "date": datetime.datetime.utcnow().isoformat() + "Z",
+          "params": {"users_per_tenant": int(users), "messages": int(messages), "duration_s": float(duration),
+                     "concurrency": int(conc), "idle_connections": int(idle)}, "scenarios": {}}
+def add(scn, figure, a, b, higher_better, unit):
+    if a is None or b is None:
+        return
+    ratio = (a / b) if higher_better else (b / a) if a else float("inf")
+    lines.append(f"| {scn} | {figure} | {a:,.1f} {unit} | {b:,.1f} {unit} | {ratio:.2f}× |")
+    result["scenarios"].setdefault(scn, {})[figure] = {"pop3sd": a, "dovecot": b, "ratio": ratio}
+for key in ["handshake", "resume", "session", "session-open", "retr-1mib"]:
+    a, b = load("pop3sd-" + key), load("dovecot-" + key)
+    if not a or not b:
+        continue
+    add(key, "ops/s", a["ops_per_s"], b["ops_per_s"], True, "")
+    add(key, "p50 latency", a["latency_us"]["p50"], b["latency_us"]["p50"], False, "µs")
+    add(key, "p99 latency", a["latency_us"]["p99"], b["latency_us"]["p99"], False, "µs")
+    if a.get("server_cpu_us_per_op") and b.get("server_cpu_us_per_op"):
+        add(key, "server CPU per op", a["server_cpu_us_per_op"], b["server_cpu_us_per_op"], False, "µs")
+    if key == "resume":
+        add(key, "resumed", 100 * a["resumed_fraction"], 100 * b["resumed_fraction"], True, "%")
+    if key == "retr-1mib":
+        add(key, "payload MB/s", a["payload_mb_per_s"], b["payload_mb_per_s"], True, "")
+        if a.get("server_cpu_s") and b.get("server_cpu_s"):
+            per = lambda r: r["server_cpu_s"] * 1e6 / max(r["payload_bytes"] / 1048576, 1e-9)
+            add(key, "server CPU per MiB", per(a), per(b), False, "µs")
+    errs = (a["error_total"], b["error_total"])
+    lines.append(f"| {key} | errors | {errs[0]} | {errs[1]} | |")
+a, b = load("pop3sd-idle"), load("dovecot-idle")
+if a and b and a.get("idle") and b.get("idle"):
+    add("idle", "memory per idle logged-in TLS connection", a["idle"]["bytes_per_connection"] / 1024,
+        b["idle"]["bytes_per_connection"] / 1024, False, "KiB")
+open(os.path.join(out, "compare.md"), "w").write("\n".join(lines) + "\n")
+json.dump(result, open(os.path.join(out, "compare.json"), "w"), indent=2)
+print("\n".join(lines))
+PY
+log "results in $OUT"
