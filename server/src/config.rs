@@ -106,7 +106,7 @@ impl Default for TlsConfig {
         TlsConfig {
             ticket_keys_file: None,
             ticket_key_lifetime_secs: 6 * 3600,
-            tls13_tickets: 2,
+            tls13_tickets: 1,
             session_cache_size: 10_000,
             default_tenant: None,
         }
