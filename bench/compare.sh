@@ -222,7 +222,8 @@ for key in ["handshake", "resume", "session", "session-open", "retr-1mib"]:
     if a.get("server_cpu_us_per_op") and b.get("server_cpu_us_per_op"):
         add(key, "server CPU per op", a["server_cpu_us_per_op"], b["server_cpu_us_per_op"], False, "µs")
     if key == "resume":
-        add(key, "resumed", 100 * a["resumed_fraction"], 100 * b["resumed_fraction"], True, "%")
+        add(key, "resumed (of handshakes)", 100 * a["resumed_fraction"], 100 * b["resumed_fraction"], True, "%")
+        add(key, "resumed (of attempts)", 100 * a["attempts_resumed_fraction"], 100 * b["attempts_resumed_fraction"], True, "%")
     if key == "retr-1mib":
         add(key, "payload MB/s", a["payload_mb_per_s"], b["payload_mb_per_s"], True, "")
         if a.get("server_cpu_s") and b.get("server_cpu_s"):

@@ -188,7 +188,7 @@ fn build_config(args: &Args, ca: &PathBuf, resume: bool) -> Result<Arc<ClientCon
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.resumption = if resume {
-        rustls::client::Resumption::in_memory_sessions(4096)
+        rustls::client::Resumption::store(tls_stream::CountingStore::new(4096))
     } else {
         rustls::client::Resumption::disabled()
     };
@@ -281,9 +281,14 @@ fn pids_by_comm(names: &[String]) -> Vec<u32> {
 fn system_busy_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let cpu = stat.lines().next()?;
-    let f: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let f: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal ...
-    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7).unwrap_or(&0.0);
+    let busy =
+        f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7).unwrap_or(&0.0);
     Some(busy / clock_ticks())
 }
 
@@ -300,7 +305,12 @@ impl ServerProbe {
         if args.server_cpu_from_system {
             ServerProbe::System
         } else if let Some(c) = &args.server_comm {
-            ServerProbe::Comm(c.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            ServerProbe::Comm(
+                c.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            )
         } else if let Some(p) = args.server_pid {
             ServerProbe::Pid(p)
         } else {
@@ -313,7 +323,12 @@ impl ServerProbe {
         match self {
             ServerProbe::None => None,
             ServerProbe::Pid(p) => proc_cpu_seconds(*p),
-            ServerProbe::Comm(names) => Some(pids_by_comm(names).into_iter().filter_map(proc_cpu_seconds).sum()),
+            ServerProbe::Comm(names) => Some(
+                pids_by_comm(names)
+                    .into_iter()
+                    .filter_map(proc_cpu_seconds)
+                    .sum(),
+            ),
             ServerProbe::System => Some(system_busy_seconds()? - own_cpu_seconds()),
         }
     }
@@ -322,7 +337,12 @@ impl ServerProbe {
     fn memory_kib(&self) -> Option<u64> {
         match self {
             ServerProbe::Pid(p) => proc_status_kib(*p, "VmRSS:"),
-            ServerProbe::Comm(names) => Some(pids_by_comm(names).into_iter().filter_map(proc_pss_kib).sum()),
+            ServerProbe::Comm(names) => Some(
+                pids_by_comm(names)
+                    .into_iter()
+                    .filter_map(proc_pss_kib)
+                    .sum(),
+            ),
             _ => None,
         }
     }
@@ -481,7 +501,12 @@ fn run() -> Result<bool, String> {
             if let (Some(b), Some(a)) = (rss_before, after) {
                 idle_mem = Some(IdleMemory {
                     connections: held,
-                    measure: if matches!(probe, ServerProbe::Comm(_)) { "pss" } else { "rss" }.into(),
+                    measure: if matches!(probe, ServerProbe::Comm(_)) {
+                        "pss"
+                    } else {
+                        "rss"
+                    }
+                    .into(),
                     server_memory_before_kib: b,
                     server_memory_after_kib: a,
                     bytes_per_connection: a.saturating_sub(b) * 1024 / held.max(1),
@@ -742,6 +767,7 @@ async fn one_op(
             s.bytes_in += out.bytes_in;
             s.payload += out.payload;
             s.handshakes += out.handshakes;
+            s.attempts += out.attempts;
             s.resumed += out.resumed;
         }
         Err(e) => {
@@ -798,6 +824,7 @@ async fn retr_loop(
                 Ok(Ok((c, out))) => {
                     let mut s = stats.borrow_mut();
                     s.handshakes += out.handshakes;
+                    s.attempts += out.attempts;
                     s.resumed += out.resumed;
                     conn = Some(c);
                 }

@@ -47,8 +47,13 @@ pub struct Report {
     pub payload_bytes: u64,
     pub payload_mb_per_s: f64,
     pub handshakes: u64,
+    /// Handshakes in which the client offered a session (ticket or id).
+    pub resumption_attempts: u64,
     pub resumed: u64,
+    /// Resumed handshakes over all handshakes.
     pub resumed_fraction: f64,
+    /// Resumed handshakes over attempts: what the server is accountable for.
+    pub attempts_resumed_fraction: f64,
     pub latency_us: Latency,
     pub tls_version: String,
     pub cipher_suite: String,
@@ -98,7 +103,13 @@ impl Report {
             payload_bytes: total.payload,
             payload_mb_per_s: total.payload as f64 / 1e6 / elapsed_s.max(1e-9),
             handshakes: total.handshakes,
+            resumption_attempts: total.attempts,
             resumed: total.resumed,
+            attempts_resumed_fraction: if total.attempts > 0 {
+                total.resumed as f64 / total.attempts as f64
+            } else {
+                0.0
+            },
             resumed_fraction: if total.handshakes > 0 {
                 total.resumed as f64 / total.handshakes as f64
             } else {
@@ -130,7 +141,7 @@ impl Report {
              ops        {:>12}   ({:.1}/s over {:.1} s)\n\
              errors     {:>12}   {}\n\
              latency µs p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.0})\n\
-             handshakes {:>12}   resumed {} ({:.1}%)\n\
+             handshakes {:>12}   resumed {} ({:.1}%; {:.1}% of {} attempts)\n\
              payload    {:>12} B ({:.1} MB/s)\n\
              tls        {} {}\n\
              client CPU {:.3} s ({:.1} µs/op)",
@@ -156,6 +167,8 @@ impl Report {
             self.handshakes,
             self.resumed,
             self.resumed_fraction * 100.0,
+            self.attempts_resumed_fraction * 100.0,
+            self.resumption_attempts,
             self.payload_bytes,
             self.payload_mb_per_s,
             self.tls_version,

@@ -54,6 +54,7 @@ pub struct Outcome {
     pub bytes_in: u64,
     pub payload: u64,
     pub handshakes: u64,
+    pub attempts: u64,
     pub resumed: u64,
 }
 
@@ -101,6 +102,9 @@ impl Target {
                 _ => OpError::Connect(e),
             })?;
         out.handshakes += 1;
+        if stream.offered_resumption() {
+            out.attempts += 1;
+        }
         if stream.resumed() {
             out.resumed += 1;
         }

@@ -22,6 +22,8 @@ pub struct Stats {
     pub payload: u64,
     /// Handshakes, and how many of them resumed.
     pub handshakes: u64,
+    /// Handshakes in which the client offered a session to resume.
+    pub attempts: u64,
     pub resumed: u64,
     /// Connections held open (idle scenario).
     pub held: u64,
@@ -36,6 +38,7 @@ impl Default for Stats {
             bytes_in: 0,
             payload: 0,
             handshakes: 0,
+            attempts: 0,
             resumed: 0,
             held: 0,
         }
@@ -69,6 +72,7 @@ impl Stats {
         self.bytes_in += other.bytes_in;
         self.payload += other.payload;
         self.handshakes += other.handshakes;
+        self.attempts += other.attempts;
         self.resumed += other.resumed;
         self.held += other.held;
     }

@@ -15,10 +15,77 @@ use monoio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, HandshakeKind};
 
+thread_local! {
+    /// Set by [`CountingStore`] when the handshake being built found a
+    /// session to resume; read right after `ClientConnection::new`.
+    static OFFERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A client session store that notes whether a resumption was offered, so
+/// the report can say how many *attempts* resumed (a client with no ticket
+/// left makes a full handshake without the server being at fault).
+#[derive(Debug)]
+pub struct CountingStore(rustls::client::ClientSessionMemoryCache);
+
+impl CountingStore {
+    pub fn new(size: usize) -> Arc<Self> {
+        Arc::new(CountingStore(
+            rustls::client::ClientSessionMemoryCache::new(size),
+        ))
+    }
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.0.set_kx_hint(server_name, group)
+    }
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.0.kx_hint(server_name)
+    }
+    fn set_tls12_session(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.0.set_tls12_session(server_name, value)
+    }
+    fn tls12_session(
+        &self,
+        server_name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        let v = self.0.tls12_session(server_name);
+        if v.is_some() {
+            OFFERED.with(|o| o.set(true));
+        }
+        v
+    }
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.0.remove_tls12_session(server_name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.0.insert_tls13_ticket(server_name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        let v = self.0.take_tls13_ticket(server_name);
+        if v.is_some() {
+            OFFERED.with(|o| o.set(true));
+        }
+        v
+    }
+}
+
 /// A TLS client stream.
 pub struct TlsStream {
     tcp: TcpStream,
     conn: ClientConnection,
+    offered_resumption: bool,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     /// Decrypted bytes not yet consumed; `pos` is the start of unread data.
@@ -42,10 +109,13 @@ impl TlsStream {
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(sni.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        OFFERED.with(|o| o.set(false));
         let conn = ClientConnection::new(config, name).map_err(tls_err)?;
+        let offered_resumption = OFFERED.with(|o| o.replace(false));
         let mut s = TlsStream {
             tcp,
             conn,
+            offered_resumption,
             rbuf: Vec::with_capacity(32 * 1024),
             wbuf: Vec::with_capacity(4096),
             plain: Vec::with_capacity(4096),
@@ -63,6 +133,11 @@ impl TlsStream {
         }
         s.flush().await?;
         Ok(s)
+    }
+
+    /// Whether the client offered a session to resume.
+    pub fn offered_resumption(&self) -> bool {
+        self.offered_resumption
     }
 
     /// Whether the handshake resumed a previous session.

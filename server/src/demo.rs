@@ -163,7 +163,11 @@ pub fn demo_message(domain: &str, user: &str, i: usize) -> Vec<u8> {
 /// A demo message of about `size` bytes (0: the default mix of sizes).
 pub fn demo_message_sized(domain: &str, user: &str, i: usize, size: usize) -> Vec<u8> {
     let sizes = [600usize, 3_000, 20_000, 60_000];
-    let target = if size > 0 { size } else { sizes[i % sizes.len()] };
+    let target = if size > 0 {
+        size
+    } else {
+        sizes[i % sizes.len()]
+    };
     let mut m = format!(
         "From: Demo Sender <sender@{domain}>\r\nTo: {user}@{domain}\r\nSubject: Demo message {n} for {user}\r\n\
          Date: Sat, 28 Nov 2026 00:00:00 +0000\r\nMessage-ID: <demo.{n}.{user}@{domain}>\r\n\r\n\
@@ -397,20 +401,32 @@ pub fn prepare(opts: &DemoOptions) -> Result<(Config, DemoInfo), DemoError> {
     Ok((config, info))
 }
 
-fn write_maildir(root: &Path, domain: &str, user: &str, messages: &[Vec<u8>]) -> Result<(), DemoError> {
+fn write_maildir(
+    root: &Path,
+    domain: &str,
+    user: &str,
+    messages: &[Vec<u8>],
+) -> Result<(), DemoError> {
     let dir = root.join(domain).join(user);
     for sub in ["cur", "new", "tmp"] {
         let d = dir.join(sub);
         std::fs::create_dir_all(&d).map_err(|source| DemoError::Io { path: d, source })?;
     }
     for (i, m) in messages.iter().enumerate() {
-        let p = dir.join("cur").join(format!("{}.M{i}P0.pop3sd-demo:2,", 1_764_000_000 + i));
+        let p = dir
+            .join("cur")
+            .join(format!("{}.M{i}P0.pop3sd-demo:2,", 1_764_000_000 + i));
         std::fs::write(&p, m).map_err(|source| DemoError::Io { path: p, source })?;
     }
     Ok(())
 }
 
-fn deliver_demo_mail(store: &Store, domain: &str, users: &[String], opts: &DemoOptions) -> Result<(), DemoError> {
+fn deliver_demo_mail(
+    store: &Store,
+    domain: &str,
+    users: &[String],
+    opts: &DemoOptions,
+) -> Result<(), DemoError> {
     let threads = 8.min(users.len().max(1));
     let chunk = users.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
@@ -431,7 +447,8 @@ fn deliver_demo_mail(store: &Store, domain: &str, users: &[String], opts: &DemoO
                         if md.stats()?.messages > 0 {
                             continue; // an existing demo root keeps its mail
                         }
-                        let batch: Vec<PreparedMessage> = raw.iter().map(|m| PreparedMessage::from_raw(m)).collect();
+                        let batch: Vec<PreparedMessage> =
+                            raw.iter().map(|m| PreparedMessage::from_raw(m)).collect();
                         for r in md.append_batch(batch) {
                             r?;
                         }

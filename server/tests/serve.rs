@@ -35,7 +35,10 @@ fn write_config(cfg: &Config, path: &Path) {
 fn serve(config: &Path, env: &[(&str, &str)]) -> (std::process::Child, std::path::PathBuf) {
     let log = config.with_extension("log");
     let mut cmd = Command::new(common::bin());
-    cmd.arg("serve").arg("--config").arg(config).stdout(Stdio::null());
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null());
     cmd.stderr(std::fs::File::create(&log).unwrap());
     for (k, v) in env {
         cmd.env(k, v);
@@ -46,7 +49,10 @@ fn serve(config: &Path, env: &[(&str, &str)]) -> (std::process::Child, std::path
 
 fn wait_for(log: &Path, needle: &str) -> bool {
     for _ in 0..200 {
-        if std::fs::read_to_string(log).unwrap_or_default().contains(needle) {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains(needle)
+        {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -54,7 +60,13 @@ fn wait_for(log: &Path, needle: &str) -> bool {
     false
 }
 
-fn pop3s_login(addr: &str, sni: &str, cafile: &Path, user: &str, password: &str) -> std::process::Output {
+fn pop3s_login(
+    addr: &str,
+    sni: &str,
+    cafile: &Path,
+    user: &str,
+    password: &str,
+) -> std::process::Output {
     let script = format!(
         r#"
 import poplib, socket, ssl, sys
@@ -72,7 +84,11 @@ print(s.version(), s.getpeercert()["subject"])
 "#,
         ca = cafile.display()
     );
-    Command::new("python3").arg("-c").arg(script).output().unwrap()
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -92,7 +108,10 @@ fn missing_io_uring_stops_start_up_with_a_clear_message() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("io_uring is not available"), "{err}");
-    assert!(err.contains("driver = \"legacy\""), "the message says how to opt in to epoll: {err}");
+    assert!(
+        err.contains("driver = \"legacy\""),
+        "the message says how to opt in to epoll: {err}"
+    );
 }
 
 #[test]
@@ -103,24 +122,47 @@ fn legacy_driver_only_when_configured_and_logged() {
     let path = d.path().join("pop3sd.toml");
     write_config(&cfg, &path);
     let (mut child, log) = serve(&path, &[]);
-    assert!(wait_for(&log, "serving"), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        wait_for(&log, "serving"),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("epoll, not io_uring"), "{text}");
     let u = &info.tenants[0].users[0];
-    let o = pop3s_login(&info.pop3s, "example.com", &info.ca_file, &u.user, &u.password);
+    let o = pop3s_login(
+        &info.pop3s,
+        "example.com",
+        &info.ca_file,
+        &u.user,
+        &u.password,
+    );
     let _ = child.kill();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]
 fn rsa_certificates_work_beside_ecdsa() {
-    assert!(have("openssl"), "openssl is required (installed by .ci/run)");
+    assert!(
+        have("openssl"),
+        "openssl is required (installed by .ci/run)"
+    );
     let d = tempfile::tempdir().unwrap();
     let (mut cfg, info) = prepare(d.path());
     let key = d.path().join("rsa.key");
     let cert = d.path().join("rsa.pem");
     let o = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=example.org"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=example.org",
+        ])
         .args(["-addext", "subjectAltName=DNS:example.org"])
         .arg("-keyout")
         .arg(&key)
@@ -134,14 +176,32 @@ fn rsa_certificates_work_beside_ecdsa() {
     let path = d.path().join("pop3sd.toml");
     write_config(&cfg, &path);
     let (mut child, log) = serve(&path, &[]);
-    assert!(wait_for(&log, "serving"), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        wait_for(&log, "serving"),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let org = &info.tenants[1].users[0];
     let rsa = pop3s_login(&info.pop3s, "example.org", &cert, &org.user, &org.password);
     let com = &info.tenants[0].users[0];
-    let ecdsa = pop3s_login(&info.pop3s, "example.com", &info.ca_file, &com.user, &com.password);
+    let ecdsa = pop3s_login(
+        &info.pop3s,
+        "example.com",
+        &info.ca_file,
+        &com.user,
+        &com.password,
+    );
     let _ = child.kill();
-    assert!(rsa.status.success(), "RSA tenant: {}", String::from_utf8_lossy(&rsa.stderr));
-    assert!(ecdsa.status.success(), "ECDSA tenant: {}", String::from_utf8_lossy(&ecdsa.stderr));
+    assert!(
+        rsa.status.success(),
+        "RSA tenant: {}",
+        String::from_utf8_lossy(&rsa.stderr)
+    );
+    assert!(
+        ecdsa.status.success(),
+        "ECDSA tenant: {}",
+        String::from_utf8_lossy(&ecdsa.stderr)
+    );
 }
 
 #[test]
@@ -150,8 +210,16 @@ fn check_config_names_every_problem() {
     let (mut cfg, _) = prepare(d.path());
     let path = d.path().join("pop3sd.toml");
     write_config(&cfg, &path);
-    let ok = Command::new(common::bin()).arg("check-config").arg(&path).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = Command::new(common::bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("OK"));
 
     // A passwd-file with a bad line, a key that does not match its certificate,
@@ -163,15 +231,29 @@ fn check_config_names_every_problem() {
     cfg.tenants[1].private_key = cfg.tenants[0].private_key.clone();
     cfg.tenants[0].client_ca = Some(d.path().join("nope.pem"));
     write_config(&cfg, &path);
-    let bad = Command::new(common::bin()).arg("check-config").arg(&path).output().unwrap();
+    let bad = Command::new(common::bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("tenant[0] (example.com).passwd_file"), "{err}");
-    assert!(err.contains(":3: "), "line number of the bad passwd line: {err}");
-    assert!(err.contains("tenant[1] (example.org).certificate") && err.contains("do not match"), "{err}");
+    assert!(
+        err.contains(":3: "),
+        "line number of the bad passwd line: {err}"
+    );
+    assert!(
+        err.contains("tenant[1] (example.org).certificate") && err.contains("do not match"),
+        "{err}"
+    );
     assert!(err.contains("tenant[0] (example.com).client_ca"), "{err}");
     // Serving refuses the same file, naming the same problems.
-    let serve = Command::new(common::bin()).args(["serve", "--config"]).arg(&path).output().unwrap();
+    let serve = Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!serve.status.success());
     assert!(String::from_utf8_lossy(&serve.stderr).contains("do not match"));
 }

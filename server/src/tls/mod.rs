@@ -74,7 +74,10 @@ pub fn provider() -> Arc<CryptoProvider> {
             cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256.suite(),
             cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256.suite(),
         ];
-        order.iter().position(|x| *x == s.suite()).unwrap_or(order.len())
+        order
+            .iter()
+            .position(|x| *x == s.suite())
+            .unwrap_or(order.len())
     };
     p.cipher_suites.sort_by_key(rank);
     Arc::new(p)
