@@ -31,7 +31,7 @@ fn server() -> &'static Server {
             maildir: None,
         };
         let (config, info) = demo::prepare(&opts).unwrap();
-        let shared = pop3sd::startup::build(config).unwrap();
+        let shared = pop3sd::startup::build(config, None).unwrap();
         let running = pop3sd::runtime::start(shared).unwrap();
         std::thread::spawn(move || running.join());
         let json = dir.path().join("demo.json");

@@ -23,6 +23,19 @@ pub struct Config {
     /// Name used in the APOP banner and logs.
     #[serde(default = "default_hostname")]
     pub hostname: String,
+    /// Drop to this user after binding the listeners (needed to bind ports
+    /// below 1024 as root, then serve unprivileged).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group to drop to (default: the user's primary group).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Keep running as root when no `user` is set. Off by default: a server
+    /// facing the Internet should not hold root while it parses client bytes.
+    #[serde(default)]
+    pub allow_root: bool,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
     #[serde(default)]
@@ -113,6 +126,15 @@ impl Default for TlsConfig {
     }
 }
 
+/// Who may send PROXY protocol headers.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Networks (CIDR) whose connections to a `proxy_protocol` listener must
+    /// start with a PROXY header; from anyone else a header is refused.
+    pub trusted_networks: Vec<String>,
+}
+
 /// Timeouts and thresholds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -121,6 +143,21 @@ pub struct LimitsConfig {
     pub auth_timeout_secs: u64,
     /// RFC 1939 requires at least 600.
     pub idle_timeout_secs: u64,
+    /// A client that does not read its output for this long is dropped.
+    pub write_timeout_secs: u64,
+    /// Connections open at once, all listeners and cores together.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
+    /// Sessions of one user at once (logins in progress included); the
+    /// maildrop lock already allows one POP3 session, so this mostly bounds
+    /// concurrent login attempts.
+    pub max_sessions_per_user: usize,
+    /// TLS handshakes in progress on one core; more wait their turn.
+    pub max_handshakes_per_core: usize,
+    /// On SIGTERM, how long sessions may go on before they are closed
+    /// (without committing deletions that were not QUIT).
+    pub drain_timeout_secs: u64,
     pub max_bad_commands: u32,
     pub max_auth_failures: u32,
     pub failure_delay_ms: u64,
@@ -136,6 +173,12 @@ impl Default for LimitsConfig {
             handshake_timeout_secs: 30,
             auth_timeout_secs: 60,
             idle_timeout_secs: 600,
+            write_timeout_secs: 600,
+            max_connections: 50_000,
+            max_connections_per_ip: 100,
+            max_sessions_per_user: 10,
+            max_handshakes_per_core: 512,
+            drain_timeout_secs: 30,
             max_bad_commands: 20,
             max_auth_failures: 3,
             failure_delay_ms: 1000,
@@ -179,6 +222,9 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
     #[serde(default)]
     pub client_certificates: ClientCerts,
+    /// Expect a PROXY protocol (v1 or v2) header from trusted networks.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// EXPIRE as written in TOML: "never" or a number of days.
@@ -322,13 +368,33 @@ impl Config {
         if self.tenants.is_empty() {
             add("tenant".into(), "no [[tenant]] is configured".into());
         }
-        if self.limits.idle_timeout_secs < 600 {
+        for (key, v) in [
+            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip,
+            ),
+            (
+                "limits.max_sessions_per_user",
+                self.limits.max_sessions_per_user,
+            ),
+            (
+                "limits.max_handshakes_per_core",
+                self.limits.max_handshakes_per_core,
+            ),
+        ] {
+            if v == 0 {
+                add(key.into(), "must be at least 1".into());
+            }
+        }
+        if let Err(e) = crate::proxy::TrustedNetworks::parse(&self.proxy.trusted_networks) {
+            add("proxy.trusted_networks".into(), e);
+        }
+        if self.listeners.iter().any(|l| l.proxy_protocol) && self.proxy.trusted_networks.is_empty()
+        {
             add(
-                "limits.idle_timeout_secs".into(),
-                format!(
-                    "{} is below the 10 minutes RFC 1939 requires for the autologout timer",
-                    self.limits.idle_timeout_secs
-                ),
+                "proxy.trusted_networks".into(),
+                "a listener expects PROXY headers but no network is trusted to send them".into(),
             );
         }
         if self.tls.tls13_tickets > 16 {
@@ -402,6 +468,27 @@ impl Config {
             }
         }
         p
+    }
+
+    /// Things that work but that an operator should know about.
+    pub fn warnings(&self) -> Vec<ConfigProblem> {
+        let mut w = Vec::new();
+        if self.limits.idle_timeout_secs < 600 {
+            w.push(ConfigProblem {
+                location: "limits.idle_timeout_secs".into(),
+                message: format!(
+                    "{} s is below the 10 minutes RFC 1939 requires for the autologout timer",
+                    self.limits.idle_timeout_secs
+                ),
+            });
+        }
+        if self.user.is_none() && self.allow_root {
+            w.push(ConfigProblem {
+                location: "allow_root".into(),
+                message: "the server keeps root privileges if started as root".into(),
+            });
+        }
+        w
     }
 
     /// Timeouts as durations.
@@ -480,9 +567,14 @@ expire = "never"
         let text = err.to_string();
         assert!(text.contains("listener[1].address"), "{text}");
         assert!(text.contains("also claimed"), "{text}");
-        assert!(text.contains("idle_timeout_secs"), "{text}");
         assert!(text.contains("c.pem does not exist"), "{text}");
-        assert!(problems.len() >= 6, "{text}");
+        assert!(problems.len() >= 5, "{text}");
+        // A short idle timeout is allowed (tests use one) but warned about.
+        let cfg = Config::parse_file(&path).unwrap();
+        assert!(cfg
+            .warnings()
+            .iter()
+            .any(|w| w.location == "limits.idle_timeout_secs"));
     }
 
     #[test]

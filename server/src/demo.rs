@@ -340,14 +340,22 @@ pub fn prepare(opts: &DemoOptions) -> Result<(Config, DemoInfo), DemoError> {
     let config = Config {
         storage_root: root.join("mail"),
         hostname: "pop3sd-demo.localhost".into(),
+        // The demo serves loopback only and runs as whoever starts it.
+        user: None,
+        group: None,
+        allow_root: true,
+        proxy: Default::default(),
         runtime: RuntimeConfig {
             cores: opts.cores,
             ..RuntimeConfig::default()
         },
         tls: TlsConfig::default(),
         limits: LimitsConfig {
-            // Loopback benchmarks log in thousands of times a second.
+            // Loopback benchmarks log in thousands of times a second, all
+            // from one address.
             failure_delay_ms: 200,
+            max_connections: 1_000_000,
+            max_connections_per_ip: 1_000_000,
             ..LimitsConfig::default()
         },
         listeners: vec![
@@ -355,16 +363,19 @@ pub fn prepare(opts: &DemoOptions) -> Result<(Config, DemoInfo), DemoError> {
                 address: pop3s,
                 kind: ListenerKind::Pop3s,
                 client_certificates: ClientCerts::None,
+                proxy_protocol: false,
             },
             ListenerConfig {
                 address: pop3,
                 kind: ListenerKind::Pop3,
                 client_certificates: ClientCerts::None,
+                proxy_protocol: false,
             },
             ListenerConfig {
                 address: external,
                 kind: ListenerKind::Pop3s,
                 client_certificates: ClientCerts::Optional,
+                proxy_protocol: false,
             },
         ],
         tenants: tenants_cfg,

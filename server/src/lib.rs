@@ -5,6 +5,8 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod privileges;
+pub mod proxy;
 pub mod runtime;
 pub mod startup;
 pub mod tls;

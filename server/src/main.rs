@@ -90,6 +90,8 @@ fn init_logging(format: &str) {
 }
 
 fn serve(shared: std::sync::Arc<runtime::Shared>) -> Result<runtime::Running, String> {
+    runtime::signals::spawn(shared.clone(), startup::reload)
+        .map_err(|e| format!("cannot handle signals: {e}"))?;
     runtime::start(shared).map_err(|e| e.to_string())
 }
 
@@ -127,7 +129,7 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let (config, info) =
                 demo::prepare(&opts).map_err(|e| format!("demo set-up failed: {e}"))?;
-            let shared = startup::build(config).map_err(|p| {
+            let shared = startup::build(config, Some(info.config.clone())).map_err(|p| {
                 p.iter()
                     .map(|x| x.to_string())
                     .collect::<Vec<_>>()
@@ -147,6 +149,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::CheckConfig { config } => {
             let cfg = Config::parse_file(&config).map_err(|e| e.to_string())?;
+            for w in cfg.warnings() {
+                eprintln!("pop3sd: warning: {w}");
+            }
             let problems = startup::check(&cfg);
             if problems.is_empty() {
                 println!(

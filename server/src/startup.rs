@@ -1,10 +1,9 @@
-//! Turning a checked configuration into the shared state the cores run on:
-//! tenant directory (passwd-files), TLS context, storage root, authenticator
-//! and blocking pool. Every problem is collected with its location, so
-//! `check-config` and start-up report them all at once.
+//! Turning a configuration into the state the cores run on, and replacing
+//! it on reload: tenant directory (passwd-files), TLS context, limits.
+//! Every problem is collected with its location, so `check-config`, start-up
+//! and a refused reload report them all at once.
 
-use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,8 @@ use pop3sd_storage::{Domain, Store, StoreOptions};
 use crate::auth::{passwd, Authenticator, Directory, Tenant, TenantPolicy, ThrottleConfig};
 use crate::config::{Config, ConfigProblem};
 use crate::engine::Limits;
-use crate::runtime::{BlockingPool, Shared};
+use crate::proxy::TrustedNetworks;
+use crate::runtime::{BlockingPool, Generation, Shared};
 
 fn problem(location: impl Into<String>, message: impl ToString) -> ConfigProblem {
     ConfigProblem {
@@ -71,51 +71,48 @@ pub fn build_directory(cfg: &Config) -> Result<Directory, Vec<ConfigProblem>> {
     Directory::new(tenants).map_err(|e| vec![problem("tenant", e)])
 }
 
-/// Everything `check-config` checks: meaning, passwd-files, certificates.
+fn extend_unique(into: &mut Vec<ConfigProblem>, more: Vec<ConfigProblem>) {
+    for p in more {
+        if !into.contains(&p) {
+            into.push(p);
+        }
+    }
+}
+
+/// Everything `check-config` checks: meaning, passwd-files, certificates
+/// (keys match, names cover every tenant domain), file permissions.
 pub fn check(cfg: &Config) -> Vec<ConfigProblem> {
     let mut problems = cfg.check();
     if let Err(p) = build_directory(cfg) {
-        problems.extend(p);
+        extend_unique(&mut problems, p);
     }
-    if let Err(p) = crate::tls::build(cfg) {
-        for x in p {
-            if !problems.contains(&x) {
-                problems.push(x);
-            }
-        }
+    if let Err(p) = crate::tls::build(cfg, None) {
+        extend_unique(&mut problems, p);
     }
+    extend_unique(&mut problems, crate::privileges::permissions(cfg));
     problems
 }
 
-/// Builds the shared state from a configuration.
-pub fn build(cfg: Config) -> Result<Arc<Shared>, Vec<ConfigProblem>> {
+/// Builds one generation (directory, TLS, limits) from a configuration.
+pub fn build_generation(
+    cfg: Config,
+    previous: Option<&Generation>,
+) -> Result<Generation, Vec<ConfigProblem>> {
     let mut problems = cfg.check();
     let directory = build_directory(&cfg);
-    let tls = crate::tls::build(&cfg);
+    let tls = crate::tls::build(&cfg, previous.map(|g| &g.tls));
     if let Err(p) = &directory {
-        problems.extend(p.iter().cloned());
+        extend_unique(&mut problems, p.clone());
     }
     if let Err(p) = &tls {
-        problems.extend(
-            p.iter()
-                .filter(|x| !problems.contains(x))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
+        extend_unique(&mut problems, p.clone());
     }
+    extend_unique(&mut problems, crate::privileges::permissions(&cfg));
     let (Ok(directory), Ok(tls), true) = (directory, tls, problems.is_empty()) else {
         return Err(problems);
     };
-    let root = cfg.resolve(&cfg.storage_root);
-    let store = Store::open(&root, StoreOptions::default())
-        .map_err(|e| vec![problem("storage_root", e)])?;
-    let pool = BlockingPool::new(cfg.runtime.blocking_threads)
-        .map_err(|e| vec![problem("runtime.blocking_threads", e)])?;
-    let throttle = ThrottleConfig {
-        base_delay: Duration::from_millis(cfg.limits.failure_delay_ms),
-        max_delay: Duration::from_millis(cfg.limits.max_failure_delay_ms),
-        ..ThrottleConfig::default()
-    };
+    let trusted_proxies = TrustedNetworks::parse(&cfg.proxy.trusted_networks)
+        .map_err(|e| vec![problem("proxy", e)])?;
     let limits = Limits {
         auth_timeout: Duration::from_secs(cfg.limits.auth_timeout_secs),
         idle_timeout: Duration::from_secs(cfg.limits.idle_timeout_secs),
@@ -123,33 +120,106 @@ pub fn build(cfg: Config) -> Result<Arc<Shared>, Vec<ConfigProblem>> {
         max_auth_failures: cfg.limits.max_auth_failures,
         ..Limits::default()
     };
-    Ok(Arc::new(Shared {
-        store: Arc::new(store),
-        auth: Authenticator::new(Arc::new(directory), throttle),
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
+    Ok(Generation {
+        number: previous.map_or(1, |g| g.number + 1),
+        directory: Arc::new(directory),
         tls,
-        pool,
         limits,
-        hostname: cfg.hostname.clone(),
         handshake_timeout: cfg.handshake_timeout(),
-        write_timeout: Duration::from_secs(cfg.limits.idle_timeout_secs),
-        stop: AtomicBool::new(false),
+        write_timeout: Duration::from_secs(cfg.limits.write_timeout_secs),
+        trusted_proxies,
         config: cfg,
-    }))
+    })
+}
+
+/// Builds the shared state from a configuration (read from `path`, if any,
+/// which SIGHUP reads again).
+pub fn build(cfg: Config, path: Option<PathBuf>) -> Result<Arc<Shared>, Vec<ConfigProblem>> {
+    let mut root_problems = crate::privileges::root_policy(&cfg);
+    let generation = match build_generation(cfg, None) {
+        Ok(g) => g,
+        Err(mut p) => {
+            p.append(&mut root_problems);
+            return Err(p);
+        }
+    };
+    if !root_problems.is_empty() {
+        return Err(root_problems);
+    }
+    let cfg = &generation.config;
+    let root = cfg.resolve(&cfg.storage_root);
+    let store = Store::open(&root, StoreOptions::default())
+        .map_err(|e| vec![problem("storage_root", e)])?;
+    let pool = BlockingPool::new(cfg.runtime.blocking_threads)
+        .map_err(|e| vec![problem("runtime.blocking_threads", e)])?;
+    let auth = Authenticator::new(ThrottleConfig {
+        base_delay: Duration::from_millis(cfg.limits.failure_delay_ms),
+        max_delay: Duration::from_millis(cfg.limits.max_failure_delay_ms),
+        ..ThrottleConfig::default()
+    });
+    Ok(Arc::new(Shared::new(
+        Arc::new(store),
+        pool,
+        auth,
+        generation,
+        path,
+    )))
+}
+
+/// Formats problems for a log line or an error exit.
+pub fn describe(path: &Path, problems: &[ConfigProblem]) -> String {
+    format!(
+        "{} has {} problem(s):\n{}",
+        path.display(),
+        problems.len(),
+        problems
+            .iter()
+            .map(|p| format!("  - {p}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
 }
 
 /// Loads, checks and builds in one step (what `serve` does).
 pub fn from_file(path: &Path) -> Result<Arc<Shared>, String> {
     let cfg = Config::parse_file(path).map_err(|e| e.to_string())?;
-    build(cfg).map_err(|problems| {
-        format!(
-            "{} has {} problem(s):\n{}",
-            path.display(),
-            problems.len(),
-            problems
-                .iter()
-                .map(|p| format!("  - {p}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })
+    build(cfg, Some(path.to_path_buf())).map_err(|problems| describe(path, &problems))
+}
+
+/// Reads the configuration file again and swaps it in (SIGHUP). A broken
+/// file changes nothing. Listeners, the storage root and the runtime cannot
+/// change without a restart; such changes are refused with that reason.
+pub fn reload(shared: &Shared) -> Result<u64, String> {
+    let Some(path) = &shared.config_path else {
+        return Err("this server was not started from a configuration file".into());
+    };
+    let cfg = Config::parse_file(path).map_err(|e| e.to_string())?;
+    let current = shared.generation();
+    let old = &current.config;
+    let mut fixed = Vec::new();
+    if cfg.storage_root != old.storage_root {
+        fixed.push(problem("storage_root", "cannot change without a restart"));
+    }
+    let addrs = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| (l.address, l.kind, l.client_certificates, l.proxy_protocol))
+            .collect::<Vec<_>>()
+    };
+    if addrs(&cfg) != addrs(old) {
+        fixed.push(problem(
+            "listener",
+            "listeners cannot change without a restart",
+        ));
+    }
+    if !fixed.is_empty() {
+        return Err(describe(path, &fixed));
+    }
+    let next = build_generation(cfg, Some(&current)).map_err(|p| describe(path, &p))?;
+    let n = next.number;
+    shared.current.store(Arc::new(next));
+    Ok(n)
 }

@@ -67,9 +67,10 @@ pub enum Check {
     Hash(HashJob),
 }
 
-/// Shared login logic for all cores.
+/// Shared login logic for all cores. The tenant directory is passed in on
+/// each call (it is replaced on reload); the failure counters and login
+/// times live here and survive reloads.
 pub struct Authenticator {
-    directory: Arc<Directory>,
     throttle: Throttle,
     last_login: Mutex<HashMap<Address, Instant>>,
 }
@@ -84,23 +85,23 @@ fn md5_hex_eq(banner: &str, secret: &[u8], digest: &[u8; 16]) -> bool {
 }
 
 impl Authenticator {
-    /// An authenticator over `directory`.
-    pub fn new(directory: Arc<Directory>, throttle: ThrottleConfig) -> Self {
+    /// An authenticator with these brute-force settings.
+    pub fn new(throttle: ThrottleConfig) -> Self {
         Authenticator {
-            directory,
             throttle: Throttle::new(throttle),
             last_login: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The directory in force.
-    pub fn directory(&self) -> &Arc<Directory> {
-        &self.directory
-    }
-
     /// Decides what can be decided on the core.
-    pub fn check(&self, req: &AuthRequest, cache: &VerifyCache, now: Instant) -> Check {
-        let found = self.directory.user(&req.address);
+    pub fn check(
+        &self,
+        directory: &Directory,
+        req: &AuthRequest,
+        cache: &VerifyCache,
+        now: Instant,
+    ) -> Check {
+        let found = directory.user(&req.address);
         if let Some(f) = &found {
             if !req.secure && !f.tenant.policy.allow_cleartext {
                 return Check::Refused(Refusal::CleartextRefused);
@@ -208,7 +209,27 @@ mod tests {
     use crate::engine::Mechanism;
     use pop3sd_storage::{Domain, LocalPart};
 
-    fn auth(policy: TenantPolicy) -> Authenticator {
+    /// An authenticator and the directory it checks against.
+    struct Auth(Authenticator, Directory);
+
+    impl Auth {
+        fn check(&self, req: &AuthRequest, cache: &VerifyCache, now: Instant) -> Check {
+            self.0.check(&self.1, req, cache, now)
+        }
+        fn finish_hash(
+            &self,
+            r: HashResult,
+            cache: &mut VerifyCache,
+            now: Instant,
+        ) -> Result<Verified, Refusal> {
+            self.0.finish_hash(r, cache, now)
+        }
+        fn admit(&self, v: &Verified, now: Instant) -> Result<(), Refusal> {
+            self.0.admit(v, now)
+        }
+    }
+
+    fn auth(policy: TenantPolicy) -> Auth {
         let users = [
             (
                 LocalPart::parse("plain").unwrap(),
@@ -226,7 +247,7 @@ mod tests {
             users,
         )])
         .unwrap();
-        Authenticator::new(Arc::new(dir), ThrottleConfig::default())
+        Auth(Authenticator::new(ThrottleConfig::default()), dir)
     }
 
     fn req(user: &str, pw: &str, secure: bool) -> AuthRequest {

@@ -97,6 +97,8 @@ pub enum AuthOutcome<M> {
     Failed,
     /// The maildrop is in another session.
     InUse,
+    /// The user already has as many connections as allowed.
+    TooManySessions,
     /// Logged in again sooner than the tenant's LOGIN-DELAY allows.
     LoginDelay,
     /// Cleartext login refused by the tenant's policy.

@@ -204,6 +204,32 @@ impl<M: Mailbox> Engine<M> {
         }
     }
 
+    /// A session that is refused before it starts (too many connections,
+    /// shutting down): the client gets this `-ERR` line instead of the
+    /// greeting, then the connection closes. `message` should carry a
+    /// response code, e.g. `[SYS/TEMP] Too many connections`.
+    pub fn refuse(ctx: SessionContext, message: &str, now: Instant) -> Self {
+        let mut e = Self::new(ctx, now);
+        e.out = Output::default();
+        let _ = write!(e.out.writer(), "-ERR {message}\r\n");
+        e.close();
+        e
+    }
+
+    /// Ends a session from the server's side (shutdown deadline): the client
+    /// is told why, nothing is committed, and the connection closes.
+    pub fn abort(&mut self, message: &str) {
+        if self.is_closed() {
+            return;
+        }
+        if matches!(self.state, State::Committing) {
+            return; // the commit finishes and answers QUIT itself
+        }
+        let _ = write!(self.out.writer(), "-ERR {message}\r\n");
+        // Dropping the transaction releases the maildrop without committing.
+        self.close();
+    }
+
     /// Name of the current state, for logs.
     pub fn state_name(&self) -> &'static str {
         match self.state {
@@ -364,6 +390,9 @@ impl<M: Mailbox> Engine<M> {
             ),
             AuthOutcome::InUse => self.back_to_authorization(
                 b"-ERR [IN-USE] Maildrop is locked by another POP3 session; try again later.\r\n",
+            ),
+            AuthOutcome::TooManySessions => self.back_to_authorization(
+                b"-ERR [IN-USE] Too many sessions for this user; try again later.\r\n",
             ),
             AuthOutcome::LoginDelay => self.back_to_authorization(
                 b"-ERR [LOGIN-DELAY] Logged in too recently; try again later.\r\n",

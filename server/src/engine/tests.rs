@@ -330,8 +330,9 @@ fn bare_user_needs_a_default_domain() {
 #[test]
 fn response_codes_from_the_driver() {
     type Outcome = fn() -> AuthOutcome<MemoryMailbox>;
-    let cases: [(Outcome, &str); 5] = [
+    let cases: [(Outcome, &str); 6] = [
         (|| AuthOutcome::InUse, "-ERR [IN-USE]"),
+        (|| AuthOutcome::TooManySessions, "-ERR [IN-USE]"),
         (|| AuthOutcome::LoginDelay, "-ERR [LOGIN-DELAY]"),
         (|| AuthOutcome::TempFail, "-ERR [SYS/TEMP]"),
         (|| AuthOutcome::PermFail, "-ERR [SYS/PERM]"),
@@ -707,3 +708,28 @@ fn apop_only_when_enabled() {
 }
 
 use pop3sd_storage::wire;
+
+#[test]
+fn refused_and_aborted_sessions() {
+    let now = Instant::now();
+    let mut e: Engine<MemoryMailbox> = Engine::refuse(
+        SessionContext::default(),
+        "[SYS/TEMP] Too many connections.",
+        now,
+    );
+    assert_eq!(
+        e.next_output().unwrap().unwrap(),
+        b"-ERR [SYS/TEMP] Too many connections.\r\n"
+    );
+    assert!(e.is_closed());
+    assert!(matches!(e.poll_action(), Some(Action::Close)));
+
+    let mut h = Harness::tls();
+    h.drain();
+    h.login();
+    h.send("DELE 1\r\n");
+    h.engine.abort("[SYS/TEMP] Server shutting down.");
+    assert_eq!(h.run_actions(), "-ERR [SYS/TEMP] Server shutting down.\r\n");
+    assert!(h.closed);
+    assert!(h.commits.is_empty(), "an aborted session commits nothing");
+}

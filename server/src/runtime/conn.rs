@@ -20,28 +20,23 @@ use monoio::net::TcpStream;
 use pop3sd_storage::{Domain, Session};
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
-use rustls::ServerConfig;
 
-use super::Core;
+use super::limits::{ConnGuard, UserGuard};
+use super::local_sync::{Pass, Stage};
+use super::{Core, Generation};
 use crate::auth::{Check, Refusal};
-use crate::config::ListenerKind;
+use crate::config::{ListenerConfig, ListenerKind};
 use crate::engine::{
     Action, AuthOutcome, AuthRequest, Engine, ExternalIdentity, Mailbox, MailboxError,
     SessionContext, TlsInfo,
 };
+use crate::proxy;
 use crate::tls::resolver::take_captured_sni;
 
 /// Largest plaintext per TLS record (and per encrypt call).
 const MAX_RECORD_PLAINTEXT: usize = 16384;
 /// Largest TLS record on the wire (RFC 8446 section 5.2 plus header).
 const MAX_WIRE_RECORD: usize = 16384 + 2048 + 5;
-
-/// What a listener is, as a connection needs to know it.
-pub struct ListenerInfo {
-    pub kind: ListenerKind,
-    pub tls_config: Arc<ServerConfig>,
-    pub local: SocketAddr,
-}
 
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +53,10 @@ pub enum ConnError {
     Mailbox(#[from] MailboxError),
     #[error("tls buffer: {0}")]
     Buffer(String),
+    #[error("PROXY protocol: {0}")]
+    Proxy(#[from] proxy::ProxyError),
+    #[error("connection closed by the peer before the PROXY header")]
+    ProxyEof,
 }
 
 /// Facts about the TLS session, for logs.
@@ -78,10 +77,20 @@ struct OutBuf {
 
 pub(crate) struct Conn {
     core: Rc<Core>,
+    /// The configuration generation this connection was accepted under.
+    gen: Arc<Generation>,
     stream: TcpStream,
+    /// The TCP peer (a load balancer, with PROXY).
     peer: SocketAddr,
+    /// The client as far as limits, throttling and logs are concerned.
+    client: SocketAddr,
     id: u64,
-    listener: Rc<ListenerInfo>,
+    listener: Rc<ListenerConfig>,
+    /// Slots held in the shared connection counters.
+    _conn_slot: Option<ConnGuard>,
+    user_slot: Option<UserGuard>,
+    /// A place among this core's handshakes in flight.
+    handshake_pass: Option<Pass>,
     tls: Option<UnbufferedServerConnection>,
     /// Received bytes not yet processed (TLS records, or plaintext before STLS).
     inbuf: Option<Vec<u8>>,
@@ -90,6 +99,9 @@ pub(crate) struct Conn {
     handshake_deadline: Option<Instant>,
     /// STLS was accepted; the engine gets `tls_started` once TLS is up.
     upgrading: bool,
+    /// Set when a limit refuses the connection: the client gets this
+    /// `-ERR` (after the TLS handshake, on an implicit-TLS listener).
+    refusal: Option<&'static str>,
     need_read: bool,
     peer_closed: bool,
     close_sent: bool,
@@ -154,15 +166,21 @@ impl Conn {
         core: Rc<Core>,
         stream: TcpStream,
         peer: SocketAddr,
-        listener: Rc<ListenerInfo>,
+        listener: Rc<ListenerConfig>,
     ) -> Self {
         let id = core.next_session_id();
+        let gen = core.shared.generation();
         Conn {
             core,
+            gen,
             stream,
             peer,
+            client: peer,
             id,
             listener,
+            _conn_slot: None,
+            user_slot: None,
+            handshake_pass: None,
             tls: None,
             inbuf: None,
             out: OutBuf {
@@ -172,6 +190,7 @@ impl Conn {
             engine: None,
             handshake_deadline: None,
             upgrading: false,
+            refusal: None,
             need_read: false,
             peer_closed: false,
             close_sent: false,
@@ -185,18 +204,23 @@ impl Conn {
         self.id
     }
 
-    fn start_tls(&mut self) -> Result<(), ConnError> {
-        self.tls = Some(UnbufferedServerConnection::new(
-            self.listener.tls_config.clone(),
-        )?);
-        self.handshake_deadline = Some(Instant::now() + self.core.shared.handshake_timeout);
+    /// Begins a TLS handshake, once this core has room for one more.
+    async fn start_tls(&mut self) -> Result<(), ConnError> {
+        let deadline = Instant::now() + self.gen.handshake_timeout;
+        self.handshake_deadline = Some(deadline);
+        let enter = self.core.handshakes.enter();
+        match monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), enter).await {
+            Ok(pass) => self.handshake_pass = Some(pass),
+            Err(_) => return Err(ConnError::HandshakeTimeout),
+        }
+        let config = self.gen.tls.for_listener(self.listener.client_certificates);
+        self.tls = Some(UnbufferedServerConnection::new(config)?);
         Ok(())
     }
 
     /// Context for a new engine, or for one continuing after STLS.
     fn context(&self, sni: Option<&str>, external: Option<ExternalIdentity>) -> SessionContext {
-        let shared = &self.core.shared;
-        let dir = shared.auth.directory();
+        let dir = &self.gen.directory;
         let tenant = sni
             .and_then(|s| Domain::parse(s).ok())
             .and_then(|d| dir.tenant(&d).cloned());
@@ -219,11 +243,11 @@ impl Conn {
                     std::process::id(),
                     self.id,
                     Instant::now().elapsed().subsec_nanos() ^ (self.id as u32).rotate_left(13),
-                    shared.hostname
+                    self.gen.config.hostname
                 )
             }),
             policy_hint: dir.policy_hint(tenant.as_deref()),
-            limits: shared.limits,
+            limits: self.gen.limits,
         }
     }
 
@@ -231,6 +255,7 @@ impl Conn {
     /// continue, after STLS) the POP3 session.
     fn handshake_done(&mut self) {
         self.handshake_deadline = None;
+        self.handshake_pass.take();
         let Some(tls) = &self.tls else { return };
         self.facts.version = match tls.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
@@ -244,12 +269,12 @@ impl Conn {
         self.facts.resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let external = tls
             .peer_certificates()
-            .and_then(|chain| self.core.shared.tls.identities.identify(chain))
+            .and_then(|chain| self.gen.tls.identities.identify(chain))
             .map(|address| ExternalIdentity { address });
         self.core.metrics.handshake(self.facts.resumed);
         tracing::debug!(
             session = self.id,
-            client = %self.peer,
+            client = %self.client,
             tls = self.facts.version,
             cipher = %self.facts.cipher,
             resumed = self.facts.resumed,
@@ -273,7 +298,12 @@ impl Conn {
                 );
             }
             Some(_) => {}
-            None => self.engine = Some(Engine::new(ctx, now)),
+            None => {
+                self.engine = Some(match self.refusal.take() {
+                    Some(msg) => Engine::refuse(ctx, msg, now),
+                    None => Engine::new(ctx, now),
+                })
+            }
         }
     }
 
@@ -309,6 +339,15 @@ impl Conn {
         let now = Instant::now();
         match state {
             Err(e) => {
+                let looks_proxy =
+                    inbuf.starts_with(b"PROXY ") || inbuf.starts_with(b"\r\n\r\n\0\r\nQUIT\n");
+                if looks_proxy {
+                    tracing::warn!(
+                        session = self.id,
+                        peer = %self.peer,
+                        "PROXY header from an address not in proxy.trusted_networks; refused"
+                    );
+                }
                 drop_front(inbuf, discard);
                 self.queue_alert();
                 return Err(e.into());
@@ -425,8 +464,7 @@ impl Conn {
         };
         let filled = self.out.filled;
         self.out.filled = 0;
-        let deadline =
-            monoio::time::Instant::from_std(Instant::now() + self.core.shared.write_timeout);
+        let deadline = monoio::time::Instant::from_std(Instant::now() + self.gen.write_timeout);
         let (res, slice) =
             match monoio::time::timeout_at(deadline, self.stream.write_all(buf.slice(0..filled)))
                 .await
@@ -468,14 +506,15 @@ impl Conn {
                 self.core.buffers.put_in(b);
             }
         }
-        let ready = match self.read_deadline() {
-            Some(d) => {
-                let deadline = monoio::time::Instant::from_std(d);
-                monoio::time::timeout_at(deadline, self.stream.readable(false))
-                    .await
-                    .ok()
+        // Wait for bytes, the connection's deadline, or the core closing.
+        let far = Instant::now() + std::time::Duration::from_secs(86_400);
+        let deadline = monoio::time::Instant::from_std(self.read_deadline().unwrap_or(far));
+        let ready = monoio::select! {
+            r = monoio::time::timeout_at(deadline, self.stream.readable(false)) => r.ok(),
+            _ = self.core.phase.reached(Stage::Closing) => {
+                self.shut_down();
+                return Ok(());
             }
-            None => Some(self.stream.readable(false).await),
         };
         let now = Instant::now();
         match ready {
@@ -514,12 +553,51 @@ impl Conn {
         Ok(())
     }
 
+    /// The drain deadline passed: end the session without committing.
+    fn shut_down(&mut self) {
+        match self.engine.as_mut() {
+            Some(engine) if !engine.is_closed() => {
+                engine.abort("[SYS/TEMP] Server shutting down; please reconnect.")
+            }
+            Some(_) => {}
+            None => self.finished = true,
+        }
+    }
+
+    /// Reads the PROXY header a trusted load balancer sends first, and takes
+    /// the client address from it.
+    async fn read_proxy_header(&mut self) -> Result<(), ConnError> {
+        let deadline = Instant::now() + self.gen.handshake_timeout;
+        loop {
+            let buf = self.inbuf.as_deref().unwrap_or(&[]);
+            match proxy::parse(buf)? {
+                proxy::Parse::Complete(h) => {
+                    if let Some(b) = self.inbuf.as_mut() {
+                        drop_front(b, h.len);
+                    }
+                    if let Some(src) = h.source {
+                        self.client = src;
+                    }
+                    return Ok(());
+                }
+                proxy::Parse::Incomplete => {
+                    self.handshake_deadline = Some(deadline);
+                    self.read().await?;
+                    self.handshake_deadline = None;
+                    if self.finished {
+                        return Err(ConnError::ProxyEof);
+                    }
+                }
+            }
+        }
+    }
+
     async fn authenticate(&mut self, req: AuthRequest) -> AuthOutcome<Session> {
         let shared = self.core.shared.clone();
         let now = Instant::now();
         let check = {
             let cache = self.core.auth_cache.borrow();
-            shared.auth.check(&req, &cache, now)
+            shared.auth.check(&self.gen.directory, &req, &cache, now)
         };
         let verdict = match check {
             Check::Verified(v) => Ok(v),
@@ -537,11 +615,11 @@ impl Conn {
             Err(Refusal::Failed) => {
                 let delay = shared
                     .auth
-                    .failure(&req.address, self.peer.ip(), Instant::now());
+                    .failure(&req.address, self.client.ip(), Instant::now());
                 self.core.metrics.login(false);
                 tracing::info!(
                     session = self.id,
-                    client = %self.peer.ip(),
+                    client = %self.client.ip(),
                     user = %req.address,
                     mech = req.mechanism.name(),
                     delay_ms = delay.as_millis() as u64,
@@ -555,6 +633,16 @@ impl Conn {
         };
         if shared.auth.admit(&verified, Instant::now()).is_err() {
             return AuthOutcome::LoginDelay;
+        }
+        if self.user_slot.is_none() {
+            let max = self.gen.config.limits.max_sessions_per_user;
+            match shared.counters.user(&verified.address, max) {
+                Ok(slot) => self.user_slot = Some(slot),
+                Err(_) => {
+                    tracing::info!(session = self.id, user = %verified.address, max, "too many sessions for this user");
+                    return AuthOutcome::TooManySessions;
+                }
+            }
         }
         let store = shared.store.clone();
         let address = verified.address.clone();
@@ -571,7 +659,7 @@ impl Conn {
                 self.core.metrics.login(true);
                 tracing::info!(
                     session = self.id,
-                    client = %self.peer.ip(),
+                    client = %self.client.ip(),
                     user = %verified.address,
                     mech = req.mechanism.name(),
                     tls = self.facts.version,
@@ -661,7 +749,7 @@ impl Conn {
                         b.clear();
                     }
                     self.upgrading = true;
-                    self.start_tls()?;
+                    self.start_tls().await?;
                 }
                 Action::Close => {}
             }
@@ -671,11 +759,31 @@ impl Conn {
     /// Runs the connection to its end.
     pub(crate) async fn run(&mut self) -> Result<(), ConnError> {
         let _ = self.stream.set_nodelay(true);
+        if self.listener.proxy_protocol && self.gen.trusted_proxies.contains(self.peer.ip()) {
+            self.read_proxy_header().await?;
+        }
+        let limits = &self.gen.config.limits;
+        let counters = self.core.shared.counters.clone();
+        match counters.connect(
+            self.client.ip(),
+            limits.max_connections,
+            limits.max_connections_per_ip,
+        ) {
+            Ok(slot) => self._conn_slot = Some(slot),
+            Err(hit) => {
+                tracing::info!(session = self.id, client = %self.client.ip(), limit = ?hit, "connection refused by limit");
+                self.refusal = Some(hit.message());
+            }
+        }
         match self.listener.kind {
-            ListenerKind::Pop3s => self.start_tls()?,
+            ListenerKind::Pop3s => self.start_tls().await?,
             ListenerKind::Pop3 => {
                 let ctx = self.context(None, None);
-                self.engine = Some(Engine::new(ctx, Instant::now()));
+                let now = Instant::now();
+                self.engine = Some(match self.refusal.take() {
+                    Some(msg) => Engine::refuse(ctx, msg, now),
+                    None => Engine::new(ctx, now),
+                });
             }
         }
         loop {
@@ -706,7 +814,7 @@ impl Conn {
     pub(crate) fn log_end(&self, result: &Result<(), ConnError>) {
         let Some(engine) = &self.engine else {
             if let Err(e) = result {
-                tracing::debug!(session = self.id, client = %self.peer, error = %e, "connection ended before the session started");
+                tracing::debug!(session = self.id, client = %self.client, error = %e, "connection ended before the session started");
             }
             return;
         };
@@ -716,7 +824,7 @@ impl Conn {
         let s = engine.stats();
         tracing::info!(
             session = self.id,
-            client = %self.peer.ip(),
+            client = %self.client.ip(),
             user = %user,
             top = s.top,
             top_bytes = s.top_bytes,

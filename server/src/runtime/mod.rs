@@ -2,46 +2,126 @@
 //! its own SO_REUSEPORT listener sockets, so the kernel spreads connections
 //! and no lock is shared across cores on a connection's path.
 //!
-//! What the cores share is read-only or rarely touched: the configuration,
-//! the tenant directory, the TLS configs (whose ticket keys and session cache
-//! are shared on purpose), the storage root, and the blocking pool.
+//! What the cores share is read-only or rarely touched: the current
+//! [`Generation`] (configuration, tenant directory, TLS configs; replaced as
+//! a whole on reload, each connection keeping the one it started with), the
+//! storage root, the authenticator's failure counters, the connection
+//! counters, and the blocking pool.
 
 pub mod buffers;
 pub mod conn;
+pub mod limits;
+pub mod local_sync;
 pub mod metrics;
 pub mod pool;
+pub mod signals;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use monoio::net::{ListenerOpts, TcpListener};
 use pop3sd_storage::Store;
 
-use crate::auth::{Authenticator, VerifyCache};
-use crate::config::{Config, Driver, ListenerKind};
+use crate::auth::{Authenticator, Directory, VerifyCache};
+use crate::config::{Config, Driver, ListenerConfig};
 use crate::engine::Limits;
+use crate::proxy::TrustedNetworks;
 use crate::tls::TlsContext;
 use buffers::BufferPool;
-use conn::{Conn, ListenerInfo};
+use conn::Conn;
+use limits::Counters;
+use local_sync::{Gate, Phase, Stage};
 use metrics::CoreMetrics;
 pub use pool::BlockingPool;
 
-/// State shared by every core.
-pub struct Shared {
+/// Everything derived from one reading of the configuration. Replaced as a
+/// whole by a successful reload; a connection keeps the generation it was
+/// accepted under until it ends.
+pub struct Generation {
+    pub number: u64,
     pub config: Config,
-    pub store: Arc<Store>,
-    pub auth: Authenticator,
+    pub directory: Arc<Directory>,
     pub tls: TlsContext,
-    pub pool: BlockingPool,
     pub limits: Limits,
-    pub hostname: String,
     pub handshake_timeout: Duration,
     pub write_timeout: Duration,
-    pub stop: AtomicBool,
+    pub trusted_proxies: TrustedNetworks,
+}
+
+/// State shared by every core.
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub pool: BlockingPool,
+    pub auth: Authenticator,
+    pub current: ArcSwap<Generation>,
+    /// Where the configuration was read from (for reloads); None for the demo
+    /// built in memory.
+    pub config_path: Option<PathBuf>,
+    /// Listeners as bound at start-up (a reload cannot change them).
+    pub listeners: Vec<ListenerConfig>,
+    pub counters: Arc<Counters>,
+    pub draining: AtomicBool,
+    /// Milliseconds since `started` at which draining turns into closing.
+    drain_deadline_ms: AtomicU64,
+    pub started: Instant,
+    pub metrics: Mutex<Vec<Arc<CoreMetrics>>>,
+}
+
+impl Shared {
+    /// Assembles the shared state around a first generation.
+    pub fn new(
+        store: Arc<Store>,
+        pool: BlockingPool,
+        auth: Authenticator,
+        generation: Generation,
+        config_path: Option<PathBuf>,
+    ) -> Self {
+        Shared {
+            store,
+            pool,
+            auth,
+            listeners: generation.config.listeners.clone(),
+            current: ArcSwap::from_pointee(generation),
+            config_path,
+            counters: Arc::new(Counters::default()),
+            draining: AtomicBool::new(false),
+            drain_deadline_ms: AtomicU64::new(u64::MAX),
+            started: Instant::now(),
+            metrics: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The generation in force.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Stops accepting; sessions may go on for `grace`, then are closed.
+    /// Calling it again shortens the grace period, never lengthens it.
+    pub fn begin_drain(&self, grace: Duration) {
+        let deadline = (self.started.elapsed() + grace).as_millis() as u64;
+        self.drain_deadline_ms.fetch_min(deadline, Ordering::AcqRel);
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// The stage all cores should be at now.
+    pub fn stage(&self) -> Stage {
+        if !self.draining.load(Ordering::Acquire) {
+            return Stage::Serving;
+        }
+        let now = self.started.elapsed().as_millis() as u64;
+        if now >= self.drain_deadline_ms.load(Ordering::Acquire) {
+            Stage::Closing
+        } else {
+            Stage::Draining
+        }
+    }
 }
 
 /// One core's private state (never crosses threads).
@@ -50,7 +130,9 @@ pub(crate) struct Core {
     pub shared: Arc<Shared>,
     pub auth_cache: RefCell<VerifyCache>,
     pub buffers: BufferPool,
-    pub metrics: CoreMetrics,
+    pub metrics: Arc<CoreMetrics>,
+    pub phase: Phase,
+    pub handshakes: Rc<Gate>,
     next_session: Cell<u64>,
 }
 
@@ -78,6 +160,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("core {0} failed to start")]
     CoreFailed(usize),
+    #[error("cannot drop privileges: {0}")]
+    Privileges(String),
 }
 
 /// Number of event-loop threads a config asks for.
@@ -103,32 +187,7 @@ pub fn check_io_uring(entries: u32) -> Result<(), StartError> {
         .map_err(|e| StartError::NoIoUring(e.to_string()))
 }
 
-/// Handles to running cores.
-pub struct Running {
-    threads: Vec<std::thread::JoinHandle<()>>,
-    /// Bound addresses, in listener order (resolved ports for ":0").
-    pub addresses: Vec<SocketAddr>,
-}
-
-impl Running {
-    /// Waits for every core to finish (they run until the process stops).
-    pub fn join(self) {
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Binds one listener socket of one core.
-fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
-    let opts = ListenerOpts::new()
-        .reuse_port(true)
-        .reuse_addr(true)
-        .backlog(backlog);
-    TcpListener::bind_with_config(addr, &opts)
-}
-
-/// Raises the open-file limit to its hard maximum: every connection needs a
+/// Raises the open-file limit as far as allowed: every connection needs a
 /// socket and a logged-in one a lock file too. Returns the limit in force.
 pub fn raise_nofile_limit() -> u64 {
     let mut r = libc::rlimit {
@@ -161,10 +220,70 @@ pub fn raise_nofile_limit() -> u64 {
     r.rlim_cur
 }
 
+/// Handles to running cores.
+pub struct Running {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Bound addresses, in listener order (resolved ports for ":0").
+    pub addresses: Vec<SocketAddr>,
+}
+
+impl Running {
+    /// Waits for every core to finish (after a drain, or never).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Holds the cores between binding and serving until start-up decides:
+/// serve (after the privilege drop) or give up (a core could not bind).
+#[derive(Default)]
+struct StartGate {
+    decision: Mutex<Option<bool>>,
+    cv: Condvar,
+}
+
+impl StartGate {
+    fn decide(&self, serve: bool) {
+        if let Ok(mut d) = self.decision.lock() {
+            *d = Some(serve);
+        }
+        self.cv.notify_all();
+    }
+
+    /// Blocks until decided; true means serve.
+    fn wait(&self) -> bool {
+        let Ok(mut d) = self.decision.lock() else {
+            return false;
+        };
+        loop {
+            if let Some(v) = *d {
+                return v;
+            }
+            d = match self.cv.wait(d) {
+                Ok(d) => d,
+                Err(_) => return false,
+            };
+        }
+    }
+}
+
+/// Binds one listener socket of one core.
+fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(backlog);
+    TcpListener::bind_with_config(addr, &opts)
+}
+
 /// Starts the cores. Each binds every listener (ports of 0 are resolved by
-/// core 0 first, then shared) and serves until the process ends.
+/// core 0 first, then shared); once all are bound the process drops its
+/// privileges if configured to, and only then do the cores accept.
 pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
-    let cfg = &shared.config;
+    let generation = shared.generation();
+    let cfg = &generation.config;
     if cfg.runtime.driver == Driver::IoUring {
         check_io_uring(cfg.runtime.ring_entries)?;
     } else {
@@ -178,27 +297,49 @@ pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
         "open file limit (each logged-in connection uses two)"
     );
     let cores = core_count(cfg);
-    let mut addresses: Vec<SocketAddr> = cfg.listeners.iter().map(|l| l.address).collect();
+    let mut addresses: Vec<SocketAddr> = shared.listeners.iter().map(|l| l.address).collect();
+    let gate = Arc::new(StartGate::default());
     let mut threads = Vec::new();
     for core_id in 0..cores {
         let (tx, rx) = std::sync::mpsc::channel::<Result<Vec<SocketAddr>, StartError>>();
-        let shared = shared.clone();
+        let (shared, gate2) = (shared.clone(), gate.clone());
         let addrs = addresses.clone();
         let t = std::thread::Builder::new()
             .name(format!("pop3sd-core-{core_id}"))
-            .spawn(move || core_main(core_id, shared, addrs, tx))
-            .map_err(StartError::Thread)?;
+            .spawn(move || core_main(core_id, shared, addrs, tx, gate2))
+            .map_err(|e| {
+                gate.decide(false);
+                StartError::Thread(e)
+            })?;
         match rx.recv() {
             Ok(Ok(bound)) => addresses = bound,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(StartError::CoreFailed(core_id)),
+            Ok(Err(e)) => {
+                gate.decide(false);
+                return Err(e);
+            }
+            Err(_) => {
+                gate.decide(false);
+                return Err(StartError::CoreFailed(core_id));
+            }
         }
         threads.push(t);
     }
+    if let Ok(Some(id)) = crate::privileges::target(cfg) {
+        if let Err(e) = crate::privileges::drop_to(id) {
+            gate.decide(false);
+            return Err(StartError::Privileges(e));
+        }
+        tracing::info!(
+            uid = id.uid,
+            gid = id.gid,
+            "dropped privileges after binding"
+        );
+    }
+    gate.decide(true);
     tracing::info!(
         cores,
         listeners = ?addresses,
-        driver = ?shared.config.runtime.driver,
+        driver = ?cfg.runtime.driver,
         "serving"
     );
     Ok(Running { threads, addresses })
@@ -209,15 +350,17 @@ fn core_main(
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
     ready: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, StartError>>,
+    gate: Arc<StartGate>,
 ) {
-    let cfg = &shared.config.runtime;
+    let generation = shared.generation();
+    let cfg = &generation.config.runtime;
     if cfg.pin_cores {
         if let Err(e) = monoio::utils::bind_to_cpu_set([core_id]) {
             tracing::warn!(core = core_id, error = %e, "cannot pin thread to its CPU");
         }
     }
     let entries = cfg.ring_entries;
-    let body = serve_core(core_id, shared.clone(), addrs, ready.clone());
+    let body = serve_core(core_id, shared.clone(), addrs, ready.clone(), gate);
     let result = match cfg.driver {
         Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(entries)
@@ -239,8 +382,10 @@ async fn serve_core(
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
     ready: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, StartError>>,
+    gate: Arc<StartGate>,
 ) {
-    let cfg = &shared.config;
+    let generation = shared.generation();
+    let cfg = &generation.config;
     let mut listeners = Vec::new();
     let mut bound = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
@@ -248,13 +393,7 @@ async fn serve_core(
             Ok(l) => {
                 let local = l.local_addr().unwrap_or(*addr);
                 bound.push(local);
-                let lc = &cfg.listeners[i];
-                let info = Rc::new(ListenerInfo {
-                    kind: lc.kind,
-                    tls_config: shared.tls.for_listener(lc.client_certificates),
-                    local,
-                });
-                listeners.push((l, info));
+                listeners.push((l, Rc::new(shared.listeners[i].clone())));
             }
             Err(source) => {
                 let _ = ready.send(Err(StartError::Bind {
@@ -266,6 +405,10 @@ async fn serve_core(
             }
         }
     }
+    let metrics = Arc::new(CoreMetrics::default());
+    if let Ok(mut m) = shared.metrics.lock() {
+        m.push(metrics.clone());
+    }
     let core = Rc::new(Core {
         id: core_id,
         auth_cache: RefCell::new(VerifyCache::new(
@@ -273,35 +416,64 @@ async fn serve_core(
             Duration::from_secs(cfg.limits.auth_cache_ttl_secs),
         )),
         buffers: BufferPool::new(256),
-        metrics: CoreMetrics::default(),
+        metrics,
+        phase: Phase::default(),
+        handshakes: Gate::new(cfg.limits.max_handshakes_per_core),
         next_session: Cell::new(0),
         shared: shared.clone(),
     });
     if ready.send(Ok(bound)).is_err() {
         return;
     }
+    // Wait for every core to bind and for the privilege drop.
+    if !gate.wait() {
+        return;
+    }
+    let watcher = monoio::spawn(watch_stage(core.clone()));
     let mut tasks = Vec::new();
     for (listener, info) in listeners {
-        let core = core.clone();
-        tasks.push(monoio::spawn(accept_loop(core, listener, info)));
+        tasks.push(monoio::spawn(accept_loop(core.clone(), listener, info)));
     }
     for t in tasks {
         t.await;
     }
+    // Listeners are closed; let sessions end (or be closed at the deadline).
+    while core.metrics.connections_open.load(Ordering::Acquire) > 0 {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watcher.await;
+    tracing::info!(core = core_id, "core stopped");
 }
 
-async fn accept_loop(core: Rc<Core>, listener: TcpListener, info: Rc<ListenerInfo>) {
+/// Follows the process-wide stage (set by signals) on this core.
+async fn watch_stage(core: Rc<Core>) {
     loop {
-        if core.shared.stop.load(Ordering::Relaxed) {
+        let stage = core.shared.stage();
+        core.phase.advance(stage);
+        if stage != Stage::Serving && core.metrics.connections_open.load(Ordering::Acquire) == 0 {
             return;
         }
-        match listener.accept().await {
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn accept_loop(core: Rc<Core>, listener: TcpListener, info: Rc<ListenerConfig>) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = core.phase.reached(Stage::Draining) => None,
+        };
+        let Some(accepted) = accepted else {
+            tracing::info!(core = core.id, listener = %info.address, "stopped accepting");
+            return;
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 let core = core.clone();
                 let info = info.clone();
                 monoio::spawn(async move {
                     core.metrics
-                        .connection_opened(info.kind == ListenerKind::Pop3s);
+                        .connection_opened(info.kind == crate::config::ListenerKind::Pop3s);
                     let mut conn = Conn::new(core.clone(), stream, peer, info);
                     let id = conn.id();
                     let result = {
@@ -316,6 +488,7 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, info: Rc<ListenerInf
                             tracing::error!(session = id, client = %peer, "connection task panicked; closed")
                         }
                     }
+                    drop(conn);
                     core.metrics.connection_closed();
                 });
             }

@@ -37,6 +37,9 @@ pub struct TlsContext {
     /// Per-tenant re-verification and user mapping of client certificates.
     pub identities: ClientIdentities,
     pub resolver: Arc<SniResolver>,
+    /// Kept across reloads so that tickets and sessions stay valid.
+    pub ticketer: Arc<TicketKeys>,
+    pub sessions: Arc<ServerSessionMemoryCache>,
 }
 
 impl TlsContext {
@@ -90,8 +93,49 @@ fn problem(location: String, message: impl ToString) -> ConfigProblem {
     }
 }
 
+/// DNS names in a certificate's subjectAltName (CN when there are none).
+pub fn certificate_names(cert: &rustls::pki_types::CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::prelude::*;
+    let Ok((_, c)) = X509Certificate::from_der(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = c.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            c.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    names
+}
+
+/// True when a certificate name covers `host` (exactly, or `*.` one label).
+pub fn name_covers(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.');
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        return host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(suffix));
+    }
+    pattern.eq_ignore_ascii_case(host)
+}
+
 /// Builds the TLS context from a configuration, reporting every problem.
-pub fn build(cfg: &Config) -> Result<TlsContext, Vec<ConfigProblem>> {
+/// `previous` (on reload) lends its session cache, and its ticket keys when
+/// they are not read from a file, so that existing clients still resume.
+pub fn build(
+    cfg: &Config,
+    previous: Option<&TlsContext>,
+) -> Result<TlsContext, Vec<ConfigProblem>> {
     let mut problems = Vec::new();
     let provider = provider();
     let mut by_name = HashMap::new();
@@ -144,15 +188,18 @@ pub fn build(cfg: &Config) -> Result<TlsContext, Vec<ConfigProblem>> {
             }
         }
     }
-    let ticketer: Arc<TicketKeys> = match &cfg.tls.ticket_keys_file {
-        Some(p) => match TicketKeys::from_file(&cfg.resolve(p), cfg.tls.ticket_key_lifetime_secs) {
-            Ok(k) => Arc::new(k),
-            Err(e) => {
-                problems.push(problem("tls.ticket_keys_file".into(), e));
-                return Err(problems);
+    let ticketer: Arc<TicketKeys> = match (&cfg.tls.ticket_keys_file, previous) {
+        (Some(p), _) => {
+            match TicketKeys::from_file(&cfg.resolve(p), cfg.tls.ticket_key_lifetime_secs) {
+                Ok(k) => Arc::new(k),
+                Err(e) => {
+                    problems.push(problem("tls.ticket_keys_file".into(), e));
+                    return Err(problems);
+                }
             }
-        },
-        None => match TicketKeys::random(cfg.tls.ticket_key_lifetime_secs) {
+        }
+        (None, Some(prev)) if !prev.ticketer.is_from_file() => prev.ticketer.clone(),
+        (None, _) => match TicketKeys::random(cfg.tls.ticket_key_lifetime_secs) {
             Ok(k) => Arc::new(k),
             Err(e) => {
                 problems.push(problem("tls".into(), e));
@@ -173,7 +220,10 @@ pub fn build(cfg: &Config) -> Result<TlsContext, Vec<ConfigProblem>> {
         return Err(problems);
     }
     let resolver = Arc::new(SniResolver::new(by_name, default));
-    let cache = ServerSessionMemoryCache::new(cfg.tls.session_cache_size.max(1));
+    let cache = match previous {
+        Some(p) => p.sessions.clone(),
+        None => ServerSessionMemoryCache::new(cfg.tls.session_cache_size.max(1)),
+    };
     let finish = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>| -> Result<Arc<ServerConfig>, String> {
         let b = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -215,5 +265,22 @@ pub fn build(cfg: &Config) -> Result<TlsContext, Vec<ConfigProblem>> {
         client_required,
         identities,
         resolver,
+        ticketer,
+        sessions: cache,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_covers;
+
+    #[test]
+    fn certificate_name_matching() {
+        assert!(name_covers("example.com", "example.com"));
+        assert!(name_covers("Example.COM", "example.com"));
+        assert!(name_covers("*.example.com", "pop.example.com"));
+        assert!(!name_covers("*.example.com", "example.com"));
+        assert!(!name_covers("*.example.com", "a.b.example.com"));
+        assert!(!name_covers("example.com", "example.org"));
+    }
 }

@@ -62,6 +62,7 @@ pub enum TicketKeyError {
 /// The shared ticketer (a rustls `ProducesTickets`).
 pub struct TicketKeys {
     prk: hkdf::Prk,
+    from_file: bool,
     lifetime: u64,
     keys: ArcSwap<KeySet>,
     rng: SystemRandom,
@@ -122,7 +123,11 @@ impl TicketKeys {
             source,
         })?;
         match parse_hex(&text) {
-            Some(seed) if seed.len() >= 32 => Ok(Self::from_seed(&seed, lifetime_secs)),
+            Some(seed) if seed.len() >= 32 => {
+                let mut k = Self::from_seed(&seed, lifetime_secs);
+                k.from_file = true;
+                Ok(k)
+            }
             _ => Err(TicketKeyError::Format { path: p }),
         }
     }
@@ -135,10 +140,16 @@ impl TicketKeys {
         let keys = ArcSwap::from_pointee(Self::derive_set(&prk, period));
         TicketKeys {
             prk,
+            from_file: false,
             lifetime,
             keys,
             rng: SystemRandom::new(),
         }
+    }
+
+    /// True when the seed came from a file (reloads read it again).
+    pub fn is_from_file(&self) -> bool {
+        self.from_file
     }
 
     fn derive(prk: &hkdf::Prk, period: u64) -> PeriodKey {

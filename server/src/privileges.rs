@@ -1,0 +1,222 @@
+//! Running with no more privilege than needed.
+//!
+//! pop3sd may be started as root to bind ports below 1024; once every core
+//! has bound its listeners it switches to the configured user and group
+//! (glibc applies `setuid` to every thread of the process). It refuses to
+//! keep root unless told to, and refuses to start when mail or keys are
+//! readable by anyone on the machine.
+
+use std::ffi::CString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use crate::config::{Config, ConfigProblem};
+
+/// A resolved user and group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn problem(location: &str, message: String) -> ConfigProblem {
+    ConfigProblem {
+        location: location.into(),
+        message,
+    }
+}
+
+/// Looks up a user name (or numeric uid); returns its uid and primary gid.
+pub fn lookup_user(name: &str) -> Result<Identity, String> {
+    let c = CString::new(name).map_err(|_| format!("user {name:?} contains NUL"))?;
+    // SAFETY: passwd is a plain C struct for which all-zero bytes are valid.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the call; getpwnam_r writes only
+    // into `pwd` and `buf` (bounded by buf.len()) and sets `result`.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc == 0 && !result.is_null() {
+        return Ok(Identity {
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+        });
+    }
+    match name.parse::<u32>() {
+        Ok(uid) => Ok(Identity { uid, gid: uid }),
+        Err(_) => Err(format!("no such user {name:?}")),
+    }
+}
+
+/// Looks up a group name (or numeric gid).
+pub fn lookup_group(name: &str) -> Result<u32, String> {
+    let c = CString::new(name).map_err(|_| format!("group {name:?} contains NUL"))?;
+    // SAFETY: group is a plain C struct for which all-zero bytes are valid.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as for getpwnam_r above.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc == 0 && !result.is_null() {
+        return Ok(grp.gr_gid);
+    }
+    name.parse::<u32>()
+        .map_err(|_| format!("no such group {name:?}"))
+}
+
+/// The identity to switch to, if the config names one.
+pub fn target(cfg: &Config) -> Result<Option<Identity>, ConfigProblem> {
+    let Some(user) = &cfg.user else {
+        return Ok(None);
+    };
+    let mut id = lookup_user(user).map_err(|e| problem("user", e))?;
+    if let Some(g) = &cfg.group {
+        id.gid = lookup_group(g).map_err(|e| problem("group", e))?;
+    }
+    Ok(Some(id))
+}
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and no memory effects.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The root policy: running as root needs `user` to drop to, or `allow_root`.
+pub fn root_policy(cfg: &Config) -> Vec<ConfigProblem> {
+    match target(cfg) {
+        Err(e) => vec![e],
+        Ok(None) if is_root() && !cfg.allow_root => vec![problem(
+            "user",
+            "refusing to serve as root: set `user` (and `group`) to switch to after binding, \
+             or `allow_root = true` to keep root"
+                .into(),
+        )],
+        Ok(_) => Vec::new(),
+    }
+}
+
+/// File permissions: mail and secrets must not be readable by others, and
+/// the storage root must belong to the user the server runs as.
+pub fn permissions(cfg: &Config) -> Vec<ConfigProblem> {
+    let mut p = Vec::new();
+    let target = target(cfg).ok().flatten();
+    let root = cfg.resolve(&cfg.storage_root);
+    if let Ok(meta) = std::fs::metadata(&root) {
+        if meta.permissions().mode() & 0o007 != 0 {
+            p.push(problem(
+                "storage_root",
+                format!(
+                    "{} is accessible by other users (mode {:o}); run: chmod o-rwx {}",
+                    root.display(),
+                    meta.permissions().mode() & 0o777,
+                    root.display()
+                ),
+            ));
+        }
+        if let Some(t) = target {
+            if meta.uid() != t.uid {
+                p.push(problem(
+                    "storage_root",
+                    format!(
+                        "{} belongs to uid {}, but the server runs as uid {} after start-up; run: chown -R {} {}",
+                        root.display(),
+                        meta.uid(),
+                        t.uid,
+                        cfg.user.as_deref().unwrap_or(""),
+                        root.display()
+                    ),
+                ));
+            }
+        }
+    }
+    let mut secret = |location: String, path: &Path| {
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o004 != 0 {
+                p.push(problem(
+                    &location,
+                    format!(
+                        "{} is readable by everyone; run: chmod o-r {}",
+                        path.display(),
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    };
+    for (i, t) in cfg.tenants.iter().enumerate() {
+        secret(
+            format!("tenant[{i}] ({}).private_key", t.domain),
+            &cfg.resolve(&t.private_key),
+        );
+        secret(
+            format!("tenant[{i}] ({}).passwd_file", t.domain),
+            &cfg.resolve(&t.passwd_file),
+        );
+    }
+    if let Some(k) = &cfg.tls.ticket_keys_file {
+        secret("tls.ticket_keys_file".into(), &cfg.resolve(k));
+    }
+    p
+}
+
+/// Switches the whole process to `id` for good (supplementary groups
+/// cleared, then gid, then uid), and checks root cannot be regained.
+pub fn drop_to(id: Identity) -> Result<(), String> {
+    // SAFETY: these calls take plain integers (and a valid one-element
+    // array for setgroups); glibc applies them to every thread.
+    unsafe {
+        let groups = [id.gid];
+        if libc::setgroups(1, groups.as_ptr()) != 0 {
+            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
+        }
+        if libc::setgid(id.gid) != 0 {
+            return Err(format!(
+                "setgid({}): {}",
+                id.gid,
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::setuid(id.uid) != 0 {
+            return Err(format!(
+                "setuid({}): {}",
+                id.uid,
+                std::io::Error::last_os_error()
+            ));
+        }
+        if id.uid != 0 && libc::setuid(0) == 0 {
+            return Err("root privileges could be regained after setuid".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups() {
+        assert_eq!(lookup_user("root").unwrap().uid, 0);
+        assert_eq!(lookup_user("4242").unwrap().uid, 4242);
+        assert!(lookup_user("no-such-user-pop3sd").is_err());
+        assert_eq!(lookup_group("root").unwrap(), 0);
+        assert!(lookup_group("no-such-group-pop3sd").is_err());
+    }
+}

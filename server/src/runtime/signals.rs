@@ -1,0 +1,51 @@
+//! Signals: SIGHUP reloads the configuration, SIGTERM and SIGINT drain.
+//!
+//! A dedicated thread receives the signals (signal-hook), so no core's event
+//! loop is interrupted; it changes shared state that the cores follow.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use super::Shared;
+
+/// Starts the signal thread. `reload` rebuilds and swaps the configuration.
+pub fn spawn(
+    shared: Arc<Shared>,
+    reload: fn(&Shared) -> Result<u64, String>,
+) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    std::thread::Builder::new().name("pop3sd-signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            match sig {
+                SIGHUP => match reload(&shared) {
+                    Ok(generation) => tracing::info!(generation, "configuration reloaded"),
+                    Err(e) => tracing::error!(
+                        "configuration reload refused; the previous configuration stays in force:\n{e}"
+                    ),
+                },
+                _ => {
+                    let first = !shared.draining.load(std::sync::atomic::Ordering::Acquire);
+                    let grace = if first {
+                        Duration::from_secs(shared.generation().config.limits.drain_timeout_secs)
+                    } else {
+                        Duration::ZERO
+                    };
+                    shared.begin_drain(grace);
+                    if first {
+                        tracing::info!(
+                            grace_secs = grace.as_secs(),
+                            "shutting down: no new connections; sessions may finish, then they are closed \
+                             without committing (signal again to close now)"
+                        );
+                    } else {
+                        tracing::info!("closing all sessions now");
+                    }
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
