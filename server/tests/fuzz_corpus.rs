@@ -7,6 +7,9 @@ mod command_parser {
 mod engine {
     include!("../../fuzz/harness/engine.rs");
 }
+mod proxy_header {
+    include!("../../fuzz/harness/proxy_header.rs");
+}
 mod storage_index {
     include!("../../fuzz/harness/storage_index.rs");
 }
@@ -39,5 +42,6 @@ fn corpora_replay_cleanly() {
     assert!(replay("command_parser", command_parser::run) > 0);
     assert!(replay("engine", engine::run) > 0);
     assert!(replay("storage_index", storage_index::run) > 0);
+    assert!(replay("proxy_header", proxy_header::run) > 0);
     assert!(replay("wire_form", wire_form::run) > 0);
 }

@@ -178,3 +178,163 @@ pub fn have(cmd: &str) -> bool {
 pub fn expected_message(domain: &str, local: &str, i: usize) -> Vec<u8> {
     pop3sd_storage::wire::canonical_crlf(&pop3sd::demo::demo_message(domain, local, i))
 }
+
+/// A `pop3sd serve` process on a configuration built from the demo data
+/// and then adjusted by the test; killed when dropped.
+pub struct Served {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub info: pop3sd::demo::DemoInfo,
+    pub config: pop3sd::config::Config,
+    pub config_path: PathBuf,
+    pub log_file: PathBuf,
+}
+
+impl Served {
+    /// Prepares demo data (2 users per tenant, 3 messages each), lets the
+    /// test change the configuration, and serves it.
+    pub fn start(adjust: impl FnOnce(&mut pop3sd::config::Config)) -> Served {
+        Self::start_with(2, 0, adjust)
+    }
+
+    pub fn start_with(
+        users: usize,
+        message_size: usize,
+        adjust: impl FnOnce(&mut pop3sd::config::Config),
+    ) -> Served {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut config, info) = pop3sd::demo::prepare(&pop3sd::demo::DemoOptions {
+            dir: Some(dir.path().join("root")),
+            port: 0,
+            pop3_port: 0,
+            external_port: 0,
+            users,
+            messages: 3,
+            scheme: pop3sd::demo::DemoScheme::Plain,
+            cores: 2,
+            message_size,
+            maildir: None,
+        })
+        .expect("demo data");
+        adjust(&mut config);
+        let config_path = dir.path().join("root").join("pop3sd.toml");
+        std::fs::write(&config_path, config.to_toml()).expect("write config");
+        let log_file = dir.path().join("server.log");
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env_remove("POP3SD_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_file).expect("log"))
+            .spawn()
+            .expect("start pop3sd serve");
+        let s = Served {
+            child,
+            dir,
+            info,
+            config,
+            config_path,
+            log_file,
+        };
+        assert!(
+            s.wait_log(Duration::from_secs(20), |l| l.contains(" serving ")),
+            "server did not start:\n{}",
+            s.log()
+        );
+        s
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if f(&self.log()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill with a valid pid of our own child and a signal number.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn user(&self, tenant: usize, n: usize) -> (String, String) {
+        let u = &self.info.tenants[tenant].users[n];
+        (u.user.clone(), u.password.clone())
+    }
+
+    /// Runs a Python snippet with `INFO` (pop3s, pop3, ca_file) and helpers
+    /// `tls(addr, sni, source=None)` and `lines(f, n)` predefined; fails the
+    /// test with its output and the server log unless it exits 0.
+    pub fn python(&self, body: &str) -> String {
+        let o = self.python_command(body).output().expect("python3");
+        if !o.status.success() {
+            panic!(
+                "python check failed ({}):\n--- stdout\n{}\n--- stderr\n{}\n--- server log\n{}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                self.log()
+            );
+        }
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The command `python` runs (for tests that act while it runs).
+    pub fn python_command(&self, body: &str) -> Command {
+        let prelude = format!(
+            r#"
+import socket, ssl, sys, time, os
+INFO = {{"pop3s": "{pop3s}", "pop3": "{pop3}", "ca": r"{ca}"}}
+def addr(key):
+    h, p = INFO[key].rsplit(":", 1)
+    return h, int(p)
+def tls(key="pop3s", sni="example.com", source=None, timeout=10):
+    ctx = ssl.create_default_context(cafile=INFO["ca"])
+    raw = socket.create_connection(addr(key), timeout, source_address=(source, 0) if source else None)
+    s = ctx.wrap_socket(raw, server_hostname=sni)
+    return s, s.makefile("rb")
+def cmd(s, f, line):
+    s.sendall(line.encode() + b"\r\n")
+    return f.readline()
+"#,
+            pop3s = self.info.pop3s,
+            pop3 = self.info.pop3.clone().unwrap_or_default(),
+            ca = self.info.ca_file.display()
+        );
+        let mut c = Command::new("python3");
+        c.arg("-c").arg(format!("{prelude}\n{body}"));
+        c
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,466 @@
+//! Production operation, against the real `pop3sd serve`: limits, timeouts,
+//! backpressure, SIGTERM drain, SIGHUP reload, privilege drop, IPv6.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Served;
+
+#[test]
+fn per_address_and_total_connection_limits() {
+    let s = Served::start(|c| {
+        c.limits.max_connections_per_ip = 2;
+        c.limits.max_connections = 3;
+    });
+    s.python(
+        r#"
+held = [tls(source="127.0.0.2") for _ in range(2)]
+for s_, f in held:
+    assert f.readline().startswith(b"+OK"), "within the limit"
+s3, f3 = tls(source="127.0.0.2")
+line = f3.readline()
+assert line.startswith(b"-ERR [SYS/TEMP] Too many connections from your address"), line
+assert f3.read() == b"", "closed after the answer"
+# Another address is still welcome, up to the total.
+s4, f4 = tls(source="127.0.0.3")
+assert f4.readline().startswith(b"+OK")
+s5, f5 = tls(source="127.0.0.4")
+line = f5.readline()
+assert line.startswith(b"-ERR [SYS/TEMP] Too many connections to this server"), line
+# Closing frees the slots.
+for s_, f in held:
+    cmd(s_, f, "QUIT")
+    s_.close()
+time.sleep(0.3)
+s6, f6 = tls(source="127.0.0.2")
+assert f6.readline().startswith(b"+OK")
+"#,
+    );
+    assert!(s.log().contains("connection refused by limit"));
+}
+
+#[test]
+fn per_user_session_limit() {
+    let s = Served::start(|c| c.limits.max_sessions_per_user = 1);
+    let (user, pw) = s.user(0, 0);
+    s.python(&format!(
+        r#"
+a, fa = tls(); fa.readline()
+assert cmd(a, fa, "USER {user}").startswith(b"+OK")
+assert cmd(a, fa, "PASS {pw}").startswith(b"+OK")
+b, fb = tls(); fb.readline()
+cmd(b, fb, "USER {user}")
+line = cmd(b, fb, "PASS {pw}")
+assert line.startswith(b"-ERR [IN-USE] Too many sessions for this user"), line
+cmd(a, fa, "QUIT")
+time.sleep(0.2)
+assert cmd(b, fb, "USER {user}").startswith(b"+OK")
+assert cmd(b, fb, "PASS {pw}").startswith(b"+OK"), "the slot came back"
+"#
+    ));
+}
+
+#[test]
+fn handshake_and_authorization_timeouts() {
+    let s = Served::start(|c| {
+        c.limits.handshake_timeout_secs = 1;
+        c.limits.auth_timeout_secs = 1;
+    });
+    s.python(
+        r#"
+# A client that never sends a ClientHello is dropped after the handshake timeout.
+raw = socket.create_connection(addr("pop3s"), 10)
+t = time.time()
+assert raw.recv(100) == b""
+assert 0.5 < time.time() - t < 5, time.time() - t
+# One that stays silent after the greeting gets the inactivity answer.
+s_, f = tls()
+assert f.readline().startswith(b"+OK")
+t = time.time()
+assert f.readline() == b"-ERR Disconnected for inactivity.\r\n"
+assert 0.5 < time.time() - t < 5
+"#,
+    );
+}
+
+#[test]
+fn idle_timeout_closes_without_committing() {
+    let s = Served::start(|c| c.limits.idle_timeout_secs = 2);
+    let (user, pw) = s.user(0, 1);
+    s.python(&format!(
+        r#"
+s_, f = tls(); f.readline()
+cmd(s_, f, "USER {user}"); cmd(s_, f, "PASS {pw}")
+n = int(cmd(s_, f, "STAT").split()[1])
+assert cmd(s_, f, "DELE 1").startswith(b"+OK")
+assert f.readline() == b"-ERR Disconnected for inactivity.\r\n"
+s2, f2 = tls(); f2.readline()
+cmd(s2, f2, "USER {user}"); cmd(s2, f2, "PASS {pw}")
+assert int(cmd(s2, f2, "STAT").split()[1]) == n, "an idle-timed-out session deleted mail"
+"#
+    ));
+    assert!(
+        s.log().contains("RFC 1939"),
+        "a short idle timeout is warned about"
+    );
+}
+
+#[test]
+fn a_client_that_does_not_read_is_dropped_with_bounded_memory() {
+    // 1 MiB messages; the client asks for 300 of them and reads nothing.
+    let s = Served::start_with(2, 1 << 20, |c| c.limits.write_timeout_secs = 2);
+    let (user, pw) = s.user(0, 0);
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1).map(|v| v.parse().unwrap()))
+            .unwrap()
+    };
+    let before = rss(s.pid());
+    s.python(&format!(
+        r#"
+s_, f = tls()
+s_.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+f.readline()
+cmd(s_, f, "USER {user}"); cmd(s_, f, "PASS {pw}")
+s_.sendall(b"RETR 1\r\n" * 300)
+time.sleep(4)
+"#
+    ));
+    assert!(
+        s.wait_log(Duration::from_secs(5), |l| l.contains("write timed out")),
+        "the stalled client was not dropped:\n{}",
+        s.log()
+    );
+    let after = rss(s.pid());
+    assert!(
+        after < before + 32 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
+#[test]
+fn handshakes_in_flight_are_bounded_per_core() {
+    let s = Served::start(|c| {
+        c.runtime.cores = 1;
+        c.limits.max_handshakes_per_core = 1;
+        c.limits.handshake_timeout_secs = 5;
+    });
+    s.python(
+        r#"
+import threading
+held = socket.create_connection(addr("pop3s"), 10)   # holds the only handshake place
+done = {}
+def second():
+    s_, f = tls()
+    done["at"] = time.time()
+    f.readline()
+t0 = time.time()
+th = threading.Thread(target=second); th.start()
+time.sleep(1.0)
+assert "at" not in done, "a second handshake ran while the core's only place was taken"
+held.close()
+th.join(5)
+assert "at" in done and done["at"] - t0 >= 1.0
+"#,
+    );
+}
+
+#[test]
+fn sigterm_drains_then_closes_without_committing() {
+    let mut s = Served::start(|c| c.limits.drain_timeout_secs = 2);
+    let (alice, apw) = s.user(0, 0);
+    let (bob, bpw) = s.user(0, 1);
+    let mark = s.dir.path().join("ready");
+    let script = format!(
+        r#"
+a, fa = tls(); fa.readline(); cmd(a, fa, "USER {alice}"); cmd(a, fa, "PASS {apw}")
+b, fb = tls(); fb.readline(); cmd(b, fb, "USER {bob}"); cmd(b, fb, "PASS {bpw}")
+na = int(cmd(a, fa, "STAT").split()[1]); nb = int(cmd(b, fb, "STAT").split()[1])
+assert cmd(a, fa, "DELE 1").startswith(b"+OK") and cmd(b, fb, "DELE 1").startswith(b"+OK")
+print(na, nb, flush=True)
+sys.stdout.flush()
+open(os.environ.get("MARK", "/dev/null"), "w").write("ready")
+time.sleep(1.0)   # the test sends SIGTERM now
+# Draining: no new connections, but sessions go on and QUIT commits.
+try:
+    socket.create_connection(addr("pop3s"), 2).recv(10)
+    raise AssertionError("accepted a new connection while draining")
+except (ConnectionRefusedError, ConnectionResetError, socket.timeout):
+    pass
+assert cmd(a, fa, "NOOP").startswith(b"+OK")
+assert cmd(a, fa, "QUIT").startswith(b"+OK"), "QUIT during the drain commits"
+# Bob does not QUIT: at the deadline he is told and disconnected.
+line = fb.readline()
+assert line.startswith(b"-ERR [SYS/TEMP] Server shutting down"), line
+"#
+    );
+    let client = s
+        .python_command(&script)
+        .env("MARK", &mark)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !mark.exists() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        mark.exists(),
+        "the sessions did not get ready:\n{}",
+        s.log()
+    );
+    s.signal(libc::SIGTERM);
+    let o = client.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "client side failed:\n{}\n{}\n--- server log\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        s.log()
+    );
+    let status = s.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "server did not exit cleanly: {status:?}\n{}",
+        s.log()
+    );
+    // Alice's DELE was committed by her QUIT; Bob's was not.
+    let store =
+        pop3sd_storage::Store::open(s.config.resolve(&s.config.storage_root), Default::default())
+            .unwrap();
+    let count = |who: &str| {
+        store
+            .maildrop(&pop3sd_storage::Address::parse(who).unwrap())
+            .unwrap()
+            .stats()
+            .unwrap()
+            .messages
+    };
+    assert_eq!(count(&alice), 2);
+    assert_eq!(count(&bob), 3);
+}
+
+#[test]
+fn sighup_replaces_the_certificate_and_refuses_a_broken_config() {
+    let s = Served::start(|_| {});
+    let (user, pw) = s.user(0, 0);
+    let fingerprint = |s: &Served| {
+        s.python(
+            r#"
+import hashlib
+s_, f = tls(); f.readline()
+print(hashlib.sha256(s_.getpeercert(True)).hexdigest())
+"#,
+        )
+        .trim()
+        .to_string()
+    };
+    let first = fingerprint(&s);
+    // A new certificate for example.com, signed by the same demo CA, with openssl.
+    let tls_dir = s.dir.path().join("root/tls");
+    let sh = format!(
+        "cd {d} && openssl ecparam -name prime256v1 -genkey -noout -out new.key && \
+         openssl req -new -key new.key -subj /CN=example.com -addext subjectAltName=DNS:example.com,DNS:pop.example.com,DNS:localhost,IP:127.0.0.1 -out new.csr && \
+         printf 'subjectAltName=DNS:example.com,DNS:pop.example.com,DNS:localhost,IP:127.0.0.1\\n' > ext && \
+         openssl x509 -req -in new.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out new.pem && \
+         chmod 600 new.key && mv new.pem example.com.pem && mv new.key example.com.key",
+        d = tls_dir.display()
+    );
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&sh)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A session opened before the reload carries on after it.
+    let session = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            r#"
+import socket, ssl, time
+ctx = ssl.create_default_context(cafile=r"{ca}")
+h, p = "{addr}".rsplit(":", 1)
+s = ctx.wrap_socket(socket.create_connection((h, int(p)), 10), server_hostname="example.com")
+f = s.makefile("rb"); f.readline()
+s.sendall(b"USER {user}\r\n"); f.readline(); s.sendall(b"PASS {pw}\r\n"); assert f.readline().startswith(b"+OK")
+time.sleep(2)
+s.sendall(b"STAT\r\n"); assert f.readline().startswith(b"+OK")
+s.sendall(b"QUIT\r\n"); assert f.readline().startswith(b"+OK")
+"#,
+            ca = s.info.ca_file.display(),
+            addr = s.info.pop3s
+        ))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    s.signal(libc::SIGHUP);
+    assert!(
+        s.wait_log(Duration::from_secs(5), |l| l
+            .contains("configuration reloaded")),
+        "{}",
+        s.log()
+    );
+    let second = fingerprint(&s);
+    assert_ne!(
+        first, second,
+        "a new connection must see the new certificate"
+    );
+    let st = session.wait_with_output().unwrap();
+    assert!(
+        st.status.success(),
+        "the session opened before the reload broke"
+    );
+
+    // A broken configuration is refused and the running one stays.
+    let mut broken = std::fs::read_to_string(&s.config_path).unwrap();
+    broken.push_str("\nthis is not toml = = =\n");
+    std::fs::write(&s.config_path, broken).unwrap();
+    s.signal(libc::SIGHUP);
+    assert!(
+        s.wait_log(Duration::from_secs(5), |l| l.contains("reload refused")),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        fingerprint(&s),
+        second,
+        "still serving with the configuration in force"
+    );
+}
+
+#[test]
+fn drops_to_the_configured_user_after_binding() {
+    if !pop3sd::privileges::is_root() {
+        eprintln!("not root: the privilege drop cannot be exercised here");
+        return;
+    }
+    let s = Served::start(|c| {
+        c.user = Some("nobody".into());
+        c.group = Some("nogroup".into());
+        c.allow_root = false;
+        // The storage root must belong to the user the server becomes.
+        let root = c.resolve(&c.storage_root);
+        let o = std::process::Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let parents = root.parent().unwrap();
+        let _ = std::process::Command::new("chmod")
+            .arg("711")
+            .arg(parents)
+            .output();
+        let _ = std::process::Command::new("chmod")
+            .arg("711")
+            .arg(parents.parent().unwrap())
+            .output();
+    });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
+        "{uid_line}"
+    );
+    assert!(s.log().contains("dropped privileges after binding"));
+    // Serving still works as nobody (storage access included).
+    let (user, pw) = s.user(0, 0);
+    s.python(&format!(
+        r#"
+s_, f = tls(); f.readline()
+cmd(s_, f, "USER {user}")
+assert cmd(s_, f, "PASS {pw}").startswith(b"+OK")
+assert cmd(s_, f, "RETR 1").startswith(b"+OK")
+"#
+    ));
+}
+
+#[test]
+fn refuses_to_serve_as_root_unless_told() {
+    if !pop3sd::privileges::is_root() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (mut cfg, _) = pop3sd::demo::prepare(&pop3sd::demo::DemoOptions {
+        dir: Some(d.path().join("root")),
+        port: 0,
+        pop3_port: 0,
+        external_port: 0,
+        users: 1,
+        messages: 1,
+        scheme: pop3sd::demo::DemoScheme::Plain,
+        cores: 1,
+        message_size: 0,
+        maildir: None,
+    })
+    .unwrap();
+    cfg.allow_root = false;
+    let path = d.path().join("c.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let o = std::process::Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to serve as root"));
+    // World-readable mail is refused too.
+    cfg.allow_root = true;
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let root = cfg.resolve(&cfg.storage_root);
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(&root)
+        .output()
+        .unwrap();
+    let o = std::process::Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("accessible by other users"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn ipv6_listener() {
+    let ok = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if !ok {
+        eprintln!("no IPv6 loopback here");
+        return;
+    }
+    let port = std::net::TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Served::start(|c| {
+        c.listeners.push(pop3sd::config::ListenerConfig {
+            address: format!("[::1]:{port}").parse().unwrap(),
+            kind: pop3sd::config::ListenerKind::Pop3s,
+            client_certificates: pop3sd::config::ClientCerts::None,
+            proxy_protocol: false,
+        })
+    });
+    let (user, pw) = s.user(1, 0);
+    s.python(&format!(
+        r#"
+ctx = ssl.create_default_context(cafile=INFO["ca"])
+s_ = ctx.wrap_socket(socket.create_connection(("::1", {port}), 10), server_hostname="example.org")
+f = s_.makefile("rb")
+assert f.readline().startswith(b"+OK")
+cmd(s_, f, "USER {user}")
+assert cmd(s_, f, "PASS {pw}").startswith(b"+OK")
+"#
+    ));
+    assert!(s.log().contains("client=::1"), "{}", s.log());
+}
