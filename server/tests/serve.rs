@@ -230,6 +230,7 @@ fn check_config_names_every_problem() {
     std::fs::write(&passwd, text).unwrap();
     cfg.tenants[1].private_key = cfg.tenants[0].private_key.clone();
     cfg.tenants[0].client_ca = Some(d.path().join("nope.pem"));
+    cfg.tenants[0].aliases.push("example.net".into());
     write_config(&cfg, &path);
     let bad = Command::new(common::bin())
         .arg("check-config")
@@ -248,6 +249,7 @@ fn check_config_names_every_problem() {
         "{err}"
     );
     assert!(err.contains("tenant[0] (example.com).client_ca"), "{err}");
+    assert!(err.contains("does not cover example.net"), "the certificate must name every alias: {err}");
     // Serving refuses the same file, naming the same problems.
     let serve = Command::new(common::bin())
         .args(["serve", "--config"])
