@@ -151,6 +151,15 @@ pub fn build(
         match certs::load_certified_key(&cfg.resolve(&t.certificate), &cfg.resolve(&t.private_key))
         {
             Ok(ck) => {
+                let cert_names = ck.end_entity_cert().map(certificate_names).unwrap_or_default();
+                for n in &names {
+                    if !cert_names.iter().any(|c| name_covers(c, n.as_str())) {
+                        problems.push(problem(
+                            loc("certificate"),
+                            format!("does not cover {n} (it names {})", cert_names.join(", ")),
+                        ));
+                    }
+                }
                 for n in &names {
                     by_name.insert(n.as_str().to_string(), ck.clone());
                 }
