@@ -37,6 +37,10 @@ pub struct Config {
     #[serde(default)]
     pub proxy: ProxyConfig,
     #[serde(default)]
+    pub lmtp: LmtpConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub tls: TlsConfig,
@@ -124,6 +128,29 @@ impl Default for TlsConfig {
             default_tenant: None,
         }
     }
+}
+
+/// Where mail comes in (LMTP, RFC 2033), for the MTA.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LmtpConfig {
+    /// TCP address (loopback, or a private network of MTAs).
+    pub address: Option<SocketAddr>,
+    /// Unix socket path.
+    pub socket: Option<PathBuf>,
+    /// Permissions of the socket, octal (default "0660").
+    pub socket_mode: Option<String>,
+    /// Group to give the socket (e.g. "postfix"), so the MTA can connect.
+    pub socket_group: Option<String>,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to serve `GET /metrics` on (keep it on loopback or a
+    /// monitoring network); none disables the endpoint.
+    pub address: Option<SocketAddr>,
 }
 
 /// Who may send PROXY protocol headers.
@@ -287,6 +314,37 @@ pub struct TenantConfig {
     pub allow_bare_user: bool,
     #[serde(default)]
     pub apop: bool,
+    /// Largest message LMTP accepts for this tenant, in bytes.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
+    /// Default quota of each user: messages and bytes (0 = unlimited).
+    /// A passwd-file entry can set its own with `userdb_quota_rule=*:storage=1G`.
+    #[serde(default)]
+    pub quota_messages: u64,
+    #[serde(default)]
+    pub quota_bytes: u64,
+    /// Quota of the whole tenant (0 = unlimited).
+    #[serde(default)]
+    pub tenant_quota_messages: u64,
+    #[serde(default)]
+    pub tenant_quota_bytes: u64,
+    /// How an over-quota delivery is answered: "temporary" (452 4.2.2, the
+    /// MTA retries) or "permanent" (552 5.2.2, bounced).
+    #[serde(default)]
+    pub quota_exceeded: QuotaExceeded,
+}
+
+fn default_max_message_size() -> u64 {
+    50 << 20
+}
+
+/// See [`TenantConfig::quota_exceeded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaExceeded {
+    #[default]
+    Temporary,
+    Permanent,
 }
 
 /// A problem found in a configuration, with where it is.

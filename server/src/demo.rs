@@ -307,6 +307,12 @@ pub fn prepare(opts: &DemoOptions) -> Result<(Config, DemoInfo), DemoError> {
             allow_cleartext: false,
             allow_bare_user: true,
             apop: false,
+            max_message_size: 50 << 20,
+            quota_messages: 0,
+            quota_bytes: 0,
+            tenant_quota_messages: 0,
+            tenant_quota_bytes: 0,
+            quota_exceeded: Default::default(),
         });
         tenants_info.push(DemoTenant {
             domain: domain.to_string(),
@@ -336,6 +342,8 @@ pub fn prepare(opts: &DemoOptions) -> Result<(Config, DemoInfo), DemoError> {
     let pop3s = SocketAddr::from((Ipv4Addr::LOCALHOST, pick(opts.port)?));
     let pop3 = SocketAddr::from((Ipv4Addr::LOCALHOST, pick(opts.pop3_port)?));
     let external = SocketAddr::from((Ipv4Addr::LOCALHOST, pick(opts.external_port)?));
+    let lmtp = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
     let config_path = root.join("pop3sd.toml");
     let config = Config {
         storage_root: root.join("mail"),
@@ -345,6 +353,13 @@ pub fn prepare(opts: &DemoOptions) -> Result<(Config, DemoInfo), DemoError> {
         group: None,
         allow_root: true,
         proxy: Default::default(),
+        lmtp: crate::config::LmtpConfig {
+            address: Some(lmtp),
+            ..Default::default()
+        },
+        metrics: crate::config::MetricsConfig {
+            address: Some(metrics),
+        },
         runtime: RuntimeConfig {
             cores: opts.cores,
             ..RuntimeConfig::default()
@@ -393,8 +408,8 @@ pub fn prepare(opts: &DemoOptions) -> Result<(Config, DemoInfo), DemoError> {
     let info = DemoInfo {
         pop3s: pop3s.to_string(),
         pop3: Some(pop3.to_string()),
-        lmtp: None,
-        metrics: None,
+        lmtp: Some(lmtp.to_string()),
+        metrics: Some(metrics.to_string()),
         external: external.to_string(),
         ca_file,
         root: root.clone(),

@@ -3,8 +3,10 @@
 //! - [`engine`]: the POP3 session as a pure state machine (no I/O).
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod engine;
+pub mod lmtp;
 pub mod privileges;
 pub mod proxy;
 pub mod runtime;

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use pop3sd_storage::{Domain, Store, StoreOptions};
 
+use crate::auth::directory::Quota;
 use crate::auth::{passwd, Authenticator, Directory, Tenant, TenantPolicy, ThrottleConfig};
-use crate::config::{Config, ConfigProblem};
+use crate::config::{Config, ConfigProblem, QuotaExceeded};
 use crate::engine::Limits;
 use crate::proxy::TrustedNetworks;
 use crate::runtime::{BlockingPool, Generation, Shared};
@@ -38,11 +39,8 @@ pub fn build_directory(cfg: &Config) -> Result<Directory, Vec<ConfigProblem>> {
             .collect();
         let mut names = vec![domain.clone()];
         names.extend(aliases.iter().cloned());
-        let users = match passwd::load(&cfg.resolve(&t.passwd_file), &names) {
-            Ok(entries) => entries
-                .into_iter()
-                .map(|e| (e.user, e.hash))
-                .collect::<Vec<_>>(),
+        let entries = match passwd::load(&cfg.resolve(&t.passwd_file), &names) {
+            Ok(entries) => entries,
             Err(errs) => {
                 for e in errs {
                     problems.push(problem(loc("passwd_file"), e));
@@ -50,12 +48,34 @@ pub fn build_directory(cfg: &Config) -> Result<Directory, Vec<ConfigProblem>> {
                 continue;
             }
         };
+        let mut quotas = Vec::new();
+        for e in &entries {
+            match passwd::quota_of(e) {
+                Ok(Some(q)) => quotas.push((e.user.clone(), q)),
+                Ok(None) => {}
+                Err(why) => problems.push(problem(
+                    loc("passwd_file"),
+                    format!("user {}: {why}", e.user),
+                )),
+            }
+        }
+        let users: Vec<_> = entries.into_iter().map(|e| (e.user, e.hash)).collect();
         let policy = TenantPolicy {
             expire: t.expire.into(),
             login_delay: t.login_delay,
             allow_cleartext: t.allow_cleartext,
             allow_bare_user: t.allow_bare_user,
             apop: t.apop,
+            max_message_size: t.max_message_size,
+            user_quota: Quota {
+                messages: t.quota_messages,
+                bytes: t.quota_bytes,
+            },
+            tenant_quota: Quota {
+                messages: t.tenant_quota_messages,
+                bytes: t.tenant_quota_bytes,
+            },
+            quota_permanent: t.quota_exceeded == QuotaExceeded::Permanent,
         };
         if t.apop && users.iter().any(|(_, h)| h.plaintext().is_none()) {
             problems.push(problem(
@@ -63,7 +83,11 @@ pub fn build_directory(cfg: &Config) -> Result<Directory, Vec<ConfigProblem>> {
                 "APOP needs {PLAIN} passwords; users with other schemes cannot use it",
             ));
         }
-        tenants.push(Tenant::new(domain, aliases, policy, users));
+        let mut tenant = Tenant::new(domain, aliases, policy, users);
+        for (u, q) in quotas {
+            tenant.set_quota(u, q);
+        }
+        tenants.push(tenant);
     }
     if !problems.is_empty() {
         return Err(problems);

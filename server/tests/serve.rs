@@ -249,7 +249,10 @@ fn check_config_names_every_problem() {
         "{err}"
     );
     assert!(err.contains("tenant[0] (example.com).client_ca"), "{err}");
-    assert!(err.contains("does not cover example.net"), "the certificate must name every alias: {err}");
+    assert!(
+        err.contains("does not cover example.net"),
+        "the certificate must name every alias: {err}"
+    );
     // Serving refuses the same file, naming the same problems.
     let serve = Command::new(common::bin())
         .args(["serve", "--config"])

@@ -13,6 +13,21 @@ use pop3sd_storage::{Address, Domain, LocalPart};
 use super::scheme::StoredHash;
 use crate::engine::{Expire, Policy, PolicyHint};
 
+/// A storage quota; 0 in a field means no limit on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+impl Quota {
+    /// True when `messages` and `bytes` more would go past the quota.
+    pub fn exceeded_by(&self, have_messages: u64, have_bytes: u64, add_bytes: u64) -> bool {
+        (self.messages > 0 && have_messages + 1 > self.messages)
+            || (self.bytes > 0 && have_bytes + add_bytes > self.bytes)
+    }
+}
+
 /// Per-tenant rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantPolicy {
@@ -24,6 +39,14 @@ pub struct TenantPolicy {
     pub allow_bare_user: bool,
     /// Offer APOP (needs PLAIN-scheme passwords; off by default).
     pub apop: bool,
+    /// Largest message LMTP accepts for this tenant (SIZE).
+    pub max_message_size: u64,
+    /// Default quota of each user (a passwd-file entry can override it).
+    pub user_quota: Quota,
+    /// Quota of the whole tenant.
+    pub tenant_quota: Quota,
+    /// Answer over-quota deliveries with 552 5.2.2 instead of 452 4.2.2.
+    pub quota_permanent: bool,
 }
 
 impl Default for TenantPolicy {
@@ -34,6 +57,10 @@ impl Default for TenantPolicy {
             allow_cleartext: false,
             allow_bare_user: true,
             apop: false,
+            max_message_size: 50 << 20,
+            user_quota: Quota::default(),
+            tenant_quota: Quota::default(),
+            quota_permanent: false,
         }
     }
 }
@@ -55,6 +82,7 @@ pub struct Tenant {
     pub aliases: Vec<Domain>,
     pub policy: TenantPolicy,
     users: HashMap<LocalPart, StoredHash>,
+    quotas: HashMap<LocalPart, Quota>,
 }
 
 impl Tenant {
@@ -70,7 +98,21 @@ impl Tenant {
             aliases,
             policy,
             users: users.into_iter().collect(),
+            quotas: HashMap::new(),
         }
+    }
+
+    /// Gives one user a quota of their own (from the passwd-file).
+    pub fn set_quota(&mut self, user: LocalPart, quota: Quota) {
+        self.quotas.insert(user, quota);
+    }
+
+    /// The quota that applies to a user.
+    pub fn quota_of(&self, user: &LocalPart) -> Quota {
+        self.quotas
+            .get(user)
+            .copied()
+            .unwrap_or(self.policy.user_quota)
     }
 
     /// The user's stored hash, if the user exists.

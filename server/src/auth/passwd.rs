@@ -105,6 +105,62 @@ pub fn load(path: &Path, domains: &[Domain]) -> Result<Vec<PasswdEntry>, Vec<Str
     })
 }
 
+/// A user's quota from the passwd-file's extra fields, in Dovecot's syntax:
+/// `userdb_quota_rule=*:storage=100M` and/or `userdb_quota_rule2=*:messages=1000`
+/// (storage suffixes B, K, M, G, T; binary multiples, as Dovecot uses).
+pub fn quota_of(entry: &PasswdEntry) -> Result<Option<super::directory::Quota>, String> {
+    // rest = uid:gid:gecos:home:shell:extra (the extra fields may hold ':').
+    let Some(extra) = entry.rest.splitn(6, ':').nth(5) else {
+        return Ok(None);
+    };
+    let mut quota = super::directory::Quota::default();
+    let mut any = false;
+    for field in extra.split_whitespace() {
+        let Some((key, value)) = field.split_once('=') else {
+            continue;
+        };
+        if !key.starts_with("userdb_quota_rule") && !key.starts_with("quota_rule") {
+            continue;
+        }
+        let rule = value
+            .strip_prefix("*:")
+            .ok_or_else(|| format!("{field}: only `*:` rules are supported"))?;
+        for part in rule.split(':') {
+            let (what, amount) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{field}: expected storage=N or messages=N"))?;
+            match what {
+                "storage" | "bytes" => {
+                    quota.bytes =
+                        parse_size(amount).ok_or_else(|| format!("{field}: bad size {amount:?}"))?
+                }
+                "messages" => {
+                    quota.messages = amount
+                        .parse()
+                        .map_err(|_| format!("{field}: bad count {amount:?}"))?
+                }
+                other => return Err(format!("{field}: unknown quota resource {other:?}")),
+            }
+            any = true;
+        }
+    }
+    Ok(any.then_some(quota))
+}
+
+/// Parses "100", "100B", "64K", "10M", "2G", "1T".
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, mult) = match s.chars().last()? {
+        'b' | 'B' => (&s[..s.len() - 1], 1u64),
+        'k' | 'K' => (&s[..s.len() - 1], 1 << 10),
+        'm' | 'M' => (&s[..s.len() - 1], 1 << 20),
+        'g' | 'G' => (&s[..s.len() - 1], 1 << 30),
+        't' | 'T' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
 /// Serializes entries back into passwd-file text.
 pub fn render(entries: &[PasswdEntry]) -> String {
     let mut out = String::new();
@@ -144,6 +200,23 @@ mod tests {
         assert!(e[1].hash.verify(b"x"));
         let again = parse(&render(&e), &domains()).unwrap();
         assert_eq!(again, e);
+    }
+
+    #[test]
+    fn quota_extra_fields() {
+        let text = "a:{PLAIN}x:::::: userdb_quota_rule=*:storage=10M userdb_quota_rule2=*:messages=5\nb:{PLAIN}y\n";
+        let e = parse(text, &domains()).unwrap();
+        let q = quota_of(&e[0]).unwrap().unwrap();
+        assert_eq!((q.bytes, q.messages), (10 << 20, 5));
+        assert_eq!(quota_of(&e[1]).unwrap(), None);
+        let bad = parse(
+            "c:{PLAIN}z:::::: userdb_quota_rule=*:storage=lots\n",
+            &domains(),
+        )
+        .unwrap();
+        assert!(quota_of(&bad[0]).is_err());
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("x"), None);
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub(crate) struct Conn {
     client: SocketAddr,
     id: u64,
     listener: Rc<ListenerConfig>,
+    /// When the login succeeded (for the session duration metric).
+    login_at: Option<Instant>,
     /// Slots held in the shared connection counters.
     _conn_slot: Option<ConnGuard>,
     user_slot: Option<UserGuard>,
@@ -178,6 +180,7 @@ impl Conn {
             client: peer,
             id,
             listener,
+            login_at: None,
             _conn_slot: None,
             user_slot: None,
             handshake_pass: None,
@@ -616,7 +619,11 @@ impl Conn {
                 let delay = shared
                     .auth
                     .failure(&req.address, self.client.ip(), Instant::now());
-                self.core.metrics.login(false);
+                self.core.metrics.login(
+                    &self.tenant_label(&req.address.domain),
+                    false,
+                    now.elapsed(),
+                );
                 tracing::info!(
                     session = self.id,
                     client = %self.client.ip(),
@@ -656,7 +663,12 @@ impl Conn {
             .await;
         match opened {
             Ok(Ok(session)) => {
-                self.core.metrics.login(true);
+                self.core.metrics.login(
+                    &self.tenant_label(&verified.address.domain),
+                    true,
+                    now.elapsed(),
+                );
+                self.login_at = Some(Instant::now());
                 tracing::info!(
                     session = self.id,
                     client = %self.client.ip(),
@@ -772,6 +784,10 @@ impl Conn {
             Ok(slot) => self._conn_slot = Some(slot),
             Err(hit) => {
                 tracing::info!(session = self.id, client = %self.client.ip(), limit = ?hit, "connection refused by limit");
+                self.core
+                    .metrics
+                    .refused_by_limit
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.refusal = Some(hit.message());
             }
         }
@@ -810,18 +826,45 @@ impl Conn {
         }
     }
 
-    /// Writes the logout line (Dovecot's pop3_logout_format figures).
+    /// The tenant a login name asked for, as a metrics label: only
+    /// configured tenants get their own label, so clients cannot make labels up.
+    fn tenant_label(&self, domain: &pop3sd_storage::Domain) -> String {
+        self.gen
+            .directory
+            .tenant(domain)
+            .map_or_else(|| "(unknown)".to_string(), |t| t.domain.to_string())
+    }
+
+    /// Writes the logout line (Dovecot's pop3_logout_format figures) and
+    /// counts the session in the metrics.
     pub(crate) fn log_end(&self, result: &Result<(), ConnError>) {
+        if result.is_err() {
+            self.core
+                .metrics
+                .connection_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let Some(engine) = &self.engine else {
             if let Err(e) = result {
                 tracing::debug!(session = self.id, client = %self.client, error = %e, "connection ended before the session started");
             }
             return;
         };
+        let s = engine.stats();
         let Some((user, _)) = engine.login() else {
+            self.core
+                .metrics
+                .anonymous_end(u64::from(s.commands), s.bytes_out);
             return;
         };
-        let s = engine.stats();
+        self.core.metrics.session_end(
+            &self.tenant_label(&user.domain),
+            u64::from(s.commands),
+            s.bytes_out,
+            s.retr_bytes + s.top_bytes,
+            self.login_at
+                .map_or(std::time::Duration::ZERO, |t| t.elapsed()),
+        );
         tracing::info!(
             session = self.id,
             client = %self.client.ip(),

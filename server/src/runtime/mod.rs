@@ -11,8 +11,10 @@
 pub mod buffers;
 pub mod conn;
 pub mod limits;
+pub mod lmtp_conn;
 pub mod local_sync;
 pub mod metrics;
+pub mod metrics_http;
 pub mod pool;
 pub mod signals;
 
@@ -66,6 +68,8 @@ pub struct Shared {
     /// Listeners as bound at start-up (a reload cannot change them).
     pub listeners: Vec<ListenerConfig>,
     pub counters: Arc<Counters>,
+    /// Cached tenant usage for tenant quotas (survives reloads).
+    pub usage: Arc<crate::delivery::TenantUsage>,
     pub draining: AtomicBool,
     /// Milliseconds since `started` at which draining turns into closing.
     drain_deadline_ms: AtomicU64,
@@ -90,6 +94,7 @@ impl Shared {
             current: ArcSwap::from_pointee(generation),
             config_path,
             counters: Arc::new(Counters::default()),
+            usage: Arc::new(crate::delivery::TenantUsage::default()),
             draining: AtomicBool::new(false),
             drain_deadline_ms: AtomicU64::new(u64::MAX),
             started: Instant::now(),
@@ -162,6 +167,11 @@ pub enum StartError {
     CoreFailed(usize),
     #[error("cannot drop privileges: {0}")]
     Privileges(String),
+    #[error("LMTP socket {path}: {source}")]
+    Socket {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Number of event-loop threads a config asks for.
@@ -405,6 +415,18 @@ async fn serve_core(
             }
         }
     }
+    // Core 0 also serves LMTP and the metrics endpoint (bound here, before
+    // any privilege drop, like the POP3 listeners).
+    let mut extra = Extra::default();
+    if core_id == 0 {
+        match bind_extra(&generation.config) {
+            Ok(e) => extra = e,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    }
     let metrics = Arc::new(CoreMetrics::default());
     if let Ok(mut m) = shared.metrics.lock() {
         m.push(metrics.clone());
@@ -434,6 +456,15 @@ async fn serve_core(
     for (listener, info) in listeners {
         tasks.push(monoio::spawn(accept_loop(core.clone(), listener, info)));
     }
+    if let Some(l) = extra.lmtp_tcp {
+        tasks.push(monoio::spawn(lmtp_tcp_loop(core.clone(), l)));
+    }
+    if let Some(l) = extra.lmtp_unix {
+        tasks.push(monoio::spawn(lmtp_unix_loop(core.clone(), l)));
+    }
+    if let Some(l) = extra.metrics {
+        monoio::spawn(metrics_http::serve(core.clone(), l));
+    }
     for t in tasks {
         t.await;
     }
@@ -443,6 +474,114 @@ async fn serve_core(
     }
     watcher.await;
     tracing::info!(core = core_id, "core stopped");
+}
+
+/// Listeners only core 0 has.
+#[derive(Default)]
+struct Extra {
+    lmtp_tcp: Option<TcpListener>,
+    lmtp_unix: Option<monoio::net::UnixListener>,
+    metrics: Option<TcpListener>,
+}
+
+fn bind_extra(cfg: &Config) -> Result<Extra, StartError> {
+    let mut e = Extra::default();
+    let bind_err = |addr: SocketAddr, source| StartError::Bind {
+        core: 0,
+        addr,
+        source,
+    };
+    if let Some(addr) = cfg.lmtp.address {
+        let opts = ListenerOpts::new()
+            .reuse_port(false)
+            .reuse_addr(true)
+            .backlog(cfg.runtime.backlog);
+        e.lmtp_tcp =
+            Some(TcpListener::bind_with_config(addr, &opts).map_err(|s| bind_err(addr, s))?);
+    }
+    if let Some(path) = &cfg.lmtp.socket {
+        let path = cfg.resolve(path);
+        let fail = |source: std::io::Error| StartError::Socket {
+            path: path.display().to_string(),
+            source,
+        };
+        // A socket left by an earlier run is replaced; any other file is not.
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_socket() {
+                std::fs::remove_file(&path).map_err(fail)?;
+            }
+        }
+        let l = monoio::net::UnixListener::bind(&path).map_err(fail)?;
+        let mode = cfg
+            .lmtp
+            .socket_mode
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8).ok())
+            .unwrap_or(0o660);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+        if let Some(group) = &cfg.lmtp.socket_group {
+            let gid = crate::privileges::lookup_group(group)
+                .map_err(|m| fail(std::io::Error::other(m)))?;
+            std::os::unix::fs::chown(&path, None, Some(gid)).map_err(fail)?;
+        }
+        e.lmtp_unix = Some(l);
+    }
+    if let Some(addr) = cfg.metrics.address {
+        let opts = ListenerOpts::new().reuse_port(false).reuse_addr(true);
+        e.metrics =
+            Some(TcpListener::bind_with_config(addr, &opts).map_err(|s| bind_err(addr, s))?);
+    }
+    Ok(e)
+}
+
+async fn lmtp_tcp_loop(core: Rc<Core>, listener: TcpListener) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = core.phase.reached(Stage::Draining) => None,
+        };
+        match accepted {
+            None => return,
+            Some(Ok((stream, peer))) => {
+                let core = core.clone();
+                monoio::spawn(async move {
+                    core.metrics.connection_opened(false);
+                    lmtp_conn::serve(core.clone(), stream, peer.to_string()).await;
+                    core.metrics.connection_closed();
+                });
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "LMTP accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn lmtp_unix_loop(core: Rc<Core>, listener: monoio::net::UnixListener) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = core.phase.reached(Stage::Draining) => None,
+        };
+        match accepted {
+            None => return,
+            Some(Ok((stream, _))) => {
+                let core = core.clone();
+                monoio::spawn(async move {
+                    core.metrics.connection_opened(false);
+                    lmtp_conn::serve(core.clone(), stream, "unix".into()).await;
+                    core.metrics.connection_closed();
+                });
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "LMTP accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Follows the process-wide stage (set by signals) on this core.

@@ -151,7 +151,10 @@ pub fn build(
         match certs::load_certified_key(&cfg.resolve(&t.certificate), &cfg.resolve(&t.private_key))
         {
             Ok(ck) => {
-                let cert_names = ck.end_entity_cert().map(certificate_names).unwrap_or_default();
+                let cert_names = ck
+                    .end_entity_cert()
+                    .map(certificate_names)
+                    .unwrap_or_default();
                 for n in &names {
                     if !cert_names.iter().any(|c| name_covers(c, n.as_str())) {
                         problems.push(problem(

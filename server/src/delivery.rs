@@ -1,0 +1,215 @@
+//! Putting one message into one recipient's maildrop, with the checks an
+//! operator expects: the recipient exists, the message fits the tenant's
+//! size limit, and neither the user's nor the tenant's quota is exceeded.
+//! Used by LMTP (on the blocking pool) and by `pop3sd deliver`.
+//!
+//! Tenant usage is the sum over its maildrops; recomputing it on every
+//! delivery would read every index of the tenant, so it is cached for
+//! [`TenantUsage::ttl`] and the deliveries made meanwhile are added to it.
+//! The tenant quota is therefore exact for one process and can be exceeded
+//! by what other processes (the CLI) deliver within one cache period.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pop3sd_storage::{Address, Domain, PreparedMessage, Store};
+
+use crate::auth::directory::{Directory, Quota, Tenant};
+use crate::lmtp::DeliveryResult;
+
+#[derive(Clone, Copy)]
+struct Usage {
+    at: Instant,
+    messages: u64,
+    bytes: u64,
+}
+
+/// Cached per-tenant usage.
+pub struct TenantUsage {
+    cache: Mutex<HashMap<Domain, Usage>>,
+    ttl: Duration,
+}
+
+impl Default for TenantUsage {
+    fn default() -> Self {
+        TenantUsage::new(Duration::from_secs(60))
+    }
+}
+
+/// Messages and bytes a tenant stores now, summed over its maildrops.
+pub fn tenant_usage(store: &Store, domain: &Domain) -> (u64, u64) {
+    let mut total = (0, 0);
+    if let Ok(users) = store.users(domain) {
+        for u in users {
+            let addr = Address::new(u, domain.clone());
+            if let Ok(s) = store.maildrop(&addr).and_then(|m| m.stats()) {
+                total.0 += s.messages;
+                total.1 += s.bytes;
+            }
+        }
+    }
+    total
+}
+
+impl TenantUsage {
+    /// A cache whose entries are recomputed after `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        TenantUsage {
+            cache: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    /// Reserves room for one message of `size` under the tenant's quota;
+    /// false when it would not fit.
+    fn reserve(&self, store: &Store, tenant: &Tenant, size: u64) -> bool {
+        let quota = tenant.policy.tenant_quota;
+        if quota == Quota::default() {
+            return true;
+        }
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = cache
+            .get(&tenant.domain)
+            .is_some_and(|u| now.duration_since(u.at) < self.ttl);
+        if !fresh {
+            // Reading every maildrop of the tenant: this runs on the
+            // blocking pool, once per cache period.
+            let (messages, bytes) = tenant_usage(store, &tenant.domain);
+            cache.insert(
+                tenant.domain.clone(),
+                Usage {
+                    at: now,
+                    messages,
+                    bytes,
+                },
+            );
+        }
+        let Some(u) = cache.get_mut(&tenant.domain) else {
+            return true;
+        };
+        if quota.exceeded_by(u.messages, u.bytes, size) {
+            return false;
+        }
+        u.messages += 1;
+        u.bytes += size;
+        true
+    }
+}
+
+/// Delivers `msg` to `recipient` (a canonical address of `directory`).
+pub fn deliver(
+    store: &Store,
+    directory: &Directory,
+    usage: &TenantUsage,
+    recipient: &Address,
+    msg: &PreparedMessage,
+) -> DeliveryResult {
+    let Some(tenant) = directory.tenant(&recipient.domain) else {
+        return DeliveryResult::TempFail(format!("{} is not a tenant any more", recipient.domain));
+    };
+    let permanent = tenant.policy.quota_permanent;
+    if msg.size() > tenant.policy.max_message_size {
+        return DeliveryResult::TooBig;
+    }
+    let maildrop = match store.ensure_maildrop(recipient) {
+        Ok(m) => m,
+        Err(e) => return DeliveryResult::TempFail(e.to_string()),
+    };
+    let quota = tenant.quota_of(&recipient.local);
+    if quota != Quota::default() {
+        match maildrop.stats() {
+            Ok(s) if quota.exceeded_by(s.messages, s.bytes, msg.size()) => {
+                tracing::info!(recipient = %recipient, messages = s.messages, bytes = s.bytes, "user over quota");
+                return DeliveryResult::OverQuota { permanent };
+            }
+            Ok(_) => {}
+            Err(e) => return DeliveryResult::TempFail(e.to_string()),
+        }
+    }
+    if !usage.reserve(store, tenant, msg.size()) {
+        tracing::info!(tenant = %tenant.domain, "tenant over quota");
+        return DeliveryResult::OverQuota { permanent };
+    }
+    match maildrop.append(msg.clone()) {
+        Ok(r) => {
+            tracing::info!(recipient = %recipient, uid = r.uid, size = r.size, "delivered");
+            DeliveryResult::Delivered
+        }
+        Err(e) => DeliveryResult::TempFail(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::directory::TenantPolicy;
+    use crate::auth::StoredHash;
+    use pop3sd_storage::{LocalPart, StoreOptions};
+
+    #[test]
+    fn quotas_and_size_limits() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path(), StoreOptions::default()).unwrap();
+        let l = |s: &str| LocalPart::parse(s).unwrap();
+        let h = StoredHash::parse("{PLAIN}x").unwrap();
+        let mut t = Tenant::new(
+            Domain::parse("q.example").unwrap(),
+            vec![],
+            TenantPolicy {
+                max_message_size: 1000,
+                user_quota: Quota {
+                    messages: 2,
+                    bytes: 0,
+                },
+                tenant_quota: Quota {
+                    messages: 3,
+                    bytes: 0,
+                },
+                ..TenantPolicy::default()
+            },
+            [(l("a"), h.clone()), (l("b"), h.clone()), (l("vip"), h)],
+        );
+        t.set_quota(
+            l("vip"),
+            Quota {
+                messages: 0,
+                bytes: 0,
+            },
+        );
+        let dir = Directory::new(vec![t]).unwrap();
+        let usage = TenantUsage::default();
+        let a = Address::parse("a@q.example").unwrap();
+        let b = Address::parse("b@q.example").unwrap();
+        let msg = PreparedMessage::from_raw(b"Subject: q\r\n\r\nhello\r\n");
+        assert_eq!(
+            deliver(&store, &dir, &usage, &a, &msg),
+            DeliveryResult::Delivered
+        );
+        assert_eq!(
+            deliver(&store, &dir, &usage, &a, &msg),
+            DeliveryResult::Delivered
+        );
+        assert_eq!(
+            deliver(&store, &dir, &usage, &a, &msg),
+            DeliveryResult::OverQuota { permanent: false }
+        );
+        assert_eq!(
+            deliver(&store, &dir, &usage, &b, &msg),
+            DeliveryResult::Delivered
+        );
+        // The tenant holds 3 now: its quota stops even a user without one.
+        let vip = Address::parse("vip@q.example").unwrap();
+        assert_eq!(
+            deliver(&store, &dir, &usage, &vip, &msg),
+            DeliveryResult::OverQuota { permanent: false }
+        );
+        let big = PreparedMessage::from_raw(&[b'x'; 2000]);
+        assert_eq!(
+            deliver(&store, &dir, &usage, &b, &big),
+            DeliveryResult::TooBig
+        );
+        assert_eq!(store.maildrop(&a).unwrap().stats().unwrap().messages, 2);
+    }
+}

@@ -1,0 +1,198 @@
+//! Receiving the DATA of an LMTP transaction straight into POP3 wire form.
+//!
+//! SMTP/LMTP data is already dot-stuffed (RFC 5321 section 4.5.2), which is
+//! what POP3 wants, so complete lines go from the input buffer into the
+//! storage crate's encoder (line endings canonicalized, stuffing kept) in
+//! one pass. Only the tail of a line split across reads is held back, so
+//! that the `.` line that ends the data is recognised; a line longer than
+//! that carry can never be the end marker and is passed on in pieces.
+//! Past the size limit nothing more is kept, but the data is still read to
+//! its end so that the transaction can be answered.
+
+use pop3sd_storage::wire::{InputForm, WireEncoder, WireSummary};
+
+/// Bytes of an unfinished line kept between reads.
+const CARRY: usize = 1024;
+
+/// One message being received.
+#[derive(Debug)]
+pub struct DataReceiver {
+    encoder: Option<WireEncoder>,
+    wire: Vec<u8>,
+    carry: Vec<u8>,
+    /// The current line is longer than `CARRY` (cannot be the end marker).
+    long_line: bool,
+    /// Octets of data received so far (as sent, stuffing included).
+    received: u64,
+    limit: u64,
+    too_big: bool,
+}
+
+/// What a completed DATA produced.
+#[derive(Debug)]
+pub enum Received {
+    /// The message in wire form with its figures.
+    Message { wire: Vec<u8>, summary: WireSummary },
+    /// More octets than the limit: nothing was kept.
+    TooBig { received: u64 },
+}
+
+impl DataReceiver {
+    /// Starts receiving, with a prefix (e.g. a Return-Path line) and a limit.
+    pub fn new(prefix: &[u8], limit: u64) -> Self {
+        let mut encoder = WireEncoder::new(InputForm::Stuffed);
+        let mut wire = Vec::with_capacity(8 * 1024);
+        encoder.push(prefix, &mut wire);
+        DataReceiver {
+            encoder: Some(encoder),
+            wire,
+            carry: Vec::new(),
+            long_line: false,
+            received: 0,
+            limit,
+            too_big: false,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        self.received += bytes.len() as u64;
+        if self.too_big {
+            return;
+        }
+        if self.received > self.limit {
+            self.too_big = true;
+            self.wire = Vec::new();
+            return;
+        }
+        if let Some(e) = self.encoder.as_mut() {
+            e.push(bytes, &mut self.wire);
+        }
+    }
+
+    fn is_end_marker(line: &[u8]) -> bool {
+        line == b".\r\n" || line == b".\n"
+    }
+
+    /// Consumes input; returns how many bytes were used and, once the end
+    /// marker was seen, the message (bytes after the marker are not used).
+    pub fn push(&mut self, input: &[u8]) -> (usize, Option<Received>) {
+        let mut pos = 0;
+        while pos < input.len() {
+            let rest = &input[pos..];
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    let line = &rest[..=i];
+                    pos += i + 1;
+                    if !self.carry.is_empty() {
+                        let mut whole = std::mem::take(&mut self.carry);
+                        whole.extend_from_slice(line);
+                        if !self.long_line && Self::is_end_marker(&whole) {
+                            return (pos, Some(self.finish()));
+                        }
+                        self.feed(&whole);
+                        whole.clear();
+                        self.carry = whole;
+                    } else if !self.long_line && Self::is_end_marker(line) {
+                        return (pos, Some(self.finish()));
+                    } else {
+                        self.feed(line);
+                    }
+                    self.long_line = false;
+                }
+                None => {
+                    pos = input.len();
+                    if self.carry.len() + rest.len() > CARRY {
+                        // Too long to be the end marker: pass it on.
+                        let held = std::mem::take(&mut self.carry);
+                        self.feed(&held);
+                        self.feed(rest);
+                        self.long_line = true;
+                    } else {
+                        self.carry.extend_from_slice(rest);
+                    }
+                }
+            }
+        }
+        (pos, None)
+    }
+
+    fn finish(&mut self) -> Received {
+        if self.too_big {
+            return Received::TooBig {
+                received: self.received,
+            };
+        }
+        let summary = match self.encoder.take() {
+            Some(e) => e.finish(&mut self.wire),
+            None => WireSummary::default(),
+        };
+        Received::Message {
+            wire: std::mem::take(&mut self.wire),
+            summary,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pop3sd_storage::wire;
+
+    fn run(chunks: &[&[u8]], limit: u64) -> (Received, usize) {
+        let mut r = DataReceiver::new(b"Return-Path: <a@b>\r\n", limit);
+        let mut used_total = 0;
+        for c in chunks {
+            let (used, done) = r.push(c);
+            used_total += used;
+            if let Some(m) = done {
+                return (m, used_total);
+            }
+        }
+        panic!("no end marker")
+    }
+
+    #[test]
+    fn stuffed_data_becomes_wire_form_in_any_split() {
+        let data = b"Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\nNOOP\r\n";
+        for split in 0..data.len() {
+            let (m, used) = run(&[&data[..split], &data[split..]], 1 << 20);
+            let Received::Message { wire: w, summary } = m else {
+                panic!("too big")
+            };
+            assert_eq!(
+                w, b"Return-Path: <a@b>\r\nSubject: x\r\n\r\n..dot\r\nbody\r\n.\r\n",
+                "split {split}"
+            );
+            assert_eq!(summary.wire_len, w.len() as u64);
+            assert_eq!(
+                wire::decode(&w).unwrap(),
+                b"Return-Path: <a@b>\r\nSubject: x\r\n\r\n.dot\r\nbody\r\n"
+            );
+            assert_eq!(used, data.len() - 6, "NOOP stays for the command parser");
+        }
+    }
+
+    #[test]
+    fn long_lines_pass_and_cannot_end_the_data() {
+        let mut data = vec![b'x'; 5000];
+        data.extend_from_slice(b"\r\n.\r\n");
+        let (m, _) = run(&[&data[..100], &data[100..3000], &data[3000..]], 1 << 20);
+        let Received::Message { wire: w, .. } = m else {
+            panic!()
+        };
+        assert!(w.windows(5000).any(|x| x.iter().all(|&b| b == b'x')));
+    }
+
+    #[test]
+    fn over_the_limit_keeps_nothing() {
+        let mut data = b"Subject: big\r\n\r\n".to_vec();
+        for _ in 0..100 {
+            data.extend_from_slice(&[b'y'; 100]);
+            data.extend_from_slice(b"\r\n");
+        }
+        data.extend_from_slice(b".\r\n");
+        let (m, used) = run(&[&data], 1000);
+        assert!(matches!(m, Received::TooBig { .. }));
+        assert_eq!(used, data.len());
+    }
+}
