@@ -24,8 +24,11 @@ impl Recipients for Dir {
     }
 }
 
+/// Recipients and wire bytes of one delivery.
+type Delivery = (Vec<String>, Vec<u8>);
+
 /// Runs input through a session, answering deliveries with `results`.
-fn run(input: &[&[u8]], results: &[DeliveryResult]) -> (String, Vec<(Vec<String>, Vec<u8>)>) {
+fn run(input: &[&[u8]], results: &[DeliveryResult]) -> (String, Vec<Delivery>) {
     let mut s = Session::new("mx.test");
     let mut out = String::new();
     let mut deliveries = Vec::new();
