@@ -1,6 +1,7 @@
 //! pop3sd: a multi-tenant POP3S server.
 //!
 //! - [`engine`]: the POP3 session as a pure state machine (no I/O).
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod delivery;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use pop3sd::config::Config;
 use pop3sd::demo::{self, DemoOptions, DemoScheme};
-use pop3sd::{runtime, startup};
+use pop3sd::{admin, runtime, startup};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -70,7 +70,112 @@ enum Command {
         json: bool,
     },
     /// Check a configuration file and name every problem in it.
-    CheckConfig { config: PathBuf },
+    CheckConfig {
+        config: PathBuf,
+    },
+    /// Manage users (argon2id passwords in the tenant's passwd-file).
+    User {
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        action: TenantCommand,
+    },
+    /// Deliver one message from stdin to a user (like dovecot-lda). Exit
+    /// codes follow sysexits.h: 67 unknown user, 75 try again, 69 refused.
+    Deliver {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// user@domain
+        user: String,
+    },
+    /// Import a Maildir into a user's maildrop, keeping POP3 UIDLs.
+    ImportMaildir {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// user@domain
+        user: String,
+        /// The Maildir (with cur/ and new/).
+        maildir: PathBuf,
+        /// Dovecot's pop3_uidl_format, used with the Maildir's dovecot-uidlist.
+        #[arg(long, default_value = "%08Xu%08Xv")]
+        uidl_format: String,
+        /// A file of "filename uidl" lines instead of dovecot-uidlist.
+        #[arg(long)]
+        uidl_map: Option<PathBuf>,
+        /// Give every message a new pop3sd UIDL (clients download everything again).
+        #[arg(long)]
+        new_uidls: bool,
+    },
+    /// Per tenant: users, messages, bytes and quota use.
+    Stats {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this tenant.
+        domain: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from the first line of stdin.
+    Add {
+        #[arg(long, short)]
+        config: PathBuf,
+        user: String,
+    },
+    /// Set a user's password (first line of stdin).
+    Passwd {
+        #[arg(long, short)]
+        config: PathBuf,
+        user: String,
+    },
+    /// Remove a user and their mail.
+    Del {
+        #[arg(long, short)]
+        config: PathBuf,
+        user: String,
+        /// Keep the maildrop on disk.
+        #[arg(long)]
+        keep_mail: bool,
+    },
+    /// List users.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this tenant.
+        domain: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Add a tenant to the configuration file.
+    Add {
+        #[arg(long, short)]
+        config: PathBuf,
+        domain: String,
+        #[arg(long)]
+        certificate: PathBuf,
+        #[arg(long)]
+        private_key: PathBuf,
+        /// Where its passwd-file goes (default: passwd/<domain> beside the config).
+        #[arg(long)]
+        passwd_file: Option<PathBuf>,
+        /// More domains for the same tenant.
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+    },
+    /// List tenants.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn init_logging(format: &str) {
@@ -174,12 +279,101 @@ fn run(cli: Cli) -> Result<(), String> {
                 ))
             }
         }
+        // Operator commands are dispatched by `main` (they have their own exit codes).
+        Command::User { .. }
+        | Command::Tenant { .. }
+        | Command::Deliver { .. }
+        | Command::ImportMaildir { .. }
+        | Command::Stats { .. } => Err("operator commands are handled before `run`".into()),
     }
+}
+
+/// Runs an operator command; its errors carry their own exit codes.
+fn admin(command: Command) -> Result<Vec<String>, admin::AdminError> {
+    use pop3sd::admin as a;
+    Ok(match command {
+        Command::User { action } => match action {
+            UserCommand::Add { config, user } => vec![a::user_add(&config, &user, &a::read_password_stdin()?)?],
+            UserCommand::Passwd { config, user } => vec![a::user_passwd(&config, &user, &a::read_password_stdin()?)?],
+            UserCommand::Del { config, user, keep_mail } => vec![a::user_del(&config, &user, keep_mail)?],
+            UserCommand::List { config, domain } => a::user_list(&config, domain.as_deref())?,
+        },
+        Command::Tenant { action } => match action {
+            TenantCommand::Add {
+                config,
+                domain,
+                certificate,
+                private_key,
+                passwd_file,
+                aliases,
+            } => vec![a::tenant_add(&config, &domain, &certificate, &private_key, passwd_file.as_deref(), &aliases)?],
+            TenantCommand::List { config } => a::tenant_list(&config)?,
+        },
+        Command::Deliver { config, user } => vec![a::deliver(&config, &user, &mut std::io::stdin().lock())?],
+        Command::ImportMaildir {
+            config,
+            user,
+            maildir,
+            uidl_format,
+            uidl_map,
+            new_uidls,
+        } => {
+            let source = match (uidl_map, new_uidls) {
+                (Some(m), _) => pop3sd_storage::maildir::UidlSource::MapFile(m),
+                (None, true) => pop3sd_storage::maildir::UidlSource::Native,
+                (None, false) => pop3sd_storage::maildir::UidlSource::Dovecot { format: uidl_format },
+            };
+            vec![a::import(&config, &user, &maildir, &source)?]
+        }
+        Command::Stats { config, domain, json } => {
+            let s = a::stats(&config, domain.as_deref())?;
+            if json {
+                vec![serde_json::to_string_pretty(&s).unwrap_or_default()]
+            } else {
+                let mut out = vec![format!(
+                    "{:<30} {:>8} {:>10} {:>14} {:>22}",
+                    "tenant", "users", "messages", "bytes", "tenant quota (msg/B)"
+                )];
+                for t in s {
+                    out.push(format!(
+                        "{:<30} {:>8} {:>10} {:>14} {:>22}",
+                        t.domain,
+                        t.users,
+                        t.messages,
+                        t.bytes,
+                        format!("{}/{}", t.quota_messages, t.quota_bytes)
+                    ));
+                    for u in t.users_near_quota {
+                        out.push(format!("  near quota: {u}"));
+                    }
+                }
+                out
+            }
+        }
+        _ => Vec::new(),
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
+    if matches!(
+        cli.command,
+        Command::User { .. } | Command::Tenant { .. } | Command::Deliver { .. } | Command::ImportMaildir { .. } | Command::Stats { .. }
+    ) {
+        return match admin(cli.command) {
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pop3sd: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -244,6 +244,60 @@ impl Served {
         s
     }
 
+    /// Serves an existing configuration (the demo's layout: `tls/ca.pem`
+    /// beside it). Test users are not known here: use [`Served::start`] for those.
+    pub fn start_from(config_path: &Path, _keep: &tempfile::TempDir) -> Served {
+        let config = pop3sd::config::Config::parse_file(config_path).expect("config");
+        let root = config_path.parent().expect("config dir").to_path_buf();
+        let find = |kind| {
+            config
+                .listeners
+                .iter()
+                .find(|l| l.kind == kind && l.client_certificates == pop3sd::config::ClientCerts::None)
+                .map(|l| l.address.to_string())
+        };
+        let info = pop3sd::demo::DemoInfo {
+            pop3s: find(pop3sd::config::ListenerKind::Pop3s).expect("a pop3s listener"),
+            pop3: find(pop3sd::config::ListenerKind::Pop3),
+            lmtp: config.lmtp.address.map(|a| a.to_string()),
+            metrics: config.metrics.address.map(|a| a.to_string()),
+            external: String::new(),
+            ca_file: root.join("tls/ca.pem"),
+            root: root.clone(),
+            config: config_path.to_path_buf(),
+            client_cert: PathBuf::new(),
+            client_key: PathBuf::new(),
+            client_cert_user: String::new(),
+            password_scheme: String::new(),
+            messages_per_user: 0,
+            tenants: Vec::new(),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_file = dir.path().join("server.log");
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .env_remove("POP3SD_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_file).expect("log"))
+            .spawn()
+            .expect("start pop3sd serve");
+        let s = Served {
+            child,
+            dir,
+            info,
+            config,
+            config_path: config_path.to_path_buf(),
+            log_file,
+        };
+        assert!(
+            s.wait_log(Duration::from_secs(20), |l| l.contains(" serving ")),
+            "server did not start:\n{}",
+            s.log()
+        );
+        s
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
