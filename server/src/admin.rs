@@ -44,12 +44,12 @@ impl AdminError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AdminError::Usage(_) => 64,    // EX_USAGE
-            AdminError::NoUser(_) => 67,   // EX_NOUSER
-            AdminError::NoTenant(_) => 68, // EX_NOHOST
-            AdminError::Refused(..) => 69, // EX_UNAVAILABLE
+            AdminError::Usage(_) => 64,     // EX_USAGE
+            AdminError::NoUser(_) => 67,    // EX_NOUSER
+            AdminError::NoTenant(_) => 68,  // EX_NOHOST
+            AdminError::Refused(..) => 69,  // EX_UNAVAILABLE
             AdminError::TempFail(..) => 75, // EX_TEMPFAIL
-            AdminError::Config(_) => 78,   // EX_CONFIG
+            AdminError::Config(_) => 78,    // EX_CONFIG
             AdminError::Exists(_) | AdminError::Io(_) => 1,
         }
     }
@@ -60,11 +60,15 @@ fn load(config: &Path) -> Result<Config, AdminError> {
 }
 
 fn address(s: &str) -> Result<Address, AdminError> {
-    Address::parse(s.as_bytes()).map_err(|e| AdminError::Usage(format!("{s:?} is not a valid user@domain: {e}")))
+    Address::parse(s.as_bytes())
+        .map_err(|e| AdminError::Usage(format!("{s:?} is not a valid user@domain: {e}")))
 }
 
 /// The tenant configuration owning a domain (or alias), and its names.
-fn tenant_of<'a>(cfg: &'a Config, domain: &Domain) -> Result<(&'a crate::config::TenantConfig, Vec<Domain>), AdminError> {
+fn tenant_of<'a>(
+    cfg: &'a Config,
+    domain: &Domain,
+) -> Result<(&'a crate::config::TenantConfig, Vec<Domain>), AdminError> {
     for t in &cfg.tenants {
         let names: Vec<Domain> = std::iter::once(&t.domain)
             .chain(t.aliases.iter())
@@ -78,7 +82,8 @@ fn tenant_of<'a>(cfg: &'a Config, domain: &Domain) -> Result<(&'a crate::config:
 }
 
 fn store(cfg: &Config) -> Result<Store, AdminError> {
-    Store::open(cfg.resolve(&cfg.storage_root), StoreOptions::default()).map_err(|e| AdminError::Io(e.to_string()))
+    Store::open(cfg.resolve(&cfg.storage_root), StoreOptions::default())
+        .map_err(|e| AdminError::Io(e.to_string()))
 }
 
 /// Reads a password: the first line of stdin.
@@ -106,7 +111,8 @@ fn edit_passwd(
         p.push(".lock");
         PathBuf::from(p)
     };
-    let _lock = pop3sd_storage::lock::FileLock::exclusive(&lock_path).map_err(|e| AdminError::Io(e.to_string()))?;
+    let _lock = pop3sd_storage::lock::FileLock::exclusive(&lock_path)
+        .map_err(|e| AdminError::Io(e.to_string()))?;
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -116,7 +122,10 @@ fn edit_passwd(
         AdminError::Config(format!(
             "{} has problems; fix them first:\n{}",
             path.display(),
-            errs.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n")
+            errs.iter()
+                .map(|e| format!("  - {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
         ))
     })?;
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -125,9 +134,11 @@ fn edit_passwd(
     if !out.is_empty() {
         out.push('\n');
     }
-    pop3sd_storage::durable::replace_file(path, out.as_bytes()).map_err(|e| AdminError::Io(e.to_string()))?;
+    pop3sd_storage::durable::replace_file(path, out.as_bytes())
+        .map_err(|e| AdminError::Io(e.to_string()))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| AdminError::Io(e.to_string()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| AdminError::Io(e.to_string()))
 }
 
 /// Index of the line defining `user` (bare or user@alias), if any.
@@ -146,14 +157,16 @@ fn user_line(lines: &[String], user: &str, domains: &[Domain]) -> Option<usize> 
     })
 }
 
-const RELOAD_HINT: &str = "a running server picks this up on reload (systemctl reload pop3sd, or kill -HUP)";
+const RELOAD_HINT: &str =
+    "a running server picks this up on reload (systemctl reload pop3sd, or kill -HUP)";
 
 /// `user add`: a new user with an argon2id password.
 pub fn user_add(config: &Path, user: &str, password: &str) -> Result<String, AdminError> {
     let cfg = load(config)?;
     let addr = address(user)?;
     let (t, names) = tenant_of(&cfg, &addr.domain)?;
-    let hash = StoredHash::new_argon2id(password.as_bytes()).map_err(|e| AdminError::Io(e.to_string()))?;
+    let hash =
+        StoredHash::new_argon2id(password.as_bytes()).map_err(|e| AdminError::Io(e.to_string()))?;
     edit_passwd(&cfg.resolve(&t.passwd_file), &names, |lines, entries| {
         if entries.iter().any(|e| e.user == addr.local) {
             return Err(AdminError::Exists(addr.to_string()));
@@ -162,7 +175,10 @@ pub fn user_add(config: &Path, user: &str, password: &str) -> Result<String, Adm
         Ok(())
     })?;
     store(&cfg)?
-        .ensure_maildrop(&Address::new(addr.local.clone(), Domain::parse(&t.domain).map_err(|e| AdminError::Config(e.to_string()))?))
+        .ensure_maildrop(&Address::new(
+            addr.local.clone(),
+            Domain::parse(&t.domain).map_err(|e| AdminError::Config(e.to_string()))?,
+        ))
         .map_err(|e| AdminError::Io(e.to_string()))?;
     Ok(format!("added {addr}; {RELOAD_HINT}"))
 }
@@ -172,9 +188,11 @@ pub fn user_passwd(config: &Path, user: &str, password: &str) -> Result<String, 
     let cfg = load(config)?;
     let addr = address(user)?;
     let (t, names) = tenant_of(&cfg, &addr.domain)?;
-    let hash = StoredHash::new_argon2id(password.as_bytes()).map_err(|e| AdminError::Io(e.to_string()))?;
+    let hash =
+        StoredHash::new_argon2id(password.as_bytes()).map_err(|e| AdminError::Io(e.to_string()))?;
     edit_passwd(&cfg.resolve(&t.passwd_file), &names, |lines, _| {
-        let i = user_line(lines, addr.local.as_str(), &names).ok_or_else(|| AdminError::NoUser(addr.to_string()))?;
+        let i = user_line(lines, addr.local.as_str(), &names)
+            .ok_or_else(|| AdminError::NoUser(addr.to_string()))?;
         // Keep the name as written and every field after the password.
         let mut fields: Vec<&str> = lines[i].splitn(3, ':').collect();
         let field = hash.to_field();
@@ -195,15 +213,23 @@ pub fn user_del(config: &Path, user: &str, keep_mail: bool) -> Result<String, Ad
     let addr = address(user)?;
     let (t, names) = tenant_of(&cfg, &addr.domain)?;
     edit_passwd(&cfg.resolve(&t.passwd_file), &names, |lines, _| {
-        let i = user_line(lines, addr.local.as_str(), &names).ok_or_else(|| AdminError::NoUser(addr.to_string()))?;
+        let i = user_line(lines, addr.local.as_str(), &names)
+            .ok_or_else(|| AdminError::NoUser(addr.to_string()))?;
         lines.remove(i);
         Ok(())
     })?;
     if !keep_mail {
-        let canonical = Address::new(addr.local.clone(), Domain::parse(&t.domain).map_err(|e| AdminError::Config(e.to_string()))?);
+        let canonical = Address::new(
+            addr.local.clone(),
+            Domain::parse(&t.domain).map_err(|e| AdminError::Config(e.to_string()))?,
+        );
         match store(&cfg)?.delete_maildrop(&canonical) {
             Ok(()) | Err(pop3sd_storage::Error::NoMaildrop(_)) => {}
-            Err(e) => return Err(AdminError::Io(format!("user removed, but the maildrop was not: {e}"))),
+            Err(e) => {
+                return Err(AdminError::Io(format!(
+                    "user removed, but the maildrop was not: {e}"
+                )))
+            }
         }
     }
     Ok(format!("removed {addr}; {RELOAD_HINT}"))
@@ -213,7 +239,12 @@ pub fn user_del(config: &Path, user: &str, keep_mail: bool) -> Result<String, Ad
 pub fn user_list(config: &Path, domain: Option<&str>) -> Result<Vec<String>, AdminError> {
     let cfg = load(config)?;
     let dir = crate::startup::build_directory(&cfg).map_err(|p| {
-        AdminError::Config(p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+        AdminError::Config(
+            p.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
     })?;
     let mut out = Vec::new();
     for t in dir.tenants() {
@@ -254,10 +285,17 @@ pub fn tenant_add(
             return Err(AdminError::Exists(format!("tenant for {n}")));
         }
     }
-    let ck = crate::tls::certs::load_certified_key(certificate, private_key).map_err(|e| AdminError::Usage(e.to_string()))?;
-    let cert_names = ck.end_entity_cert().map(crate::tls::certificate_names).unwrap_or_default();
+    let ck = crate::tls::certs::load_certified_key(certificate, private_key)
+        .map_err(|e| AdminError::Usage(e.to_string()))?;
+    let cert_names = ck
+        .end_entity_cert()
+        .map(crate::tls::certificate_names)
+        .unwrap_or_default();
     for name in std::iter::once(domain).chain(aliases.iter().map(String::as_str)) {
-        if !cert_names.iter().any(|c| crate::tls::name_covers(c, &name.to_ascii_lowercase())) {
+        if !cert_names
+            .iter()
+            .any(|c| crate::tls::name_covers(c, &name.to_ascii_lowercase()))
+        {
             return Err(AdminError::Usage(format!(
                 "{} does not cover {name} (it names {})",
                 certificate.display(),
@@ -274,12 +312,15 @@ pub fn tenant_add(
             .join(d.as_str()),
     };
     if let Some(parent) = passwd_path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| AdminError::Io(format!("{}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| AdminError::Io(format!("{}: {e}", parent.display())))?;
     }
     if !passwd_path.exists() {
-        pop3sd_storage::durable::replace_file(&passwd_path, b"").map_err(|e| AdminError::Io(e.to_string()))?;
+        pop3sd_storage::durable::replace_file(&passwd_path, b"")
+            .map_err(|e| AdminError::Io(e.to_string()))?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&passwd_path, std::fs::Permissions::from_mode(0o600)).map_err(|e| AdminError::Io(e.to_string()))?;
+        std::fs::set_permissions(&passwd_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| AdminError::Io(e.to_string()))?;
     }
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let quote = |p: &Path| toml::Value::String(abs(p).display().to_string()).to_string();
@@ -293,16 +334,24 @@ pub fn tenant_add(
     if !aliases.is_empty() {
         section.push_str(&format!(
             "aliases = [{}]\n",
-            aliases.iter().map(|a| toml::Value::String(a.to_ascii_lowercase()).to_string()).collect::<Vec<_>>().join(", ")
+            aliases
+                .iter()
+                .map(|a| toml::Value::String(a.to_ascii_lowercase()).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
-    let mut text = std::fs::read_to_string(config).map_err(|e| AdminError::Io(format!("{}: {e}", config.display())))?;
+    let mut text = std::fs::read_to_string(config)
+        .map_err(|e| AdminError::Io(format!("{}: {e}", config.display())))?;
     text.push_str(&section);
     // The result must still be a valid configuration before it replaces the old one.
     let check: Result<Config, _> = toml::from_str(&text);
     check.map_err(|e| AdminError::Config(format!("the new section would not parse: {e}")))?;
-    pop3sd_storage::durable::replace_file(config, text.as_bytes()).map_err(|e| AdminError::Io(e.to_string()))?;
-    store(&cfg)?.create_tenant(&d).map_err(|e| AdminError::Io(e.to_string()))?;
+    pop3sd_storage::durable::replace_file(config, text.as_bytes())
+        .map_err(|e| AdminError::Io(e.to_string()))?;
+    store(&cfg)?
+        .create_tenant(&d)
+        .map_err(|e| AdminError::Io(e.to_string()))?;
     Ok(format!("added tenant {d}; {RELOAD_HINT}"))
 }
 
@@ -310,7 +359,12 @@ pub fn tenant_add(
 pub fn tenant_list(config: &Path) -> Result<Vec<String>, AdminError> {
     let cfg = load(config)?;
     let dir = crate::startup::build_directory(&cfg).map_err(|p| {
-        AdminError::Config(p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+        AdminError::Config(
+            p.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
     })?;
     Ok(dir
         .tenants()
@@ -321,7 +375,11 @@ pub fn tenant_list(config: &Path) -> Result<Vec<String>, AdminError> {
                 "{} users={}{}",
                 t.domain,
                 t.user_count(),
-                if aliases.is_empty() { String::new() } else { format!(" aliases={}", aliases.join(",")) }
+                if aliases.is_empty() {
+                    String::new()
+                } else {
+                    format!(" aliases={}", aliases.join(","))
+                }
             )
         })
         .collect())
@@ -333,7 +391,12 @@ pub fn deliver(config: &Path, user: &str, input: &mut dyn Read) -> Result<String
     let cfg = load(config)?;
     let addr = address(user)?;
     let dir = crate::startup::build_directory(&cfg).map_err(|p| {
-        AdminError::Config(p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+        AdminError::Config(
+            p.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
     })?;
     let found = dir.user(&addr).ok_or_else(|| {
         if dir.tenant(&addr.domain).is_some() {
@@ -349,29 +412,53 @@ pub fn deliver(config: &Path, user: &str, input: &mut dyn Read) -> Result<String
         .read_to_end(&mut raw)
         .map_err(|e| AdminError::TempFail(addr.to_string(), format!("reading the message: {e}")))?;
     if raw.len() as u64 > limit {
-        return Err(AdminError::Refused(addr.to_string(), format!("message larger than {limit} bytes")));
+        return Err(AdminError::Refused(
+            addr.to_string(),
+            format!("message larger than {limit} bytes"),
+        ));
     }
     let msg = PreparedMessage::from_raw(&raw);
     let store = store(&cfg)?;
     match delivery::deliver(&store, &dir, &TenantUsage::default(), &found.address, &msg) {
         DeliveryResult::Delivered => Ok(format!("delivered to {}", found.address)),
-        DeliveryResult::OverQuota { permanent: true } => Err(AdminError::Refused(addr.to_string(), "over quota".into())),
-        DeliveryResult::OverQuota { permanent: false } => Err(AdminError::TempFail(addr.to_string(), "over quota".into())),
-        DeliveryResult::TooBig => Err(AdminError::Refused(addr.to_string(), "message too big".into())),
+        DeliveryResult::OverQuota { permanent: true } => {
+            Err(AdminError::Refused(addr.to_string(), "over quota".into()))
+        }
+        DeliveryResult::OverQuota { permanent: false } => {
+            Err(AdminError::TempFail(addr.to_string(), "over quota".into()))
+        }
+        DeliveryResult::TooBig => Err(AdminError::Refused(
+            addr.to_string(),
+            "message too big".into(),
+        )),
         DeliveryResult::TempFail(why) => Err(AdminError::TempFail(addr.to_string(), why)),
     }
 }
 
 /// `import-maildir`: a Maildir into a user's maildrop, keeping UIDLs.
-pub fn import(config: &Path, user: &str, maildir: &Path, uidl: &UidlSource) -> Result<String, AdminError> {
+pub fn import(
+    config: &Path,
+    user: &str,
+    maildir: &Path,
+    uidl: &UidlSource,
+) -> Result<String, AdminError> {
     let cfg = load(config)?;
     let addr = address(user)?;
     let dir = crate::startup::build_directory(&cfg).map_err(|p| {
-        AdminError::Config(p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+        AdminError::Config(
+            p.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
     })?;
-    let found = dir.user(&addr).ok_or_else(|| AdminError::NoUser(addr.to_string()))?;
+    let found = dir
+        .user(&addr)
+        .ok_or_else(|| AdminError::NoUser(addr.to_string()))?;
     let store = store(&cfg)?;
-    let md = store.ensure_maildrop(&found.address).map_err(|e| AdminError::Io(e.to_string()))?;
+    let md = store
+        .ensure_maildrop(&found.address)
+        .map_err(|e| AdminError::Io(e.to_string()))?;
     let r = import_maildir(&md, maildir, uidl).map_err(|e| AdminError::Usage(e.to_string()))?;
     let mut out = format!(
         "imported {} message(s) into {} ({} with their old UIDL, {} with a new one)",
@@ -400,7 +487,12 @@ pub struct TenantStats {
 pub fn stats(config: &Path, domain: Option<&str>) -> Result<Vec<TenantStats>, AdminError> {
     let cfg = load(config)?;
     let dir = crate::startup::build_directory(&cfg).map_err(|p| {
-        AdminError::Config(p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+        AdminError::Config(
+            p.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
     })?;
     let store = store(&cfg)?;
     let mut out = Vec::new();
@@ -427,7 +519,8 @@ pub fn stats(config: &Path, domain: Option<&str>) -> Result<Vec<TenantStats>, Ad
             s.messages += st.messages;
             s.bytes += st.bytes;
             let q = t.quota_of(u);
-            let near = (q.messages > 0 && st.messages * 10 >= q.messages * 9) || (q.bytes > 0 && st.bytes * 10 >= q.bytes * 9);
+            let near = (q.messages > 0 && st.messages * 10 >= q.messages * 9)
+                || (q.bytes > 0 && st.bytes * 10 >= q.bytes * 9);
             if near {
                 s.users_near_quota.push(addr.to_string());
             }

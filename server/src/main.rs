@@ -70,9 +70,7 @@ enum Command {
         json: bool,
     },
     /// Check a configuration file and name every problem in it.
-    CheckConfig {
-        config: PathBuf,
-    },
+    CheckConfig { config: PathBuf },
     /// Manage users (argon2id passwords in the tenant's passwd-file).
     User {
         #[command(subcommand)]
@@ -293,9 +291,17 @@ fn admin(command: Command) -> Result<Vec<String>, admin::AdminError> {
     use pop3sd::admin as a;
     Ok(match command {
         Command::User { action } => match action {
-            UserCommand::Add { config, user } => vec![a::user_add(&config, &user, &a::read_password_stdin()?)?],
-            UserCommand::Passwd { config, user } => vec![a::user_passwd(&config, &user, &a::read_password_stdin()?)?],
-            UserCommand::Del { config, user, keep_mail } => vec![a::user_del(&config, &user, keep_mail)?],
+            UserCommand::Add { config, user } => {
+                vec![a::user_add(&config, &user, &a::read_password_stdin()?)?]
+            }
+            UserCommand::Passwd { config, user } => {
+                vec![a::user_passwd(&config, &user, &a::read_password_stdin()?)?]
+            }
+            UserCommand::Del {
+                config,
+                user,
+                keep_mail,
+            } => vec![a::user_del(&config, &user, keep_mail)?],
             UserCommand::List { config, domain } => a::user_list(&config, domain.as_deref())?,
         },
         Command::Tenant { action } => match action {
@@ -306,10 +312,19 @@ fn admin(command: Command) -> Result<Vec<String>, admin::AdminError> {
                 private_key,
                 passwd_file,
                 aliases,
-            } => vec![a::tenant_add(&config, &domain, &certificate, &private_key, passwd_file.as_deref(), &aliases)?],
+            } => vec![a::tenant_add(
+                &config,
+                &domain,
+                &certificate,
+                &private_key,
+                passwd_file.as_deref(),
+                &aliases,
+            )?],
             TenantCommand::List { config } => a::tenant_list(&config)?,
         },
-        Command::Deliver { config, user } => vec![a::deliver(&config, &user, &mut std::io::stdin().lock())?],
+        Command::Deliver { config, user } => {
+            vec![a::deliver(&config, &user, &mut std::io::stdin().lock())?]
+        }
         Command::ImportMaildir {
             config,
             user,
@@ -321,11 +336,17 @@ fn admin(command: Command) -> Result<Vec<String>, admin::AdminError> {
             let source = match (uidl_map, new_uidls) {
                 (Some(m), _) => pop3sd_storage::maildir::UidlSource::MapFile(m),
                 (None, true) => pop3sd_storage::maildir::UidlSource::Native,
-                (None, false) => pop3sd_storage::maildir::UidlSource::Dovecot { format: uidl_format },
+                (None, false) => pop3sd_storage::maildir::UidlSource::Dovecot {
+                    format: uidl_format,
+                },
             };
             vec![a::import(&config, &user, &maildir, &source)?]
         }
-        Command::Stats { config, domain, json } => {
+        Command::Stats {
+            config,
+            domain,
+            json,
+        } => {
             let s = a::stats(&config, domain.as_deref())?;
             if json {
                 vec![serde_json::to_string_pretty(&s).unwrap_or_default()]
@@ -359,7 +380,11 @@ fn main() -> ExitCode {
     init_logging(&cli.log_format);
     if matches!(
         cli.command,
-        Command::User { .. } | Command::Tenant { .. } | Command::Deliver { .. } | Command::ImportMaildir { .. } | Command::Stats { .. }
+        Command::User { .. }
+            | Command::Tenant { .. }
+            | Command::Deliver { .. }
+            | Command::ImportMaildir { .. }
+            | Command::Stats { .. }
     ) {
         return match admin(cli.command) {
             Ok(lines) => {

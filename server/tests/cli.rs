@@ -49,7 +49,12 @@ fn pop3sd(args: &[&str], stdin: &[u8]) -> Output {
 }
 
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -64,7 +69,8 @@ fn c(s: &Setup) -> &str {
 }
 
 fn messages(cfg: &Config, user: &str) -> u64 {
-    let store = pop3sd_storage::Store::open(cfg.resolve(&cfg.storage_root), Default::default()).unwrap();
+    let store =
+        pop3sd_storage::Store::open(cfg.resolve(&cfg.storage_root), Default::default()).unwrap();
     store
         .maildrop(&pop3sd_storage::Address::parse(user).unwrap())
         .and_then(|m| m.stats())
@@ -74,22 +80,51 @@ fn messages(cfg: &Config, user: &str) -> u64 {
 #[test]
 fn users_are_added_changed_listed_and_removed() {
     let s = setup(|_| {});
-    ok(&pop3sd(&["user", "add", "-c", c(&s), "dave@example.com"], b"dave-pw\n"));
+    ok(&pop3sd(
+        &["user", "add", "-c", c(&s), "dave@example.com"],
+        b"dave-pw\n",
+    ));
     let passwd = std::fs::read_to_string(s.cfg.resolve(&s.cfg.tenants[0].passwd_file)).unwrap();
     let line = passwd.lines().find(|l| l.starts_with("dave:")).unwrap();
     assert!(line.starts_with("dave:{ARGON2ID}$argon2id$"), "{line}");
     let list = ok(&pop3sd(&["user", "list", "-c", c(&s), "example.com"], b""));
     assert!(list.lines().any(|l| l == "dave@example.com"), "{list}");
     assert!(!list.contains("example.org"));
-    fails(&pop3sd(&["user", "add", "-c", c(&s), "Dave@example.com"], b"x\n"), 1, "already exists");
-    fails(&pop3sd(&["user", "add", "-c", c(&s), "eve@nowhere.example"], b"x\n"), 68, "unknown tenant");
-    fails(&pop3sd(&["user", "add", "-c", c(&s), "../eve@example.com"], b"x\n"), 64, "not a valid user@domain");
-    fails(&pop3sd(&["user", "add", "-c", c(&s), "eve@example.com"], b"\n"), 64, "empty password");
+    fails(
+        &pop3sd(&["user", "add", "-c", c(&s), "Dave@example.com"], b"x\n"),
+        1,
+        "already exists",
+    );
+    fails(
+        &pop3sd(&["user", "add", "-c", c(&s), "eve@nowhere.example"], b"x\n"),
+        68,
+        "unknown tenant",
+    );
+    fails(
+        &pop3sd(&["user", "add", "-c", c(&s), "../eve@example.com"], b"x\n"),
+        64,
+        "not a valid user@domain",
+    );
+    fails(
+        &pop3sd(&["user", "add", "-c", c(&s), "eve@example.com"], b"\n"),
+        64,
+        "empty password",
+    );
 
-    ok(&pop3sd(&["user", "passwd", "-c", c(&s), "dave@example.com"], b"new-pw\n"));
+    ok(&pop3sd(
+        &["user", "passwd", "-c", c(&s), "dave@example.com"],
+        b"new-pw\n",
+    ));
     let passwd2 = std::fs::read_to_string(s.cfg.resolve(&s.cfg.tenants[0].passwd_file)).unwrap();
     assert_ne!(passwd, passwd2);
-    fails(&pop3sd(&["user", "passwd", "-c", c(&s), "nobody@example.com"], b"x\n"), 67, "no such user");
+    fails(
+        &pop3sd(
+            &["user", "passwd", "-c", c(&s), "nobody@example.com"],
+            b"x\n",
+        ),
+        67,
+        "no such user",
+    );
 
     // The new password works against a server started from this config.
     let served = common::Served::start_from(&s.config, &s.dir);
@@ -102,9 +137,16 @@ assert cmd(s_, f, "PASS new-pw").startswith(b"+OK")
     );
     drop(served);
 
-    ok(&pop3sd(&["user", "del", "-c", c(&s), "dave@example.com"], b""));
+    ok(&pop3sd(
+        &["user", "del", "-c", c(&s), "dave@example.com"],
+        b"",
+    ));
     assert!(!ok(&pop3sd(&["user", "list", "-c", c(&s)], b"")).contains("dave@"));
-    fails(&pop3sd(&["user", "del", "-c", c(&s), "dave@example.com"], b""), 67, "no such user");
+    fails(
+        &pop3sd(&["user", "del", "-c", c(&s), "dave@example.com"], b""),
+        67,
+        "no such user",
+    );
 }
 
 #[test]
@@ -114,8 +156,16 @@ fn a_malformed_passwd_file_is_not_rewritten() {
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str("broken line without colon\n");
     std::fs::write(&path, &text).unwrap();
-    fails(&pop3sd(&["user", "add", "-c", c(&s), "zed@example.org"], b"pw\n"), 78, "line 3");
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "left exactly as it was");
+    fails(
+        &pop3sd(&["user", "add", "-c", c(&s), "zed@example.org"], b"pw\n"),
+        78,
+        "line 3",
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "left exactly as it was"
+    );
 }
 
 #[test]
@@ -127,7 +177,12 @@ fn tenants_are_added_and_listed() {
               openssl req -new -key new.key -subj /CN=example.net -out new.csr && \
               printf 'subjectAltName=DNS:example.net,DNS:mail.example.net\\n' > ext && \
               openssl x509 -req -in new.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out new.pem && chmod 600 new.key";
-    let o = Command::new("sh").arg("-c").arg(sh).current_dir(&root).output().unwrap();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(sh)
+        .current_dir(&root)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (cert, key) = (root.join("new.pem"), root.join("new.key"));
     let args = |domain: &str, alias: &str| {
@@ -146,14 +201,31 @@ fn tenants_are_added_and_listed() {
         ]
     };
     let run = |a: Vec<String>| pop3sd(&a.iter().map(String::as_str).collect::<Vec<_>>(), b"");
-    fails(&run(args("example.net", "other.example")), 64, "does not cover other.example");
-    fails(&run(args("example.com", "mail.example.net")), 1, "already exists");
+    fails(
+        &run(args("example.net", "other.example")),
+        64,
+        "does not cover other.example",
+    );
+    fails(
+        &run(args("example.com", "mail.example.net")),
+        1,
+        "already exists",
+    );
     ok(&run(args("example.net", "mail.example.net")));
     let list = ok(&pop3sd(&["tenant", "list", "-c", c(&s)], b""));
-    assert!(list.contains("example.net users=0 aliases=mail.example.net"), "{list}");
+    assert!(
+        list.contains("example.net users=0 aliases=mail.example.net"),
+        "{list}"
+    );
     ok(&pop3sd(&["check-config", c(&s)], b""));
-    ok(&pop3sd(&["user", "add", "-c", c(&s), "first@mail.example.net"], b"pw\n"));
-    assert!(ok(&pop3sd(&["user", "list", "-c", c(&s), "example.net"], b"")).contains("first@example.net"));
+    ok(&pop3sd(
+        &["user", "add", "-c", c(&s), "first@mail.example.net"],
+        b"pw\n",
+    ));
+    assert!(
+        ok(&pop3sd(&["user", "list", "-c", c(&s), "example.net"], b""))
+            .contains("first@example.net")
+    );
 }
 
 #[test]
@@ -167,12 +239,36 @@ fn deliver_honours_users_sizes_and_quotas() {
     let msg = b"Subject: local delivery\n\n.dotted\nhello\n";
     ok(&pop3sd(&["deliver", "-c", c(&s), "alice@example.com"], msg));
     assert_eq!(messages(&s.cfg, "alice@example.com"), 3);
-    fails(&pop3sd(&["deliver", "-c", c(&s), "alice@example.com"], msg), 75, "over quota");
-    fails(&pop3sd(&["deliver", "-c", c(&s), "bob@example.org"], msg), 69, "over quota");
-    fails(&pop3sd(&["deliver", "-c", c(&s), "nobody@example.com"], msg), 67, "no such user");
-    fails(&pop3sd(&["deliver", "-c", c(&s), "x@nowhere.example"], msg), 68, "unknown tenant");
-    fails(&pop3sd(&["deliver", "-c", c(&s), "bob@example.com"], &[b'x'; 5000]), 69, "larger than 2000");
-    assert_eq!(messages(&s.cfg, "bob@example.com"), 2, "nothing stored on refusal");
+    fails(
+        &pop3sd(&["deliver", "-c", c(&s), "alice@example.com"], msg),
+        75,
+        "over quota",
+    );
+    fails(
+        &pop3sd(&["deliver", "-c", c(&s), "bob@example.org"], msg),
+        69,
+        "over quota",
+    );
+    fails(
+        &pop3sd(&["deliver", "-c", c(&s), "nobody@example.com"], msg),
+        67,
+        "no such user",
+    );
+    fails(
+        &pop3sd(&["deliver", "-c", c(&s), "x@nowhere.example"], msg),
+        68,
+        "unknown tenant",
+    );
+    fails(
+        &pop3sd(&["deliver", "-c", c(&s), "bob@example.com"], &[b'x'; 5000]),
+        69,
+        "larger than 2000",
+    );
+    assert_eq!(
+        messages(&s.cfg, "bob@example.com"),
+        2,
+        "nothing stored on refusal"
+    );
 }
 
 #[test]
@@ -182,30 +278,95 @@ fn import_keeps_uidls_and_stats_add_up() {
     for d in ["cur", "new", "tmp"] {
         std::fs::create_dir_all(md.join(d)).unwrap();
     }
-    std::fs::write(md.join("cur/1600000001.M1P1.old:2,S"), "Subject: old 1\n\nbody\n").unwrap();
-    std::fs::write(md.join("new/1600000002.M2P2.old"), "Subject: old 2\n\nbody\n").unwrap();
-    std::fs::write(md.join("dovecot-uidlist"), "3 V1600000000 N3\n1 :1600000001.M1P1.old\n2 P0badcafe :1600000002.M2P2.old\n").unwrap();
-    let out = ok(&pop3sd(&["import-maildir", "-c", c(&s), "bob@example.com", md.to_str().unwrap()], b""));
-    assert!(out.contains("imported 2 message(s)") && out.contains("2 with their old UIDL"), "{out}");
-    fails(&pop3sd(&["import-maildir", "-c", c(&s), "bob@example.com", "/nonexistent"], b""), 64, "not a Maildir");
-    fails(&pop3sd(&["import-maildir", "-c", c(&s), "ghost@example.com", md.to_str().unwrap()], b""), 67, "no such user");
+    std::fs::write(
+        md.join("cur/1600000001.M1P1.old:2,S"),
+        "Subject: old 1\n\nbody\n",
+    )
+    .unwrap();
+    std::fs::write(
+        md.join("new/1600000002.M2P2.old"),
+        "Subject: old 2\n\nbody\n",
+    )
+    .unwrap();
+    std::fs::write(
+        md.join("dovecot-uidlist"),
+        "3 V1600000000 N3\n1 :1600000001.M1P1.old\n2 P0badcafe :1600000002.M2P2.old\n",
+    )
+    .unwrap();
+    let out = ok(&pop3sd(
+        &[
+            "import-maildir",
+            "-c",
+            c(&s),
+            "bob@example.com",
+            md.to_str().unwrap(),
+        ],
+        b"",
+    ));
+    assert!(
+        out.contains("imported 2 message(s)") && out.contains("2 with their old UIDL"),
+        "{out}"
+    );
+    fails(
+        &pop3sd(
+            &[
+                "import-maildir",
+                "-c",
+                c(&s),
+                "bob@example.com",
+                "/nonexistent",
+            ],
+            b"",
+        ),
+        64,
+        "not a Maildir",
+    );
+    fails(
+        &pop3sd(
+            &[
+                "import-maildir",
+                "-c",
+                c(&s),
+                "ghost@example.com",
+                md.to_str().unwrap(),
+            ],
+            b"",
+        ),
+        67,
+        "no such user",
+    );
 
     let json = ok(&pop3sd(&["stats", "-c", c(&s), "--json"], b""));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let com = v.as_array().unwrap().iter().find(|t| t["domain"] == "example.com").unwrap();
+    let com = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["domain"] == "example.com")
+        .unwrap();
     // Two demo users with two messages each, plus the two imported for bob.
     assert_eq!(com["users"], 2);
     assert_eq!(com["messages"], 6);
     // The imported UIDLs are served as they were.
-    let store = pop3sd_storage::Store::open(s.cfg.resolve(&s.cfg.storage_root), Default::default()).unwrap();
-    let bob = store.maildrop(&pop3sd_storage::Address::parse("bob@example.com").unwrap()).unwrap();
+    let store = pop3sd_storage::Store::open(s.cfg.resolve(&s.cfg.storage_root), Default::default())
+        .unwrap();
+    let bob = store
+        .maildrop(&pop3sd_storage::Address::parse("bob@example.com").unwrap())
+        .unwrap();
     let session = bob.open_session().unwrap();
     let snap = session.snapshot();
     let uidls: Vec<String> = (0..snap.len())
         .map(|i| String::from_utf8(snap.uidl(i).unwrap().as_bytes().to_vec()).unwrap())
         .collect();
-    assert!(uidls.contains(&"0badcafe".to_string()) && uidls.contains(&"000000015F5E1000".to_string()), "{uidls:?}");
+    assert!(
+        uidls.contains(&"0badcafe".to_string()) && uidls.contains(&"000000015F5E1000".to_string()),
+        "{uidls:?}"
+    );
     let table = ok(&pop3sd(&["stats", "-c", c(&s)], b""));
     assert!(table.contains("example.org"), "{table}");
-    fails(&pop3sd(&["stats", "-c", c(&s), "nowhere.example"], b""), 68, "unknown tenant");
+    fails(
+        &pop3sd(&["stats", "-c", c(&s), "nowhere.example"], b""),
+        68,
+        "unknown tenant",
+    );
 }

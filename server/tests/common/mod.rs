@@ -253,7 +253,9 @@ impl Served {
             config
                 .listeners
                 .iter()
-                .find(|l| l.kind == kind && l.client_certificates == pop3sd::config::ClientCerts::None)
+                .find(|l| {
+                    l.kind == kind && l.client_certificates == pop3sd::config::ClientCerts::None
+                })
                 .map(|l| l.address.to_string())
         };
         let info = pop3sd::demo::DemoInfo {
