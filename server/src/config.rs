@@ -189,6 +189,9 @@ pub struct LimitsConfig {
     pub max_auth_failures: u32,
     pub failure_delay_ms: u64,
     pub max_failure_delay_ms: u64,
+    /// Recent failures (of one user or one network) at which possible
+    /// password guessing is logged.
+    pub failure_log_threshold: u32,
     /// Verified passwords remembered per core.
     pub auth_cache_size: usize,
     pub auth_cache_ttl_secs: u64,
@@ -210,6 +213,7 @@ impl Default for LimitsConfig {
             max_auth_failures: 3,
             failure_delay_ms: 1000,
             max_failure_delay_ms: 15_000,
+            failure_log_threshold: 10,
             auth_cache_size: 100_000,
             auth_cache_ttl_secs: 3600,
         }

@@ -182,6 +182,7 @@ pub fn build(cfg: Config, path: Option<PathBuf>) -> Result<Arc<Shared>, Vec<Conf
     let auth = Authenticator::new(ThrottleConfig {
         base_delay: Duration::from_millis(cfg.limits.failure_delay_ms),
         max_delay: Duration::from_millis(cfg.limits.max_failure_delay_ms),
+        warn_score: f64::from(cfg.limits.failure_log_threshold.max(1)),
         ..ThrottleConfig::default()
     });
     Ok(Arc::new(Shared::new(

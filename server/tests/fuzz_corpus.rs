@@ -7,6 +7,9 @@ mod command_parser {
 mod engine {
     include!("../../fuzz/harness/engine.rs");
 }
+mod lmtp_session {
+    include!("../../fuzz/harness/lmtp_session.rs");
+}
 mod proxy_header {
     include!("../../fuzz/harness/proxy_header.rs");
 }
@@ -43,5 +46,6 @@ fn corpora_replay_cleanly() {
     assert!(replay("engine", engine::run) > 0);
     assert!(replay("storage_index", storage_index::run) > 0);
     assert!(replay("proxy_header", proxy_header::run) > 0);
+    assert!(replay("lmtp_session", lmtp_session::run) > 0);
     assert!(replay("wire_form", wire_form::run) > 0);
 }
