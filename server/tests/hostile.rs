@@ -215,7 +215,8 @@ print("items:", len(report))
     ));
     assert!(out.contains("items: 13"), "{out}");
     assert!(
-        s.wait_log(Duration::from_secs(3), |l| l.contains("possible password guessing")),
+        s.wait_log(Duration::from_secs(3), |l| l
+            .contains("possible password guessing")),
         "guessing was not logged:\n{}",
         s.log()
     );
@@ -229,5 +230,8 @@ print("items:", len(report))
         .find_map(|l| l.strip_prefix("rss while flooded: "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap();
-    assert!(mid < before + 64 * 1024, "RSS {mid} KiB while 100,000 commands were pending (from {before} KiB)");
+    assert!(
+        mid < before + 64 * 1024,
+        "RSS {mid} KiB while 100,000 commands were pending (from {before} KiB)"
+    );
 }

@@ -492,8 +492,10 @@ fn bind_extra(cfg: &Config) -> Result<Extra, StartError> {
         source,
     };
     if let Some(addr) = cfg.lmtp.address {
+        // SO_REUSEPORT as for the POP3 listeners: a restart must bind even
+        // while connections of the previous process linger in FIN_WAIT.
         let opts = ListenerOpts::new()
-            .reuse_port(false)
+            .reuse_port(true)
             .reuse_addr(true)
             .backlog(cfg.runtime.backlog);
         e.lmtp_tcp =
@@ -529,7 +531,7 @@ fn bind_extra(cfg: &Config) -> Result<Extra, StartError> {
         e.lmtp_unix = Some(l);
     }
     if let Some(addr) = cfg.metrics.address {
-        let opts = ListenerOpts::new().reuse_port(false).reuse_addr(true);
+        let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true);
         e.metrics =
             Some(TcpListener::bind_with_config(addr, &opts).map_err(|s| bind_err(addr, s))?);
     }
