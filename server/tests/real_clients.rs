@@ -1,11 +1,13 @@
-//! The real server on loopback, driven by the clients people use: Python's
-//! poplib, curl, fetchmail and openssl s_client.
+//! The real server on loopback, driven by Python's poplib and ssl for what
+//! the other clients cannot exercise: SNI, STLS, client certificates,
+//! resumption on every core and TLS edge cases. The download matrix
+//! (poplib, curl, fetchmail, getmail6, openssl s_client) is client_matrix.rs.
 
 mod common;
 
 use std::process::Command;
 
-use common::{assert_success, expected_message, have, Demo};
+use common::{expected_message, have, Demo};
 
 #[test]
 fn poplib_full_session_with_exact_bytes() {
@@ -35,6 +37,12 @@ fn stls_close_notify_and_old_tls_versions() {
     demo.python_check("stls");
     demo.python_check("close_notify");
     demo.python_check("tls_versions");
+}
+
+#[test]
+fn commands_in_the_same_packet_as_the_tls_finished_are_answered() {
+    let demo = Demo::start(&[]);
+    demo.python_check("commands_with_finished");
 }
 
 #[test]
@@ -74,135 +82,6 @@ fn every_resumption_succeeds_on_every_core() {
         cores,
         "resumed logins seen on cores {cores_resumed:?}\n{log}"
     );
-}
-
-#[test]
-fn curl_lists_retrieves_and_uidls() {
-    if !have("curl") {
-        panic!("curl is required (installed by .ci/run)");
-    }
-    let demo = Demo::start(&[]);
-    let port = demo.addr("pop3s").port();
-    let user = "bob@example.org";
-    let curl = |path: &str, extra: &[&str]| {
-        let o = Command::new("curl")
-            .args(["-sS", "--max-time", "20", "--cacert", demo.ca()])
-            .arg("--connect-to")
-            .arg(format!("example.org:{port}:127.0.0.1:{port}"))
-            .arg("-u")
-            .arg(format!("{user}:{}", demo.password(user)))
-            .args(extra)
-            .arg(format!("pop3s://example.org:{port}/{path}"))
-            .output()
-            .unwrap();
-        assert_success(&o, &format!("curl {path} {extra:?}"), &demo);
-        o.stdout
-    };
-    let list = String::from_utf8(curl("", &[])).unwrap();
-    let sizes: Vec<usize> = list
-        .lines()
-        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(sizes.len(), demo.messages_per_user(), "{list}");
-    for n in [1, 2] {
-        let body = curl(&n.to_string(), &[]);
-        let expected = expected_message("example.org", "bob", n - 1);
-        assert_eq!(body, expected, "RETR {n} through curl");
-        assert_eq!(sizes[n - 1], expected.len());
-    }
-    let uidl = String::from_utf8(curl("", &["-X", "UIDL"])).unwrap();
-    assert_eq!(
-        uidl.lines().filter(|l| !l.is_empty()).count(),
-        demo.messages_per_user(),
-        "{uidl}"
-    );
-    // UIDLs are 1-70 printable characters.
-    for line in uidl.lines().filter(|l| !l.is_empty()) {
-        let u = line.split_whitespace().nth(1).unwrap();
-        assert!(
-            (1..=70).contains(&u.len()) && u.bytes().all(|b| (0x21..=0x7e).contains(&b)),
-            "{u}"
-        );
-    }
-}
-
-#[test]
-fn fetchmail_downloads_every_message_intact() {
-    if !have("fetchmail") {
-        panic!("fetchmail is required (installed by .ci/run)");
-    }
-    let demo = Demo::start(&[]);
-    let port = demo.addr("pop3s").port();
-    let user = "carol@example.com";
-    let out = demo.scratch("fetchmail-out");
-    let rc = demo.dir.path().join("fetchmailrc");
-    std::fs::write(
-        &rc,
-        format!(
-            "set no bouncemail\nset no syslog\n\
-             poll example.com via 127.0.0.1 port {port} protocol pop3 timeout 30\n\
-             \tuser \"{user}\" there with password \"{pw}\" is root here\n\
-             \tssl sslcertck sslcertfile \"{ca}\" sslproto \"TLS1.2+\" sslcommonname \"example.com\"\n\
-             \tkeep fetchall\n\
-             \tmda \"/bin/sh -c 'cat > {out}/msg.$$'\"\n",
-            pw = demo.password(user),
-            ca = demo.ca(),
-            out = out.display()
-        ),
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let o = Command::new("fetchmail")
-        .args(["-f"])
-        .arg(&rc)
-        .args(["--nodetach", "--idfile"])
-        .arg(demo.dir.path().join("fetchids"))
-        .env("HOME", demo.dir.path())
-        .output()
-        .unwrap();
-    // fetchmail exits 0 when mail was fetched.
-    assert_success(&o, "fetchmail", &demo);
-    let mut got: Vec<Vec<u8>> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .map(|m| strip_received(&m))
-        .collect();
-    got.sort();
-    let mut expected: Vec<Vec<u8>> = (0..demo.messages_per_user())
-        .map(|i| {
-            String::from_utf8(expected_message("example.com", "carol", i))
-                .unwrap()
-                .replace("\r\n", "\n")
-                .into_bytes()
-        })
-        .collect();
-    expected.sort();
-    assert_eq!(got.len(), expected.len());
-    assert!(
-        got == expected,
-        "fetchmail's copies differ from the stored messages"
-    );
-}
-
-/// Drops the Received: header fetchmail adds on top (with its continuation lines).
-fn strip_received(m: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(m).into_owned();
-    let mut lines = text.split_inclusive('\n').peekable();
-    let mut out = String::new();
-    if lines.peek().is_some_and(|l| l.starts_with("Received:")) {
-        lines.next();
-        while lines
-            .peek()
-            .is_some_and(|l| l.starts_with(' ') || l.starts_with('\t'))
-        {
-            lines.next();
-        }
-    }
-    out.extend(lines);
-    out.into_bytes()
 }
 
 #[test]

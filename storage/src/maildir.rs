@@ -26,7 +26,7 @@ pub enum UidlSource {
     Native,
     /// `dovecot-uidlist` in the Maildir, with Dovecot's `pop3_uidl_format`
     /// (supported variables: `%u`, `%v`, `%f`, with optional zero-padded
-    /// width and `X` for uppercase hex, e.g. `%08Xu%08Xv`).
+    /// width and `X` for hex, printed lowercase as Dovecot does, e.g. `%08Xu%08Xv`).
     Dovecot { format: String },
     /// A file of `filename uidl` lines (filename up to its `:2,` suffix).
     MapFile(PathBuf),
@@ -135,14 +135,17 @@ pub fn format_uidl(
             width.push(*d);
             chars.next();
         }
-        let upper_hex = chars.peek() == Some(&'X');
-        if upper_hex {
+        // Dovecot's `X` modifier prints lowercase hex (its default format
+        // `%08Xu%08Xv` gives `000000016b0a4509`); matching it keeps the
+        // UIDLs clients already saw.
+        let hex = chars.peek() == Some(&'X');
+        if hex {
             chars.next();
         }
         let w: usize = width.parse().unwrap_or(0);
         let num = |v: u32| {
-            if upper_hex {
-                format!("{v:0w$X}")
+            if hex {
+                format!("{v:0w$x}")
             } else {
                 format!("{v:0w$}")
             }
@@ -343,7 +346,7 @@ mod tests {
     fn uidl_formats() {
         assert_eq!(
             format_uidl("%08Xu%08Xv", 26, 1_500_000_000, "x").unwrap(),
-            "0000001A59682F00"
+            "0000001a59682f00"
         );
         assert_eq!(format_uidl("%u.%v", 3, 7, "x").unwrap(), "3.7");
         assert_eq!(format_uidl("%f", 3, 7, "file").unwrap(), "file");

@@ -52,7 +52,7 @@ fn dovecot_uidls_are_kept_and_reimport_is_safe() {
     assert_eq!((r.imported, r.kept_uidls), (3, 3));
     assert_eq!(
         uidls(&store, &a),
-        ["0000000159682F00", "00001234abcd", "0000000359682F00"]
+        ["0000000159682f00", "00001234abcd", "0000000359682f00"]
     );
     {
         let s = md.open_session().unwrap();

@@ -339,6 +339,7 @@ impl Conn {
         let inbuf = self.inbuf.as_mut().unwrap_or(&mut empty);
         let UnbufferedStatus { discard, state } = tls.process_tls_records(inbuf);
         let mut handshake_finished = false;
+        let mut early = Vec::new();
         let now = Instant::now();
         match state {
             Err(e) => {
@@ -356,12 +357,20 @@ impl Conn {
                 return Err(e.into());
             }
             Ok(ConnectionState::ReadTraffic(mut rt)) => {
+                // A client may send its first commands in the same flight as
+                // its Finished; rustls then reports traffic before the
+                // handshake was seen to end here. Keep those bytes for the
+                // engine that `handshake_done` is about to create.
+                let before_engine = self.engine.is_none() || self.upgrading;
                 while let Some(rec) = rt.next_record() {
                     let rec = rec?;
-                    if let Some(engine) = self.engine.as_mut() {
+                    if before_engine {
+                        early.extend_from_slice(rec.payload);
+                    } else if let Some(engine) = self.engine.as_mut() {
                         engine.receive(rec.payload, now);
                     }
                 }
+                handshake_finished |= before_engine;
             }
             Ok(ConnectionState::EncodeTlsData(mut enc)) => {
                 self.out.append(&core, |b| enc.encode(b), encode_err)?;
@@ -407,6 +416,9 @@ impl Conn {
         }
         if handshake_finished {
             self.handshake_done();
+            if let Some(engine) = self.engine.as_mut().filter(|_| !early.is_empty()) {
+                engine.receive(&early, now);
+            }
         }
         Ok(())
     }

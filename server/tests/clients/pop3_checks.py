@@ -281,6 +281,75 @@ def stls(info, out):
     print("OK stls")
 
 
+def _pump_handshake(sock, obj, inc, outg):
+    """Drives a MemoryBIO handshake to completion, holding back the client's
+    last flight (its Finished) so that the caller can send data with it."""
+    while True:
+        try:
+            obj.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            if outg.pending:
+                sock.sendall(outg.read())
+            data = sock.recv(65536)
+            assert data, "server closed during the handshake"
+            inc.write(data)
+
+
+def _read_lines(sock, obj, inc, want):
+    """Reads decrypted lines until `want` of them arrived or the peer closed."""
+    buf = b""
+    while buf.count(b"\r\n") < want:
+        try:
+            chunk = obj.read(65536)
+            if not chunk:
+                break
+            buf += chunk
+            continue
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            break
+        data = sock.recv(65536)
+        if not data:
+            break
+        inc.write(data)
+    return buf.split(b"\r\n")[:want]
+
+
+def commands_with_finished(info, out):
+    """Commands sent in the same packet as the client's TLS Finished are
+    answered (they arrive before the server has seen the handshake end)."""
+    user, pw = "alice@example.com", password(info, "alice@example.com")
+    script = f"USER {user}\r\nPASS {pw}\r\nSTAT\r\nQUIT\r\n".encode()
+    for attempt in range(10):
+        for listener in ("pop3s", "pop3"):
+            sock = socket.create_connection(hostport(info[listener]), timeout=10)
+            if listener == "pop3":
+                f = sock.makefile("rb")
+                assert f.readline().startswith(b"+OK")
+                sock.sendall(b"STLS\r\n")
+                assert f.readline().startswith(b"+OK")
+            c = ctx(info, minimum_version=ssl.TLSVersion.TLSv1_3)
+            inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = c.wrap_bio(inc, outg, server_hostname="example.com")
+            _pump_handshake(sock, obj, inc, outg)
+            obj.write(script)
+            # The Finished and the commands leave in one write.
+            sock.sendall(outg.read())
+            want = 5 if listener == "pop3s" else 4
+            lines = _read_lines(sock, obj, inc, want)
+            if listener == "pop3s":
+                assert lines[0].startswith(b"+OK"), lines
+                lines = lines[1:]
+            assert len(lines) == 4, (attempt, listener, lines)
+            assert all(l.startswith(b"+OK") for l in lines), (attempt, listener, lines)
+            n = info["messages_per_user"]
+            assert lines[2].startswith(b"+OK %d " % n), lines
+            sock.close()
+    print("OK commands_with_finished")
+
+
 if __name__ == "__main__":
     info = load(sys.argv[1])
     out = sys.argv[3] if len(sys.argv) > 3 else "."
