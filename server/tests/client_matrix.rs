@@ -165,23 +165,23 @@ fn files_in(dir: &Path) -> Vec<Vec<u8>> {
 /// Removes the named header fields a client adds on top of the message
 /// (with their continuation lines), leaving the rest byte for byte.
 fn strip_added(m: &[u8], names: &[&str]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(m).into_owned();
-    let mut lines = text.split_inclusive('\n').peekable();
-    loop {
-        let Some(l) = lines.peek() else { break };
-        if !names.iter().any(|n| l.starts_with(n)) {
+    // Works on bytes so that 8-bit bodies stay exact.
+    let mut lines = m.split_inclusive(|&b| b == b'\n').peekable();
+    let mut consumed = 0;
+    while let Some(l) = lines.peek() {
+        if !names.iter().any(|n| l.starts_with(n.as_bytes())) {
             break;
         }
+        consumed += l.len();
         lines.next();
-        while lines
+        while let Some(c) = lines
             .peek()
-            .is_some_and(|l| l.starts_with(' ') || l.starts_with('\t'))
+            .filter(|l| l.starts_with(b" ") || l.starts_with(b"\t"))
         {
+            consumed += c.len();
             lines.next();
         }
     }
-    // Byte-exact for 8-bit input: rebuild from the original bytes.
-    let consumed: usize = text.len() - lines.map(str::len).sum::<usize>();
     m[consumed..].to_vec()
 }
 
