@@ -70,21 +70,59 @@ pub enum Driver {
     Legacy,
 }
 
-/// Cores, rings and the blocking pool.
+/// Cores, rings, buffers and sockets: the performance knobs (each one's
+/// trade-off and measured effect is in docs/tuning.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Event-loop threads, one per core; 0 means one per available CPU.
+    /// Event-loop threads, one per core; 0 means one per available CPU (or
+    /// one per CPU of `cpus` when that is set).
     pub cores: usize,
     /// Pin each event-loop thread to its own CPU.
     pub pin_cores: bool,
+    /// CPUs the event loops run on, e.g. "2-7,10" (implies pinning): leaves
+    /// the others to NIC interrupts, the MTA or the load generator.
+    pub cpus: Option<String>,
     pub driver: Driver,
     /// io_uring submission queue entries per ring.
     pub ring_entries: u32,
+    /// A kernel thread per ring polls the submission queue, saving the
+    /// io_uring_enter system call at the price of a busy CPU per core.
+    pub sqpoll: bool,
+    /// How long an SQPOLL thread spins without work before it sleeps.
+    pub sqpoll_idle_ms: u32,
     /// Threads for password hashing and storage work.
     pub blocking_threads: usize,
     /// Listen backlog per listener socket.
     pub backlog: i32,
+    /// One listening socket per core (SO_REUSEPORT, the kernel spreads
+    /// connections by hash); off: one socket whose accept queue all cores
+    /// share, which evens out long-lived connections over cores.
+    pub reuse_port: bool,
+    /// Accepts each core keeps in flight per listener.
+    pub accept_batch: usize,
+    /// First size of a connection's read buffer, in bytes (it grows to hold
+    /// one whole TLS record when needed).
+    pub read_buffer_size: usize,
+    /// Size of a connection's write buffer, in full TLS records.
+    pub write_buffer_records: usize,
+    /// Free read and write buffers each core keeps for reuse.
+    pub buffer_pool_size: usize,
+    /// Return a connection's buffers to the pool while it waits for its
+    /// client, so that idle connections cost no buffer memory.
+    pub release_idle_buffers: bool,
+    /// Kernel TLS: "auto" detects it at start-up and logs what it found;
+    /// "off" skips the check. Records are always encrypted by rustls.
+    pub ktls: KtlsMode,
+}
+
+/// See [`RuntimeConfig::ktls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KtlsMode {
+    #[default]
+    Auto,
+    Off,
 }
 
 impl Default for RuntimeConfig {
@@ -92,12 +130,48 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             cores: 0,
             pin_cores: false,
+            cpus: None,
             driver: Driver::IoUring,
             ring_entries: 1024,
+            sqpoll: false,
+            sqpoll_idle_ms: 1000,
             blocking_threads: 2,
             backlog: 1024,
+            reuse_port: true,
+            accept_batch: 1,
+            read_buffer_size: 4096,
+            write_buffer_records: 4,
+            buffer_pool_size: 256,
+            release_idle_buffers: true,
+            ktls: KtlsMode::Auto,
         }
     }
+}
+
+/// Parses a CPU list such as "0-3,8,10-11" (the kernel's cpuset notation).
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let parse = |x: &str| {
+            x.parse::<usize>()
+                .map_err(|_| format!("{part:?} is not a CPU number or range"))
+        };
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a > b || b >= 4096 {
+            return Err(format!("{part:?} is not a valid CPU range"));
+        }
+        cpus.extend(a..=b);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    if cpus.is_empty() {
+        return Err("names no CPU".into());
+    }
+    Ok(cpus)
 }
 
 /// TLS session resumption settings.
@@ -116,6 +190,10 @@ pub struct TlsConfig {
     pub session_cache_size: usize,
     /// Tenant whose certificate clients without SNI get; default: the first.
     pub default_tenant: Option<String>,
+    /// Plaintext bytes per TLS record sent (RETR and TOP stream in records
+    /// of this size): 16384 needs the fewest records and seals; smaller
+    /// records let a slow client start parsing sooner.
+    pub record_size: usize,
 }
 
 impl Default for TlsConfig {
@@ -126,6 +204,7 @@ impl Default for TlsConfig {
             tls13_tickets: 1,
             session_cache_size: 10_000,
             default_tenant: None,
+            record_size: 16384,
         }
     }
 }
@@ -417,6 +496,49 @@ impl Config {
         }
     }
 
+    /// Checks the performance knobs' ranges (docs/tuning.md).
+    fn check_runtime(&self, add: &mut impl FnMut(String, String)) {
+        let r = &self.runtime;
+        let mut range = |key: &str, v: usize, lo: usize, hi: usize| {
+            if v < lo || v > hi {
+                add(key.to_string(), format!("{v} is outside {lo}..={hi}"));
+            }
+        };
+        range("runtime.ring_entries", r.ring_entries as usize, 1, 32768);
+        range(
+            "runtime.sqpoll_idle_ms",
+            r.sqpoll_idle_ms as usize,
+            1,
+            60_000,
+        );
+        range("runtime.blocking_threads", r.blocking_threads, 1, 1024);
+        range("runtime.backlog", r.backlog.max(0) as usize, 1, 65535);
+        range("runtime.accept_batch", r.accept_batch, 1, 64);
+        range("runtime.read_buffer_size", r.read_buffer_size, 512, 65536);
+        range(
+            "runtime.write_buffer_records",
+            r.write_buffer_records,
+            1,
+            16,
+        );
+        range("runtime.buffer_pool_size", r.buffer_pool_size, 0, 1_000_000);
+        range("tls.record_size", self.tls.record_size, 512, 16384);
+        if let Some(list) = &r.cpus {
+            match parse_cpu_list(list) {
+                Ok(cpus) if r.cores > cpus.len() => add(
+                    "runtime.cpus".into(),
+                    format!(
+                        "names {} CPU(s) but runtime.cores is {}",
+                        cpus.len(),
+                        r.cores
+                    ),
+                ),
+                Ok(_) => {}
+                Err(e) => add("runtime.cpus".into(), e),
+            }
+        }
+    }
+
     /// Checks meaning; every problem is returned, none is fatal on its own.
     /// (Certificates and passwd-files are parsed by their loaders, which add
     /// their own problems: see `crate::server::build`.)
@@ -449,6 +571,7 @@ impl Config {
                 add(key.into(), "must be at least 1".into());
             }
         }
+        self.check_runtime(&mut add);
         if let Err(e) = crate::proxy::TrustedNetworks::parse(&self.proxy.trusted_networks) {
             add("proxy.trusted_networks".into(), e);
         }
@@ -562,11 +685,86 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
+
+    /// The configuration with `section.key=value` settings applied (the
+    /// value in TOML syntax; a bare word is taken as a string), so that
+    /// benchmarks and the demo can turn one knob without a config file.
+    pub fn with_overrides(&self, settings: &[String]) -> Result<Config, String> {
+        let mut doc = toml::Value::try_from(self).map_err(|e| e.to_string())?;
+        for setting in settings {
+            let (path, raw) = setting
+                .split_once('=')
+                .ok_or_else(|| format!("{setting:?}: expected section.key=value"))?;
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+            let mut keys: Vec<&str> = path.trim().split('.').collect();
+            let last = keys
+                .pop()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| format!("{setting:?}: no key"))?;
+            let mut table = doc
+                .as_table_mut()
+                .ok_or_else(|| "configuration is not a table".to_string())?;
+            for k in keys {
+                table = table
+                    .entry(k)
+                    .or_insert_with(|| toml::Value::Table(Default::default()))
+                    .as_table_mut()
+                    .ok_or_else(|| format!("{setting:?}: {k} is not a section"))?;
+            }
+            table.insert(last.to_string(), value);
+        }
+        let mut cfg: Config = doc
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_string())?;
+        cfg.base_dir = self.base_dir.clone();
+        Ok(cfg)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_set_knobs_and_reject_unknown_keys() {
+        let cfg: Config = toml::from_str(EXAMPLE).unwrap();
+        let c = cfg
+            .with_overrides(&[
+                "runtime.sqpoll=true".into(),
+                "tls.record_size=4096".into(),
+                "runtime.cpus=0-1".into(),
+                "runtime.ktls=off".into(),
+            ])
+            .unwrap();
+        assert!(c.runtime.sqpoll);
+        assert_eq!(c.tls.record_size, 4096);
+        assert_eq!(c.runtime.cpus.as_deref(), Some("0-1"));
+        assert_eq!(c.runtime.ktls, KtlsMode::Off);
+        let e = cfg
+            .with_overrides(&["runtime.no_such_knob=1".into()])
+            .unwrap_err();
+        assert!(e.contains("no_such_knob"), "{e}");
+        let e = cfg
+            .with_overrides(&["runtime.sqpoll=maybe".into()])
+            .unwrap_err();
+        assert!(e.contains("sqpoll") || e.contains("bool"), "{e}");
+        assert!(cfg.with_overrides(&["nokey".into()]).is_err());
+    }
+
+    #[test]
+    fn cpu_lists_parse_like_the_kernel_writes_them() {
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11").unwrap(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
+        assert_eq!(parse_cpu_list(" 2 , 2-3").unwrap(), vec![2, 3]);
+        for bad in ["", "a", "3-1", "1-", "-1", "5000"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad}");
+        }
+    }
 
     const EXAMPLE: &str = r#"
 storage_root = "mail"

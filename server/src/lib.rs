@@ -13,3 +13,4 @@ pub mod proxy;
 pub mod runtime;
 pub mod startup;
 pub mod tls;
+pub mod tune;

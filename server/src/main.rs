@@ -68,9 +68,27 @@ enum Command {
         /// Print one line of JSON on stdout once ready (for scripts and tests).
         #[arg(long)]
         json: bool,
+        /// Change a setting of the generated configuration, e.g.
+        /// `--set runtime.sqpoll=true --set tls.record_size=4096` (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Check a configuration file and name every problem in it.
     CheckConfig { config: PathBuf },
+    /// Inspect this machine for what would limit the configured load (limits,
+    /// sysctls, io_uring, kTLS, huge pages, CPU governor) and print the fix
+    /// for each; exits non-zero when something would stop the load working.
+    TuneCheck {
+        /// Configuration to check against (default: the built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Connections to plan for (default: limits.max_connections).
+        #[arg(long)]
+        connections: Option<usize>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage users (argon2id passwords in the tenant's passwd-file).
     User {
         #[command(subcommand)]
@@ -217,6 +235,7 @@ fn run(cli: Cli) -> Result<(), String> {
             message_size,
             maildir,
             json,
+            set,
         } => {
             let opts = DemoOptions {
                 dir,
@@ -232,6 +251,24 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let (config, info) =
                 demo::prepare(&opts).map_err(|e| format!("demo set-up failed: {e}"))?;
+            let config = if set.is_empty() {
+                config
+            } else {
+                let c = config
+                    .with_overrides(&set)
+                    .map_err(|e| format!("--set: {e}"))?;
+                let problems = c.check();
+                if !problems.is_empty() {
+                    return Err(problems
+                        .iter()
+                        .map(|p| format!("--set: {p}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"));
+                }
+                std::fs::write(&info.config, c.to_toml())
+                    .map_err(|e| format!("{}: {e}", info.config.display()))?;
+                c
+            };
             let shared = startup::build(config, Some(info.config.clone())).map_err(|p| {
                 p.iter()
                     .map(|x| x.to_string())
@@ -239,6 +276,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     .join("\n")
             })?;
             let running = serve(shared)?;
+            // SAFETY: mi_collect has no preconditions; it frees what this
+            // thread's heap no longer uses (the generated mail and keys).
+            unsafe { libmimalloc_sys::mi_collect(true) };
             if json {
                 let line = serde_json::to_string(&info).map_err(|e| e.to_string())?;
                 println!("{line}");
@@ -276,6 +316,40 @@ fn run(cli: Cli) -> Result<(), String> {
                         .join("\n")
                 ))
             }
+        }
+        Command::TuneCheck {
+            config,
+            connections,
+            json,
+        } => {
+            use pop3sd::tune;
+            let target = match config {
+                Some(path) => {
+                    let cfg = Config::parse_file(&path).map_err(|e| e.to_string())?;
+                    tune::Target::from_config(&cfg, connections)
+                }
+                None => tune::Target::defaults(connections),
+            };
+            let sys = tune::LiveSystem {
+                runtime: &target.runtime,
+            };
+            let findings = tune::check(&target, &sys);
+            if json {
+                let text = serde_json::to_string_pretty(&findings).map_err(|e| e.to_string())?;
+                println!("{text}");
+            } else {
+                print!("{}", tune::render(&target, &findings));
+            }
+            let blockers = findings
+                .iter()
+                .filter(|f| f.level == tune::Level::Blocker)
+                .count();
+            if blockers > 0 {
+                return Err(format!(
+                    "{blockers} blocker(s): the configured load cannot work on this machine until they are fixed"
+                ));
+            }
+            Ok(())
         }
         // Operator commands are dispatched by `main` (they have their own exit codes).
         Command::User { .. }

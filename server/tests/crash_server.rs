@@ -84,8 +84,46 @@ while True:
         time.sleep(0.02)
 "#;
 
+/// What a server that failed to start is doing: its exit status, or the
+/// kernel's and gdb's view of its threads (for a failure seen once in CI).
+fn where_stuck(child: &mut Child) -> String {
+    if let Ok(Some(status)) = child.try_wait() {
+        return format!("exited: {status}");
+    }
+    let pid = child.id();
+    let mut out = String::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let p = t.path();
+            let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+            out.push_str(&format!(
+                "thread {} {} wchan={} stack:\n{}\n",
+                t.file_name().to_string_lossy(),
+                read("comm").trim(),
+                read("wchan"),
+                read("stack")
+            ));
+        }
+    }
+    if common::have("gdb") {
+        if let Ok(o) = Command::new("gdb")
+            .args([
+                "-batch",
+                "-p",
+                &pid.to_string(),
+                "-ex",
+                "thread apply all bt",
+            ])
+            .output()
+        {
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
+        }
+    }
+    out
+}
+
 fn serve(config: &Path, log: &Path) -> Child {
-    let child = Command::new(common::bin())
+    let mut child = Command::new(common::bin())
         .args(["serve", "--config"])
         .arg(config)
         .env_remove("POP3SD_LOG")
@@ -112,7 +150,8 @@ fn serve(config: &Path, log: &Path) -> Child {
     }
     assert!(
         start.elapsed() < Duration::from_secs(20),
-        "the server did not restart: {:?}",
+        "the server did not restart ({}): {:?}",
+        where_stuck(&mut child),
         std::fs::read_to_string(log)
             .unwrap_or_default()
             .lines()

@@ -21,6 +21,7 @@ use pop3sd_storage::{Domain, Session};
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 
+use super::buffers::RECORD_OVERHEAD;
 use super::limits::{ConnGuard, UserGuard};
 use super::local_sync::{Pass, Stage};
 use super::{Core, Generation};
@@ -33,8 +34,6 @@ use crate::engine::{
 use crate::proxy;
 use crate::tls::resolver::take_captured_sni;
 
-/// Largest plaintext per TLS record (and per encrypt call).
-const MAX_RECORD_PLAINTEXT: usize = 16384;
 /// Largest TLS record on the wire (RFC 8446 section 5.2 plus header).
 const MAX_WIRE_RECORD: usize = 16384 + 2048 + 5;
 
@@ -73,6 +72,8 @@ struct TlsFacts {
 struct OutBuf {
     buf: Option<Vec<u8>>,
     filled: usize,
+    /// The size a buffer from the pool has (`runtime.write_buffer_records`).
+    size: usize,
 }
 
 pub(crate) struct Conn {
@@ -127,10 +128,7 @@ fn encrypt_err(e: &EncryptError) -> Option<usize> {
 
 impl OutBuf {
     fn space(&self) -> usize {
-        self.buf
-            .as_ref()
-            .map_or(super::buffers::OUT_BUF_SIZE, |b| b.len())
-            - self.filled
+        self.buf.as_ref().map_or(self.size, |b| b.len()) - self.filled
     }
 
     /// Runs `f` on the free part of the buffer (taking one from the pool if
@@ -151,7 +149,7 @@ impl OutBuf {
                 Err(e) => match need(&e) {
                     Some(required) => {
                         let want = self.filled + required;
-                        if want > 16 * super::buffers::OUT_BUF_SIZE {
+                        if want > 16 * self.size.max(MAX_WIRE_RECORD) {
                             return Err(ConnError::Buffer(format!("{e:?}")));
                         }
                         buf.resize(want, 0);
@@ -172,6 +170,7 @@ impl Conn {
     ) -> Self {
         let id = core.next_session_id();
         let gen = core.shared.generation();
+        let out_size = core.buffers.out_size();
         Conn {
             core,
             gen,
@@ -189,6 +188,7 @@ impl Conn {
             out: OutBuf {
                 buf: None,
                 filled: 0,
+                size: out_size,
             },
             engine: None,
             handshake_deadline: None,
@@ -382,11 +382,12 @@ impl Conn {
                     handshake_finished = true;
                 } else if let Some(engine) = self.engine.as_mut() {
                     let mut produced = false;
-                    while self.out.space() > MAX_RECORD_PLAINTEXT + 64 {
+                    let record = core.record_size;
+                    while self.out.space() > record + RECORD_OVERHEAD {
                         let Some(chunk) = engine.next_output()? else {
                             break;
                         };
-                        let n = chunk.len().min(MAX_RECORD_PLAINTEXT);
+                        let n = chunk.len().min(record);
                         self.out
                             .append(&core, |b| wt.encrypt(&chunk[..n], b), encrypt_err)?;
                         engine.advance_output(n, now);
@@ -438,7 +439,7 @@ impl Conn {
             }
         }
         let mut produced = false;
-        while self.out.space() > MAX_RECORD_PLAINTEXT {
+        while self.out.space() > core.record_size {
             let chunk = match engine.next_output() {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
@@ -448,7 +449,7 @@ impl Conn {
                     return;
                 }
             };
-            let n = chunk.len().min(MAX_RECORD_PLAINTEXT);
+            let n = chunk.len().min(core.record_size);
             let _ = self.out.append(
                 &core,
                 |b: &mut [u8]| -> Result<usize, usize> {
@@ -490,7 +491,7 @@ impl Conn {
         let buf = slice.into_inner();
         res?;
         let idle = self.engine.as_ref().is_none_or(|e| !e.has_output());
-        if idle {
+        if idle && self.core.release_idle_buffers {
             self.core.buffers.put_out(buf);
         } else {
             self.out.buf = Some(buf);
@@ -516,7 +517,7 @@ impl Conn {
             return Ok(());
         }
         let pending = self.inbuf.as_ref().is_some_and(|b| !b.is_empty());
-        if !pending {
+        if !pending && self.core.release_idle_buffers {
             if let Some(b) = self.inbuf.take() {
                 self.core.buffers.put_in(b);
             }

@@ -35,7 +35,7 @@ use crate::config::{Config, Driver, ListenerConfig};
 use crate::engine::Limits;
 use crate::proxy::TrustedNetworks;
 use crate::tls::TlsContext;
-use buffers::BufferPool;
+use buffers::{BufferPool, BufferSizes};
 use conn::Conn;
 use limits::Counters;
 use local_sync::{Gate, Phase, Stage};
@@ -135,6 +135,10 @@ pub(crate) struct Core {
     pub shared: Arc<Shared>,
     pub auth_cache: RefCell<VerifyCache>,
     pub buffers: BufferPool,
+    /// Plaintext bytes per TLS record sent (`tls.record_size`).
+    pub record_size: usize,
+    /// Whether idle connections give their buffers back (`runtime.release_idle_buffers`).
+    pub release_idle_buffers: bool,
     pub metrics: Arc<CoreMetrics>,
     pub phase: Phase,
     pub handshakes: Rc<Gate>,
@@ -176,25 +180,61 @@ pub enum StartError {
 
 /// Number of event-loop threads a config asks for.
 pub fn core_count(config: &Config) -> usize {
-    match config.runtime.cores {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
+    match (config.runtime.cores, cpu_list(config)) {
+        (0, Some(cpus)) => cpus.len(),
+        (0, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        (n, _) => n,
     }
+}
+
+/// The CPUs named by `runtime.cpus` (checked by `Config::check`).
+fn cpu_list(config: &Config) -> Option<Vec<usize>> {
+    config
+        .runtime
+        .cpus
+        .as_deref()
+        .and_then(|s| crate::config::parse_cpu_list(s).ok())
+}
+
+/// The CPU a core's thread is pinned to, if any.
+fn core_cpu(config: &Config, core_id: usize) -> Option<usize> {
+    match cpu_list(config) {
+        Some(cpus) => Some(cpus[core_id % cpus.len()]),
+        None if config.runtime.pin_cores => Some(core_id),
+        None => None,
+    }
+}
+
+/// monoio's io_uring settings for one ring: SQPOLL when configured.
+fn uring_builder(cfg: &crate::config::RuntimeConfig) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if cfg.sqpoll {
+        b.setup_sqpoll(cfg.sqpoll_idle_ms);
+    }
+    b
 }
 
 /// Checks that io_uring can really be used, so that start-up fails with a
 /// clear message instead of monoio silently choosing epoll.
-pub fn check_io_uring(entries: u32) -> Result<(), StartError> {
+pub fn check_io_uring(cfg: &crate::config::RuntimeConfig) -> Result<(), StartError> {
     if !monoio::utils::detect_uring() {
         return Err(StartError::NoIoUring(
             "the kernel lacks the io_uring operations monoio needs, or MONOIO_FORCE_LEGACY_DRIVER is set".into(),
         ));
     }
     monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .with_entries(entries)
+        .with_entries(cfg.ring_entries)
+        .uring_builder(uring_builder(cfg))
         .build()
         .map(|_| ())
-        .map_err(|e| StartError::NoIoUring(e.to_string()))
+        .map_err(|e| {
+            let what = if cfg.sqpoll {
+                format!("{e} (with runtime.sqpoll = true)")
+            } else {
+                e.to_string()
+            };
+            StartError::NoIoUring(what)
+        })
 }
 
 /// Raises the open-file limit as far as allowed: every connection needs a
@@ -279,6 +319,19 @@ impl StartGate {
     }
 }
 
+/// Binds one listening socket that all cores share (`runtime.reuse_port =
+/// false`): one accept queue, each core taking connections from it.
+fn bind_shared(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    // SAFETY: listen(2) on a socket we own; calling it again on a listening
+    // socket only changes its backlog.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), backlog) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(l)
+}
+
 /// Binds one listener socket of one core.
 fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
     let opts = ListenerOpts::new()
@@ -295,11 +348,29 @@ pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
     let generation = shared.generation();
     let cfg = &generation.config;
     if cfg.runtime.driver == Driver::IoUring {
-        check_io_uring(cfg.runtime.ring_entries)?;
+        check_io_uring(&cfg.runtime)?;
+        if cfg.runtime.sqpoll {
+            tracing::info!(
+                idle_ms = cfg.runtime.sqpoll_idle_ms,
+                "runtime.sqpoll: a kernel thread polls each core's submission queue"
+            );
+        }
     } else {
         tracing::warn!(
             "runtime.driver = \"legacy\": serving with epoll, not io_uring, as configured"
         );
+    }
+    if cfg.runtime.ktls == crate::config::KtlsMode::Auto {
+        let sys = crate::tune::LiveSystem {
+            runtime: &cfg.runtime,
+        };
+        if crate::tune::ktls_offered(&sys) {
+            tracing::info!("kTLS: the kernel offers the tls ULP; records are still encrypted by rustls (pop3sd has no kTLS data path yet)");
+        } else {
+            tracing::info!(
+                "kTLS: not offered by this kernel (no tls ULP); records are encrypted by rustls"
+            );
+        }
     }
     let nofile = raise_nofile_limit();
     tracing::info!(
@@ -309,14 +380,36 @@ pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
     let cores = core_count(cfg);
     let mut addresses: Vec<SocketAddr> = shared.listeners.iter().map(|l| l.address).collect();
     let gate = Arc::new(StartGate::default());
+    let mut shared_sockets = Vec::new();
+    if !cfg.runtime.reuse_port {
+        for addr in &mut addresses {
+            let l = bind_shared(*addr, cfg.runtime.backlog).map_err(|source| StartError::Bind {
+                core: 0,
+                addr: *addr,
+                source,
+            })?;
+            *addr = l.local_addr().unwrap_or(*addr);
+            shared_sockets.push(l);
+        }
+        tracing::info!("runtime.reuse_port = false: all cores accept from one socket per listener");
+    }
     let mut threads = Vec::new();
     for core_id in 0..cores {
         let (tx, rx) = std::sync::mpsc::channel::<Result<Vec<SocketAddr>, StartError>>();
         let (shared, gate2) = (shared.clone(), gate.clone());
         let addrs = addresses.clone();
+        let sockets = shared_sockets
+            .iter()
+            .map(|l| l.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|source| StartError::Bind {
+                core: core_id,
+                addr: addresses[0],
+                source,
+            })?;
         let t = std::thread::Builder::new()
             .name(format!("pop3sd-core-{core_id}"))
-            .spawn(move || core_main(core_id, shared, addrs, tx, gate2))
+            .spawn(move || core_main(core_id, shared, addrs, sockets, tx, gate2))
             .map_err(|e| {
                 gate.decide(false);
                 StartError::Thread(e)
@@ -359,21 +452,23 @@ fn core_main(
     core_id: usize,
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
+    sockets: Vec<std::net::TcpListener>,
     ready: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, StartError>>,
     gate: Arc<StartGate>,
 ) {
     let generation = shared.generation();
     let cfg = &generation.config.runtime;
-    if cfg.pin_cores {
-        if let Err(e) = monoio::utils::bind_to_cpu_set([core_id]) {
-            tracing::warn!(core = core_id, error = %e, "cannot pin thread to its CPU");
+    if let Some(cpu) = core_cpu(&generation.config, core_id) {
+        if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+            tracing::warn!(core = core_id, cpu, error = %e, "cannot pin thread to its CPU");
         }
     }
     let entries = cfg.ring_entries;
-    let body = serve_core(core_id, shared.clone(), addrs, ready.clone(), gate);
+    let body = serve_core(core_id, shared.clone(), addrs, sockets, ready.clone(), gate);
     let result = match cfg.driver {
         Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(entries)
+            .uring_builder(uring_builder(cfg))
             .enable_timer()
             .build()
             .map(|mut rt| rt.block_on(body)),
@@ -391,6 +486,7 @@ async fn serve_core(
     core_id: usize,
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
+    sockets: Vec<std::net::TcpListener>,
     ready: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, StartError>>,
     gate: Arc<StartGate>,
 ) {
@@ -398,12 +494,18 @@ async fn serve_core(
     let cfg = &generation.config;
     let mut listeners = Vec::new();
     let mut bound = Vec::new();
+    // Shared sockets (one per listener, in order) when reuse_port is off.
+    let mut sockets = sockets.into_iter();
     for (i, addr) in addrs.iter().enumerate() {
-        match bind(*addr, cfg.runtime.backlog) {
+        let made = match sockets.next() {
+            Some(l) => TcpListener::from_std(l),
+            None => bind(*addr, cfg.runtime.backlog),
+        };
+        match made {
             Ok(l) => {
                 let local = l.local_addr().unwrap_or(*addr);
                 bound.push(local);
-                listeners.push((l, Rc::new(shared.listeners[i].clone())));
+                listeners.push((Rc::new(l), Rc::new(shared.listeners[i].clone())));
             }
             Err(source) => {
                 let _ = ready.send(Err(StartError::Bind {
@@ -437,7 +539,14 @@ async fn serve_core(
             cfg.limits.auth_cache_size,
             Duration::from_secs(cfg.limits.auth_cache_ttl_secs),
         )),
-        buffers: BufferPool::new(256),
+        buffers: BufferPool::new(BufferSizes::new(
+            cfg.runtime.write_buffer_records,
+            cfg.tls.record_size,
+            cfg.runtime.read_buffer_size,
+            cfg.runtime.buffer_pool_size,
+        )),
+        record_size: cfg.tls.record_size,
+        release_idle_buffers: cfg.runtime.release_idle_buffers,
         metrics,
         phase: Phase::default(),
         handshakes: Gate::new(cfg.limits.max_handshakes_per_core),
@@ -454,7 +563,13 @@ async fn serve_core(
     let watcher = monoio::spawn(watch_stage(core.clone()));
     let mut tasks = Vec::new();
     for (listener, info) in listeners {
-        tasks.push(monoio::spawn(accept_loop(core.clone(), listener, info)));
+        for _ in 0..cfg.runtime.accept_batch.max(1) {
+            tasks.push(monoio::spawn(accept_loop(
+                core.clone(),
+                listener.clone(),
+                info.clone(),
+            )));
+        }
     }
     if let Some(l) = extra.lmtp_tcp {
         tasks.push(monoio::spawn(lmtp_tcp_loop(core.clone(), l)));
@@ -598,7 +713,7 @@ async fn watch_stage(core: Rc<Core>) {
     }
 }
 
-async fn accept_loop(core: Rc<Core>, listener: TcpListener, info: Rc<ListenerConfig>) {
+async fn accept_loop(core: Rc<Core>, listener: Rc<TcpListener>, info: Rc<ListenerConfig>) {
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => Some(r),

@@ -1,0 +1,217 @@
+use std::collections::HashMap;
+
+use super::*;
+use crate::config::RuntimeConfig;
+
+/// A made-up machine.
+struct Fake {
+    files: HashMap<&'static str, String>,
+    nofile: Rlimit,
+    memlock: Rlimit,
+    cpus: usize,
+    uring: Result<(), String>,
+}
+
+impl Fake {
+    /// A well-tuned machine.
+    fn good() -> Fake {
+        let files = [
+            ("/proc/sys/kernel/osrelease", "6.1.0-13-amd64"),
+            ("/proc/sys/kernel/io_uring_disabled", "0"),
+            ("/proc/self/status", "Name:\tx\nSeccomp:\t0\n"),
+            ("/proc/sys/net/core/somaxconn", "4096"),
+            ("/proc/sys/net/ipv4/tcp_max_syn_backlog", "4096"),
+            ("/proc/sys/net/ipv4/ip_local_port_range", "1024\t65535"),
+            ("/proc/sys/net/ipv4/tcp_wmem", "4096\t131072\t4194304"),
+            ("/proc/sys/net/ipv4/tcp_rmem", "4096\t131072\t6291456"),
+            ("/proc/sys/net/ipv4/tcp_available_ulp", "espintcp mptcp tls"),
+            (
+                "/sys/kernel/mm/transparent_hugepage/enabled",
+                "always [madvise] never",
+            ),
+            (
+                "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor",
+                "performance",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+        Fake {
+            files,
+            nofile: Rlimit {
+                soft: Some(1024),
+                hard: Some(1 << 20),
+            },
+            memlock: Rlimit {
+                soft: Some(8 << 20),
+                hard: Some(8 << 20),
+            },
+            cpus: 8,
+            uring: Ok(()),
+        }
+    }
+}
+
+impl SystemView for Fake {
+    fn read(&self, path: &str) -> Option<String> {
+        self.files.get(path).cloned()
+    }
+    fn nofile(&self) -> Rlimit {
+        self.nofile
+    }
+    fn memlock(&self) -> Rlimit {
+        self.memlock
+    }
+    fn cpus(&self) -> usize {
+        self.cpus
+    }
+    fn io_uring(&self) -> Result<(), String> {
+        self.uring.clone()
+    }
+    fn is_root(&self) -> bool {
+        false
+    }
+}
+
+fn target(connections: usize, cores: usize) -> Target {
+    Target {
+        connections,
+        cores,
+        runtime: RuntimeConfig::default(),
+    }
+}
+
+fn find<'a>(f: &'a [Finding], check: &str) -> &'a Finding {
+    f.iter()
+        .find(|x| x.check == check)
+        .unwrap_or_else(|| panic!("no finding {check}: {f:?}"))
+}
+
+#[test]
+fn a_good_machine_has_no_warnings() {
+    let f = check(&target(10_000, 4), &Fake::good());
+    let bad: Vec<_> = f.iter().filter(|x| x.level >= Level::Warn).collect();
+    assert!(bad.is_empty(), "{bad:?}");
+    // Every check ran.
+    assert_eq!(f.len(), 12, "{f:?}");
+    assert!(find(&f, "kTLS").message.contains("offers the tls ULP"));
+}
+
+#[test]
+fn a_low_hard_nofile_limit_blocks_with_the_exact_numbers() {
+    let mut m = Fake::good();
+    m.nofile = Rlimit {
+        soft: Some(1024),
+        hard: Some(4096),
+    };
+    let t = target(10_000, 2);
+    let f = check(&t, &m);
+    let n = find(&f, "RLIMIT_NOFILE");
+    assert_eq!(n.level, Level::Blocker);
+    assert_eq!(n.observed, "soft 1024 hard 4096");
+    let need = t.descriptors_needed();
+    assert_eq!(need, 20_072);
+    assert!(n
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains(&format!("LimitNOFILE={need}")));
+    // A soft limit below the need alone is fine: pop3sd raises it.
+    m.nofile.hard = None;
+    assert_eq!(find(&check(&t, &m), "RLIMIT_NOFILE").level, Level::Ok);
+}
+
+#[test]
+fn memlock_matters_only_before_5_12() {
+    let mut m = Fake::good();
+    m.memlock = Rlimit {
+        soft: Some(64 * 1024),
+        hard: Some(64 * 1024),
+    };
+    let t = target(100, 16);
+    assert_eq!(find(&check(&t, &m), "RLIMIT_MEMLOCK").level, Level::Ok);
+    m.files
+        .insert("/proc/sys/kernel/osrelease", "5.10.0-26-amd64".into());
+    let f = check(&t, &m);
+    let x = find(&f, "RLIMIT_MEMLOCK");
+    assert_eq!(x.level, Level::Blocker, "{x:?}");
+    assert!(x.fix.as_deref().unwrap().starts_with("ulimit -l "));
+}
+
+#[test]
+fn io_uring_refused_blocks_with_the_matching_fix() {
+    let mut m = Fake::good();
+    m.uring = Err("Operation not permitted".into());
+    m.files
+        .insert("/proc/sys/kernel/io_uring_disabled", "2".into());
+    let f = check(&target(100, 2), &m);
+    let x = find(&f, "io_uring");
+    assert_eq!(x.level, Level::Blocker);
+    assert_eq!(
+        x.fix.as_deref(),
+        Some("sysctl -w kernel.io_uring_disabled=0")
+    );
+    m.files
+        .insert("/proc/sys/kernel/io_uring_disabled", "0".into());
+    m.files.insert("/proc/self/status", "Seccomp:\t2\n".into());
+    let x = check(&target(100, 2), &m);
+    assert!(find(&x, "io_uring")
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains("seccomp"));
+    // With the legacy driver io_uring is not needed.
+    let mut t = target(100, 2);
+    t.runtime.driver = Driver::Legacy;
+    assert_eq!(find(&check(&t, &m), "io_uring").level, Level::Info);
+}
+
+#[test]
+fn small_backlogs_ports_and_other_settings_warn() {
+    let mut m = Fake::good();
+    m.files.insert("/proc/sys/net/core/somaxconn", "128".into());
+    m.files.insert(
+        "/proc/sys/net/ipv4/ip_local_port_range",
+        "32768 60999".into(),
+    );
+    m.files.insert(
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+        "[always] madvise never".into(),
+    );
+    m.files.insert(
+        "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor",
+        "powersave".into(),
+    );
+    m.files
+        .insert("/proc/sys/net/ipv4/tcp_wmem", "4096 16384 4194304".into());
+    let mut t = target(50_000, 8);
+    t.runtime.sqpoll = true;
+    let f = check(&t, &m);
+    let s = find(&f, "net.core.somaxconn");
+    assert_eq!((s.level, s.observed.as_str()), (Level::Warn, "128"));
+    assert_eq!(s.fix.as_deref(), Some("sysctl -w net.core.somaxconn=1024"));
+    assert_eq!(find(&f, "net.ipv4.ip_local_port_range").level, Level::Warn);
+    assert_eq!(find(&f, "transparent_hugepage").level, Level::Warn);
+    assert_eq!(find(&f, "cpu governor").level, Level::Warn);
+    assert_eq!(
+        find(&f, "cores").level,
+        Level::Warn,
+        "SQPOLL on 8 of 8 CPUs"
+    );
+    assert_eq!(find(&f, "net.ipv4.tcp_wmem").level, Level::Info);
+    // None of these stops the server.
+    assert!(f.iter().all(|x| x.level != Level::Blocker), "{f:?}");
+    let text = render(&t, &f);
+    assert!(text.contains("0 blocker(s), 5 warning(s)"), "{text}");
+}
+
+#[test]
+fn missing_files_are_reported_not_guessed() {
+    let mut m = Fake::good();
+    m.files.clear();
+    let f = check(&target(100, 1), &m);
+    assert_eq!(find(&f, "cpu governor").observed, "not visible");
+    assert!(f.iter().all(|x| x.check != "net.core.somaxconn"));
+    assert!(find(&f, "kTLS").message.contains("no tls ULP"));
+}

@@ -1,0 +1,126 @@
+//! The performance knobs of docs/tuning.md, set far from their defaults,
+//! still serve every message byte for byte: small TLS records and buffers,
+//! a shared accept socket, several accepts in flight, SQPOLL, pinned CPUs.
+
+mod common;
+
+use common::{expected_message, Served};
+
+/// Downloads every message of both users of example.com over several
+/// connections and compares the bytes with what the demo stored.
+fn download_all(s: &Served, rounds: usize) {
+    for n in 0..2 {
+        let (user, pass) = s.user(0, n);
+        let local = user.split('@').next().unwrap().to_string();
+        let out = s.dir.path().join(format!("out-{n}"));
+        std::fs::create_dir_all(&out).unwrap();
+        s.python(&format!(
+            r#"
+import poplib
+ctx = ssl.create_default_context(cafile=INFO["ca"])
+h, p = addr("pop3s")
+class SniPop3(poplib.POP3_SSL):
+    """poplib dials 127.0.0.1 but must send the tenant's name as SNI."""
+    def _create_socket(self, timeout):
+        raw = socket.create_connection((self.host, self.port), timeout)
+        return ctx.wrap_socket(raw, server_hostname="example.com")
+for r in range({rounds}):
+    c = SniPop3(h, p, context=ctx, timeout=10)
+    c.user("{user}")
+    c.pass_("{pass}")
+    count, _ = c.stat()
+    sizes = dict((int(a), int(b)) for a, b in (l.split() for l in c.list()[1]))
+    for i in range(1, count + 1):
+        resp, lines, octets = c.retr(i)
+        body = b"\r\n".join(lines) + b"\r\n"
+        assert len(body) == sizes[i], (i, len(body), sizes[i])
+        open(os.path.join(r"{out}", "%d.eml" % i), "wb").write(body)
+    c.quit()
+print("ok")
+"#,
+            out = out.display()
+        ));
+        for i in 0..3 {
+            let got = std::fs::read(out.join(format!("{}.eml", i + 1))).unwrap();
+            assert_eq!(
+                got,
+                expected_message("example.com", &local, i),
+                "{user} message {}",
+                i + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn far_from_default_knobs_serve_exact_mail() {
+    let s = Served::start(|c| {
+        c.tls.record_size = 512;
+        c.runtime.write_buffer_records = 1;
+        c.runtime.read_buffer_size = 512;
+        c.runtime.buffer_pool_size = 0;
+        c.runtime.release_idle_buffers = false;
+        c.runtime.reuse_port = false;
+        c.runtime.accept_batch = 4;
+        c.runtime.ring_entries = 256;
+        c.runtime.cpus = Some("0".into());
+        c.runtime.cores = 0;
+    });
+    download_all(&s, 3);
+    let log = s.log();
+    assert!(
+        log.contains("all cores accept from one socket per listener"),
+        "{log}"
+    );
+    assert!(log.contains("kTLS:"), "kTLS detection is logged: {log}");
+    assert!(
+        log.contains("cores=1"),
+        "cpus = \"0\" means one core: {log}"
+    );
+}
+
+#[test]
+fn sqpoll_rings_serve_exact_mail() {
+    let s = Served::start(|c| {
+        c.runtime.sqpoll = true;
+        c.runtime.sqpoll_idle_ms = 50;
+        c.runtime.pin_cores = true;
+    });
+    download_all(&s, 2);
+    assert!(s.log().contains("runtime.sqpoll"), "{}", s.log());
+}
+
+#[test]
+fn out_of_range_knobs_are_named_by_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _) = pop3sd::demo::prepare(&pop3sd::demo::DemoOptions {
+        dir: Some(dir.path().join("root")),
+        port: 0,
+        pop3_port: 0,
+        external_port: 0,
+        users: 1,
+        messages: 0,
+        scheme: pop3sd::demo::DemoScheme::Plain,
+        cores: 1,
+        message_size: 0,
+        maildir: None,
+    })
+    .unwrap();
+    config.tls.record_size = 100_000;
+    config.runtime.accept_batch = 0;
+    config.runtime.cpus = Some("3-1".into());
+    let problems: Vec<String> = config.check().iter().map(|p| p.to_string()).collect();
+    let text = problems.join("\n");
+    assert!(
+        text.contains("tls.record_size: 100000 is outside 512..=16384"),
+        "{text}"
+    );
+    assert!(
+        text.contains("runtime.accept_batch: 0 is outside 1..=64"),
+        "{text}"
+    );
+    assert!(
+        text.contains("runtime.cpus: \"3-1\" is not a valid CPU range"),
+        "{text}"
+    );
+}
