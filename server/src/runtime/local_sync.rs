@@ -25,7 +25,57 @@ pub enum Stage {
 #[derive(Default)]
 pub struct Phase {
     stage: Cell<u8>,
-    waiters: RefCell<Vec<Waker>>,
+    waiters: RefCell<Wakers>,
+}
+
+/// Wakers of pending futures, one slot per future: a future polled again
+/// updates its slot, and a dropped one frees it, so a connection that waits
+/// on the phase at every read does not leave a waker (holding its whole
+/// task alive) behind each time.
+#[derive(Default)]
+struct Wakers {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl Wakers {
+    /// Records `w` in the future's slot, taking a slot on first use.
+    fn register(&mut self, slot: &mut Option<usize>, w: &Waker) {
+        let i = match *slot {
+            Some(i) => i,
+            None => {
+                let i = self.free.pop().unwrap_or_else(|| {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                });
+                *slot = Some(i);
+                i
+            }
+        };
+        match &mut self.slots[i] {
+            Some(old) if old.will_wake(w) => {}
+            s => *s = Some(w.clone()),
+        }
+    }
+
+    /// Frees a dropped future's slot.
+    fn remove(&mut self, i: usize) {
+        if let Some(s) = self.slots.get_mut(i) {
+            *s = None;
+            self.free.push(i);
+        }
+    }
+
+    /// Takes every waker (slots stay with their futures until dropped).
+    fn take_all(&mut self) -> Vec<Waker> {
+        self.slots.iter_mut().filter_map(Option::take).collect()
+    }
+
+    /// Slots in use (for tests).
+    #[cfg(test)]
+    fn in_use(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
 }
 
 impl Phase {
@@ -42,7 +92,10 @@ impl Phase {
     pub fn advance(&self, s: Stage) {
         if (s as u8) > self.stage.get() {
             self.stage.set(s as u8);
-            for w in self.waiters.borrow_mut().drain(..) {
+            // Wake outside the borrow: a waker may drop the last reference
+            // to a task, whose `Reached` then frees its slot.
+            let wakers = self.waiters.borrow_mut().take_all();
+            for w in wakers {
                 w.wake();
             }
         }
@@ -53,6 +106,7 @@ impl Phase {
         Reached {
             phase: self,
             stage: s,
+            slot: None,
         }
     }
 }
@@ -61,16 +115,29 @@ impl Phase {
 pub struct Reached<'a> {
     phase: &'a Phase,
     stage: Stage,
+    slot: Option<usize>,
 }
 
 impl Future for Reached<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.phase.get() >= self.stage {
+        let this = self.get_mut();
+        if this.phase.get() >= this.stage {
             return Poll::Ready(());
         }
-        self.phase.waiters.borrow_mut().push(cx.waker().clone());
+        this.phase
+            .waiters
+            .borrow_mut()
+            .register(&mut this.slot, cx.waker());
         Poll::Pending
+    }
+}
+
+impl Drop for Reached<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot.take() {
+            self.phase.waiters.borrow_mut().remove(i);
+        }
     }
 }
 
@@ -130,8 +197,10 @@ impl Pass {
     pub fn release(&mut self) {
         if let Some(g) = self.gate.take() {
             g.free.set(g.free.get() + 1);
-            // Wake every waiter: one that was cancelled must not strand the place.
-            for w in g.waiters.borrow_mut().drain(..) {
+            // Wake every waiter: one that was cancelled must not strand the
+            // place. (Outside the borrow, as in `Phase::advance`.)
+            let wakers: Vec<Waker> = g.waiters.borrow_mut().drain(..).collect();
+            for w in wakers {
                 w.wake();
             }
         }
@@ -185,5 +254,35 @@ mod tests {
         assert!(r.as_mut().poll(&mut cx).is_ready());
         p.advance(Stage::Serving);
         assert_eq!(p.get(), Stage::Closing, "never goes back");
+    }
+
+    /// The leak the soak found: every read waited on the phase with a new
+    /// future, and each left its waker (and so its task) behind for good.
+    #[test]
+    fn waiting_on_the_phase_again_and_again_holds_one_slot_at_most() {
+        let flag = Arc::new(Flag(false.into()));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let p = Phase::default();
+        let mut held = Box::pin(p.reached(Stage::Closing));
+        for _ in 0..1000 {
+            assert!(held.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(p.waiters.borrow().in_use(), 1, "re-polls reuse the slot");
+        for _ in 0..1000 {
+            let mut r = Box::pin(p.reached(Stage::Closing));
+            assert!(r.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(
+            p.waiters.borrow().in_use(),
+            1,
+            "dropped futures free theirs"
+        );
+        assert!(p.waiters.borrow().slots.len() <= 2);
+        p.advance(Stage::Closing);
+        assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(held.as_mut().poll(&mut cx).is_ready());
+        drop(held);
+        assert_eq!(p.waiters.borrow().in_use(), 0);
     }
 }
