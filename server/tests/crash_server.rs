@@ -123,6 +123,15 @@ fn where_stuck(child: &mut Child) -> String {
 }
 
 fn serve(config: &Path, log: &Path) -> Child {
+    let serving_lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .matches(" serving ")
+            .count()
+    };
+    // Counted before the start: a server quicker than this thread would
+    // otherwise log its line first, and the wait below would never end.
+    let before = serving_lines(log);
     let mut child = Command::new(common::bin())
         .args(["serve", "--config"])
         .arg(config)
@@ -138,13 +147,6 @@ fn serve(config: &Path, log: &Path) -> Child {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    let serving_lines = |p: &Path| {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .matches(" serving ")
-            .count()
-    };
-    let before = serving_lines(log);
     while serving_lines(log) == before && start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(20));
     }

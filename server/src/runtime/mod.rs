@@ -402,10 +402,13 @@ pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
             .iter()
             .map(|l| l.try_clone())
             .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|source| StartError::Bind {
-                core: core_id,
-                addr: addresses[0],
-                source,
+            .map_err(|source| {
+                gate.decide(false);
+                StartError::Bind {
+                    core: core_id,
+                    addr: addresses[0],
+                    source,
+                }
             })?;
         let t = std::thread::Builder::new()
             .name(format!("pop3sd-core-{core_id}"))
