@@ -755,12 +755,16 @@ impl Conn {
             };
             match action {
                 Action::Authenticate(req) => {
+                    // What is already answered goes out before a slow
+                    // password check.
+                    self.flush().await?;
                     let outcome = self.authenticate(req).await;
                     if let Some(e) = self.engine.as_mut() {
                         e.auth_complete(outcome, Instant::now());
                     }
                 }
                 Action::Commit { mailbox, expunge } => {
+                    self.flush().await?;
                     let r = self.commit(mailbox, expunge).await;
                     if let Some(e) = self.engine.as_mut() {
                         e.commit_complete(r);
@@ -826,7 +830,14 @@ impl Conn {
                 self.plain_step();
             }
             self.run_actions().await?;
-            self.flush().await?;
+            // Write only when this round has nothing more to add: before
+            // waiting for the client, at the end, or once the buffer cannot
+            // take another record. A TLS 1.3 ticket and the greeting, or a
+            // pipelined batch's answers, then leave in one write.
+            let full = self.out.space() <= self.core.record_size + RECORD_OVERHEAD;
+            if self.need_read || self.finished || full {
+                self.flush().await?;
+            }
             if self.finished {
                 return Ok(());
             }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# A/B of two pop3sd builds on the same data, interleaved ROUNDS times:
+# throughput, server CPU per operation, and TCP segments per operation
+# (from /proc/net/snmp, both directions on loopback).
+#
+#   A=/tmp/pop3sd-before B=target/release/pop3sd SC=handshake bench/ab.sh
+#
+# SERVER_CPU/GEN_CPU pin the server and the load generator (default: CPU 0
+# and CPU 1, one core each).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+A=${A:?A=path of the first pop3sd}; B=${B:?B=path of the second pop3sd}
+SC=${SC:-handshake}; ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-8}
+SERVER_CPU=${SERVER_CPU:-0}; GEN_CPU=${GEN_CPU:-1}
+LOADGEN=${LOADGEN:-$ROOT/target/release/pop3-loadgen}
+W=$(mktemp -d /tmp/pop3sd-ab.XXXXXX)
+PID=
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$W"' EXIT
+segs() { awk '/^Tcp:/ {n++; if (n == 2) print $12}' /proc/net/snmp; }
+for round in $(seq 1 "$ROUNDS"); do
+  for side in A B; do
+    bin=${!side}
+    rm -rf "$W/root" "$W/demo.json"
+    taskset -c "$SERVER_CPU" "$bin" demo --dir "$W/root" --cores 1 --users 200 \
+      --password-scheme plain --json >"$W/demo.json" 2>/dev/null &
+    PID=$!
+    for _ in $(seq 1 300); do [ -s "$W/demo.json" ] && break; sleep 0.1; done
+    s0=$(segs)
+    taskset -c "$GEN_CPU" "$LOADGEN" -s "$SC" --demo-json "$W/demo.json" --threads 1 -c 32 \
+      -d "$DURATION" --server-pid "$PID" --quiet --json "$W/r.json" >/dev/null 2>&1
+    s1=$(segs)
+    python3 - "$W/r.json" "$side" "$round" "$s0" "$s1" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1])); s0, s1 = int(sys.argv[4]), int(sys.argv[5])
+print(f"round {sys.argv[3]} {sys.argv[2]}: {j['ops_per_s']:,.0f} ops/s, "
+      f"{j['server_cpu_us_per_op']:,.0f} µs server CPU/op, "
+      f"{(s1 - s0) / max(j['ops'], 1):.2f} TCP segments/op, {j['error_total']} errors")
+PY
+    kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
+  done
+done
