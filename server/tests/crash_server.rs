@@ -122,6 +122,16 @@ fn where_stuck(child: &mut Child) -> String {
     out
 }
 
+/// Kills and reaps a child when dropped, also when the test panics.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn serve(config: &Path, log: &Path) -> Child {
     let serving_lines = |p: &Path| {
         std::fs::read_to_string(p)
@@ -150,17 +160,21 @@ fn serve(config: &Path, log: &Path) -> Child {
     while serving_lines(log) == before && start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(
-        start.elapsed() < Duration::from_secs(20),
-        "the server did not restart ({}): {:?}",
-        where_stuck(&mut child),
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .lines()
-            .rev()
-            .take(3)
-            .collect::<Vec<_>>()
-    );
+    if start.elapsed() >= Duration::from_secs(20) {
+        let stuck = where_stuck(&mut child);
+        // Leave nothing running behind a failed test.
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the server did not restart ({stuck}): {:?}",
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+    }
     child
 }
 
@@ -191,20 +205,22 @@ fn acknowledged_mail_survives_sigkill_of_the_server() {
     assert!(s.wait_exit(Duration::from_secs(5)).is_some());
     let journal = dir.join("journal");
     let log = dir.join("crash.log");
-    let mut worker = Command::new("python3")
-        .arg("-c")
-        .arg(WORKER)
-        .args([
-            &lmtp,
-            &pop3s,
-            ca.to_str().unwrap(),
-            journal.to_str().unwrap(),
-        ])
-        .args(users.iter().flat_map(|(u, p)| [u.clone(), p.clone()]))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let worker = Reap(
+        Command::new("python3")
+            .arg("-c")
+            .arg(WORKER)
+            .args([
+                &lmtp,
+                &pop3s,
+                ca.to_str().unwrap(),
+                journal.to_str().unwrap(),
+            ])
+            .args(users.iter().flat_map(|(u, p)| [u.clone(), p.clone()]))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut seed = 0x2545_f491_4f6c_dd1du64 ^ std::process::id() as u64;
     for _ in 0..CYCLES {
         let mut server = serve(&config, &log);
@@ -215,8 +231,7 @@ fn acknowledged_mail_survives_sigkill_of_the_server() {
         server.kill().unwrap(); // SIGKILL
         server.wait().unwrap();
     }
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    drop(worker);
 
     // Read what was acknowledged.
     let text = std::fs::read_to_string(&journal).unwrap();
