@@ -27,14 +27,6 @@ impl Drop for Dovecot {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Messages that exercise the edges: dot lines, bare LF, empty body, no
 /// final newline, 8-bit bytes, a long header.
 fn write_maildir(dir: &Path) {
@@ -221,7 +213,7 @@ fn same_dialogue_same_answers_as_dovecot() {
     for t in &s.config.tenants {
         std::fs::copy(s.config.resolve(&t.passwd_file), passwd_dir.join(&t.domain)).unwrap();
     }
-    let port = free_port();
+    let port = common::free_port();
     let dovecot = start_dovecot(&work, port, &passwd_dir, &maildirs);
     let ca = s.info.ca_file.display().to_string();
     let probe = format!(

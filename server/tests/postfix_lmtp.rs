@@ -21,14 +21,6 @@ impl Drop for Postfix {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_postfix(dir: &Path, smtp_port: u16, lmtp: &str) -> Postfix {
     std::fs::create_dir_all(dir.join("queue")).unwrap();
     std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -113,7 +105,7 @@ fn smtp_to_postfix_to_lmtp_to_pop3s_keeps_every_byte() {
     );
     let s = Served::start(|_| {});
     let lmtp = s.info.lmtp.clone().expect("demo has an LMTP listener");
-    let smtp_port = free_port();
+    let smtp_port = common::free_port();
     let pf_dir = s.dir.path().join("postfix");
     // Postfix's daemons run as user postfix and must reach their queue.
     {

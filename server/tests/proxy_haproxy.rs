@@ -8,14 +8,6 @@ use std::time::Duration;
 
 use common::{have, Served};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Haproxy(std::process::Child);
 
 impl Drop for Haproxy {
@@ -31,8 +23,8 @@ fn client_addresses_come_from_trusted_proxy_headers_only() {
         have("haproxy"),
         "haproxy is required (installed by .ci/run)"
     );
-    let backend = free_port();
-    let (v2, v1) = (free_port(), free_port());
+    let backend = common::free_port();
+    let (v2, v1) = (common::free_port(), common::free_port());
     let s = Served::start(|c| {
         c.proxy.trusted_networks = vec!["127.0.0.1/32".into()];
         c.limits.max_connections_per_ip = 1;

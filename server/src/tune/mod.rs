@@ -51,6 +51,8 @@ pub struct Target {
     /// Event-loop cores.
     pub cores: usize,
     pub runtime: crate::config::RuntimeConfig,
+    /// Plaintext bytes per TLS record (`tls.record_size`).
+    pub record_size: usize,
 }
 
 impl Target {
@@ -60,6 +62,7 @@ impl Target {
             connections: connections.unwrap_or(cfg.limits.max_connections),
             cores: crate::runtime::core_count(cfg),
             runtime: cfg.runtime.clone(),
+            record_size: cfg.tls.record_size,
         }
     }
 
@@ -71,6 +74,7 @@ impl Target {
                 .unwrap_or(crate::config::LimitsConfig::default().max_connections),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             runtime,
+            record_size: crate::config::TlsConfig::default().record_size,
         }
     }
 
@@ -346,7 +350,13 @@ fn port_range(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
 
 fn socket_buffers(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
     // RETR writes a whole output buffer (records of tls.record_size) at once.
-    let write = (t.runtime.write_buffer_records.max(1) * 16448) as u64;
+    let write = crate::runtime::buffers::BufferSizes::new(
+        t.runtime.write_buffer_records,
+        t.record_size,
+        t.runtime.read_buffer_size,
+        t.runtime.buffer_pool_size,
+    )
+    .out as u64;
     for (check, path) in [
         ("net.ipv4.tcp_wmem", "/proc/sys/net/ipv4/tcp_wmem"),
         ("net.ipv4.tcp_rmem", "/proc/sys/net/ipv4/tcp_rmem"),

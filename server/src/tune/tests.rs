@@ -79,6 +79,7 @@ fn target(connections: usize, cores: usize) -> Target {
         connections,
         cores,
         runtime: RuntimeConfig::default(),
+        record_size: 16384,
     }
 }
 

@@ -163,6 +163,16 @@ pub fn assert_success(o: &Output, what: &str, demo: &Demo) {
     }
 }
 
+/// A loopback port that was free a moment ago (for peers such as Postfix,
+/// HAProxy and Dovecot that need a fixed port in their configuration).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// True when a command exists on PATH.
 pub fn have(cmd: &str) -> bool {
     Command::new("sh")
