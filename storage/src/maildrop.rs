@@ -35,6 +35,24 @@ pub(crate) const INDEX: &str = "index";
 const APPEND_LOCK: &str = "append.lock";
 const SESSION_LOCK: &str = "session.lock";
 
+/// Indexes up to this size (about 2,000 messages) are read rather than mapped.
+const READ_INDEX_MAX: u64 = 256 * 1024;
+
+/// An index's bytes, read or mapped (see [`Maildrop::index_bytes`]).
+enum IndexBytes {
+    Read(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl AsRef<[u8]> for IndexBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            IndexBytes::Read(v) => v,
+            IndexBytes::Mapped(m) => m,
+        }
+    }
+}
+
 /// Tunables of the store, fixed when it is opened.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -299,27 +317,39 @@ impl Maildrop {
         replace_file(&self.index_path(), &index::encode(&header, &parsed.records))
     }
 
-    /// Maps the index read-only. The index is only ever appended to or
-    /// replaced by rename, never truncated, so the map stays valid.
-    fn map_index(&self) -> Result<memmap2::Mmap> {
+    /// The index's bytes for one scan: read into memory when small (one
+    /// `read` is cheaper than mapping, faulting in and unmapping a few pages,
+    /// which every login would pay), mapped when large so that opening a big
+    /// maildrop copies nothing.
+    fn index_bytes(&self) -> Result<IndexBytes> {
         let path = self.index_path();
-        let f = match File::open(&path) {
+        let mut f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NoMaildrop(self.shared.name.clone()))
             }
             Err(e) => return Err(e).at(&path),
         };
-        // SAFETY: pop3sd never truncates or rewrites an index in place: it
-        // appends whole records or renames a new file over it. The map is
-        // read-only and only bytes present at map time are read; a partially
-        // appended record is rejected by its checksum.
-        unsafe { memmap2::Mmap::map(&f) }.at(&path)
+        let len = f.metadata().at(&path)?.len();
+        if len > READ_INDEX_MAX {
+            // SAFETY: pop3sd never truncates or rewrites an index in place:
+            // it appends whole records or renames a new file over it. The map
+            // is read-only and only bytes present at map time are read; a
+            // partially appended record is rejected by its checksum.
+            return unsafe { memmap2::Mmap::map(&f) }
+                .at(&path)
+                .map(IndexBytes::Mapped);
+        }
+        // A concurrent append may grow the file meanwhile; whatever is read
+        // is a prefix of the index, and a partial record is a torn tail.
+        let mut buf = Vec::with_capacity(len as usize + RECORD_SIZE);
+        f.read_to_end(&mut buf).at(&path)?;
+        Ok(IndexBytes::Read(buf))
     }
 
     fn snapshot_from_index(&self) -> Result<(Snapshot, index::ScanSummary)> {
-        let map = self.map_index()?;
-        Snapshot::from_index(self.shared.dir.clone(), &map).map_err(|e| self.corrupt(e))
+        let bytes = self.index_bytes()?;
+        Snapshot::from_index(self.shared.dir.clone(), bytes.as_ref()).map_err(|e| self.corrupt(e))
     }
 
     /// Builds a session's snapshot, repairing a torn tail left by a crash.

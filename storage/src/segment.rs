@@ -124,18 +124,44 @@ pub fn create(dir: &Path, id: u32) -> Result<File> {
 }
 
 /// Opens segment `id` for appending at its current end.
+///
+/// A segment no longer than its header with a header that does not check
+/// was being created when the process died (killed between creating the file
+/// and writing its header, or power lost before the header reached the
+/// disk). No record can point into it, since every message lies past the
+/// header, so it is created afresh instead of blocking every later delivery.
+/// A longer segment with a bad header is corruption and is reported.
 pub fn open_for_append(dir: &Path, id: u32) -> Result<(File, u64)> {
+    use std::os::unix::fs::FileExt;
     let p = path(dir, id);
     let f = OpenOptions::new().read(true).write(true).open(&p).at(&p)?;
     let len = f.metadata().at(&p)?.len();
-    if len < HEADER_SIZE {
-        return Err(Error::Corrupt {
+    let mut head = [0u8; HEADER_SIZE as usize];
+    let got = if len >= HEADER_SIZE {
+        f.read_exact_at(&mut head, 0).at(&p)?;
+        check_header(&head, id)
+    } else {
+        Err(SegmentError::Short)
+    };
+    match got {
+        Ok(()) => Ok((f, len)),
+        Err(reason) if len <= HEADER_SIZE => {
+            tracing::warn!(
+                file = %p.display(),
+                len,
+                %reason,
+                "segment creation was interrupted; creating it again"
+            );
+            drop(f);
+            std::fs::remove_file(&p).at(&p)?;
+            Ok((create(dir, id)?, HEADER_SIZE))
+        }
+        Err(reason) => Err(Error::Corrupt {
             path: p,
             offset: 0,
-            reason: SegmentError::Short.to_string(),
-        });
+            reason: reason.to_string(),
+        }),
     }
-    Ok((f, len))
 }
 
 /// Maps segment `id` read-only and checks its header.
@@ -159,6 +185,7 @@ pub fn map(dir: &Path, id: u32) -> Result<Mmap> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     #[test]
     fn names() {
@@ -183,6 +210,32 @@ mod tests {
         bad[13] ^= 1;
         assert_eq!(check_header(&bad, 5), Err(SegmentError::Checksum));
         assert_eq!(check_header(&h[..10], 5), Err(SegmentError::Short));
+    }
+
+    #[test]
+    fn an_interrupted_creation_is_redone_and_a_bad_header_with_data_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        // Killed before the header was written, or halfway through it.
+        for partial in [&b""[..], &encode_header(3)[..10], &[0u8; 32][..]] {
+            std::fs::write(path(d.path(), 3), partial).unwrap();
+            let (mut f, end) = open_for_append(d.path(), 3).unwrap();
+            assert_eq!(end, HEADER_SIZE);
+            f.write_all_at(b"x\r\n.\r\n", end).unwrap();
+            assert_eq!(
+                &map(d.path(), 3).unwrap()[HEADER_SIZE as usize..],
+                b"x\r\n.\r\n"
+            );
+            std::fs::remove_file(path(d.path(), 3)).unwrap();
+        }
+        // A bad header in front of messages is not silently replaced.
+        let mut bytes = vec![0u8; 32];
+        bytes.extend_from_slice(b"x\r\n.\r\n");
+        std::fs::write(path(d.path(), 4), &bytes).unwrap();
+        assert!(matches!(
+            open_for_append(d.path(), 4),
+            Err(Error::Corrupt { .. })
+        ));
+        assert_eq!(std::fs::read(path(d.path(), 4)).unwrap(), bytes);
     }
 
     #[test]

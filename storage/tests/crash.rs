@@ -24,6 +24,11 @@ use pop3sd_storage::{wire, Address, PreparedMessage, Store, StoreOptions};
 
 const KILLS: u64 = 200;
 
+/// Starts every line of the child's report. The test harness prints
+/// `test crash_child ... ` on the same line as the child's first report, so
+/// the parent looks for this mark anywhere in a line rather than at its start.
+const MARK: &str = "@crash ";
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -70,6 +75,15 @@ fn options() -> StoreOptions {
     }
 }
 
+/// Reports a store error to the parent, which fails the test: an earlier
+/// crash must never leave the maildrop unusable.
+fn fail(what: &str, e: pop3sd_storage::Error) -> ! {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{MARK}E {what}: {e}");
+    let _ = out.flush();
+    std::process::exit(1);
+}
+
 /// The child's loop. Ignored in normal runs; the parent starts it.
 #[test]
 #[ignore = "entry point for the crash test's child process"]
@@ -83,23 +97,27 @@ fn crash_child() {
     };
     let mut cid: u64 = first_cid.parse().unwrap();
     let mut rng = Rng(seed.parse::<u64>().unwrap() | 1);
-    let store = Store::open(&root, options()).unwrap();
-    let md = store.ensure_maildrop(&address()).unwrap();
+    let store = Store::open(&root, options()).unwrap_or_else(|e| fail("open", e));
+    let md = store
+        .ensure_maildrop(&address())
+        .unwrap_or_else(|e| fail("maildrop", e));
     let out = std::io::stdout();
     let mut out = out.lock();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         match rng.below(10) {
             0..=5 => {
-                writeln!(out, "a {cid}").unwrap();
+                writeln!(out, "{MARK}a {cid}").unwrap();
                 out.flush().unwrap();
-                let r = md.append(PreparedMessage::from_raw(&content(cid))).unwrap();
-                writeln!(out, "A {cid} {}", r.uid).unwrap();
+                let r = md
+                    .append(PreparedMessage::from_raw(&content(cid)))
+                    .unwrap_or_else(|e| fail("append", e));
+                writeln!(out, "{MARK}A {cid} {}", r.uid).unwrap();
                 out.flush().unwrap();
                 cid += 1;
             }
             6..=8 => {
-                let mut session = md.open_session().unwrap();
+                let mut session = md.open_session().unwrap_or_else(|e| fail("session", e));
                 let n = session.snapshot().len();
                 if n == 0 {
                     continue;
@@ -112,14 +130,18 @@ fn crash_child() {
                     .iter()
                     .map(|&i| session.snapshot().message(i).unwrap().uid().to_string())
                     .collect();
-                writeln!(out, "x {}", uids.join(" ")).unwrap();
+                writeln!(out, "{MARK}x {}", uids.join(" ")).unwrap();
                 out.flush().unwrap();
-                session.expunge(&picks).unwrap();
-                writeln!(out, "X {}", uids.join(" ")).unwrap();
+                if let Err(e) = session.expunge(&picks) {
+                    fail("expunge", e);
+                }
+                writeln!(out, "{MARK}X {}", uids.join(" ")).unwrap();
                 out.flush().unwrap();
             }
             _ => {
-                md.compact().unwrap();
+                if let Err(e) = md.compact() {
+                    fail("compact", e);
+                }
             }
         }
     }
@@ -225,7 +247,8 @@ fn survives_sigkill_at_random_instants() {
 
         let mut pending_expunge: Option<Vec<u64>> = None;
         for line in &lines {
-            let mut f = line.split_whitespace();
+            let Some(at) = line.find(MARK) else { continue };
+            let mut f = line[at + MARK.len()..].split_whitespace();
             match f.next() {
                 Some("A") => {
                     let cid: u64 = f.next().unwrap().parse().unwrap();
@@ -234,6 +257,7 @@ fn survives_sigkill_at_random_instants() {
                     appends_acked += 1;
                 }
                 Some("x") => pending_expunge = Some(f.map(|u| u.parse().unwrap()).collect()),
+                Some("E") => panic!("cycle {cycle}: the child's store failed: {line}"),
                 Some("X") => {
                     exp.expunged.extend(f.map(|u| u.parse::<u64>().unwrap()));
                     pending_expunge = None;

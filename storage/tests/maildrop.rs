@@ -57,6 +57,43 @@ fn append_then_retrieve_exact_bytes() {
 }
 
 #[test]
+fn a_segment_whose_creation_was_interrupted_does_not_stop_delivery() {
+    let (_d, s) = store();
+    let md = s.create_maildrop(&addr("crash@example.com")).unwrap();
+    md.append(PreparedMessage::from_raw(&msg(1))).unwrap();
+    // A process killed between creating the next segment and writing its
+    // header leaves an empty file with the highest id.
+    std::fs::write(md.dir().join("seg-00000002"), b"").unwrap();
+    for i in 2..=3 {
+        md.append(PreparedMessage::from_raw(&msg(i))).unwrap();
+    }
+    {
+        let session = md.open_session().unwrap();
+        let snap = session.snapshot();
+        assert_eq!(snap.len(), 3);
+        for i in 0..3 {
+            assert_eq!(
+                wire::decode(snap.wire(i).unwrap()).unwrap(),
+                wire::canonical_crlf(&msg(i + 1))
+            );
+        }
+    }
+    // An interrupted compaction leaves the same kind of stray behind; the
+    // next compaction sweeps it and keeps every message.
+    std::fs::write(md.dir().join("seg-00000009"), b"POP3").unwrap();
+    let mut session = md.open_session().unwrap();
+    session.expunge(&[0]).unwrap();
+    session.compact().unwrap();
+    assert!(!md.dir().join("seg-00000009").exists());
+    let session = md.open_session().unwrap();
+    assert_eq!(session.snapshot().len(), 2);
+    assert_eq!(
+        wire::decode(session.snapshot().wire(1).unwrap()).unwrap(),
+        wire::canonical_crlf(&msg(3))
+    );
+}
+
+#[test]
 fn second_session_is_in_use_until_first_ends() {
     let (_d, s) = store();
     let a = addr("alice@example.com");
