@@ -218,7 +218,7 @@ mod tests {
         // Killed before the header was written, or halfway through it.
         for partial in [&b""[..], &encode_header(3)[..10], &[0u8; 32][..]] {
             std::fs::write(path(d.path(), 3), partial).unwrap();
-            let (mut f, end) = open_for_append(d.path(), 3).unwrap();
+            let (f, end) = open_for_append(d.path(), 3).unwrap();
             assert_eq!(end, HEADER_SIZE);
             f.write_all_at(b"x\r\n.\r\n", end).unwrap();
             assert_eq!(
