@@ -148,6 +148,45 @@ impl Record {
     }
 }
 
+/// Recognizes one maildrop's native UIDLs (see [`Uidl::native`]) cheaply:
+/// the validity prefix is fixed per maildrop, so only the uid's hex digits
+/// are read for each record.
+#[derive(Debug, Clone, Copy)]
+pub struct NativeUidl {
+    prefix: [u8; 9],
+}
+
+impl NativeUidl {
+    /// The recognizer for a maildrop whose index header has `uid_validity`.
+    pub fn new(uid_validity: u32) -> Self {
+        let mut prefix = [0u8; 9];
+        prefix.copy_from_slice(&Uidl::native(uid_validity, 0).as_bytes()[..9]);
+        NativeUidl { prefix }
+    }
+
+    /// True when `bytes` is this maildrop's native UIDL for `uid`.
+    pub fn matches(&self, bytes: &[u8], uid: u64) -> bool {
+        let Some(digits) = bytes.strip_prefix(&self.prefix[..]) else {
+            return false;
+        };
+        // Native UIDLs print the uid in lowercase hex without leading zeros.
+        let want = (64 - uid.leading_zeros()).div_ceil(4).max(1) as usize;
+        if digits.len() != want {
+            return false;
+        }
+        let mut value = 0u64;
+        for &c in digits {
+            let nibble = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return false,
+            };
+            value = (value << 4) | u64::from(nibble);
+        }
+        value == uid
+    }
+}
+
 /// A checked record read in place (no copy of its UIDL): what snapshot
 /// opening uses, so that 10,000 records cost little more than their CRCs.
 #[derive(Clone, Copy)]
@@ -174,9 +213,10 @@ impl<'a> RecordRef<'a> {
         if !(1..=MAX_UIDL).contains(&uidl_len) {
             return Err(RecordError::Field("uidl length"));
         }
+        // 0x21..=0x7e, as one unsigned comparison per byte.
         if !b[64..64 + uidl_len]
             .iter()
-            .all(|c| (0x21..=0x7e).contains(c))
+            .all(|c| c.wrapping_sub(0x21) <= 0x7e - 0x21)
         {
             return Err(RecordError::Field("uidl"));
         }
@@ -296,6 +336,18 @@ mod tests {
         assert!(Uidl::new(b"a b").is_none());
         assert!(Uidl::new(&[b'a'; 70]).is_some());
         assert_eq!(Uidl::native(1, 255).as_bytes(), b"00000001.ff");
+        for (v, uid) in [(1, 255), (0xdeadbeef, 0), (0, u64::MAX), (7, 16), (7, 15)] {
+            let n = Uidl::native(v, uid);
+            assert!(NativeUidl::new(v).matches(n.as_bytes(), uid));
+            assert!(!NativeUidl::new(v ^ 1).matches(n.as_bytes(), uid));
+            assert!(!NativeUidl::new(v).matches(n.as_bytes(), uid ^ 1));
+            assert!(!NativeUidl::new(v).matches(&n.as_bytes()[1..], uid));
+            let mut longer = n.as_bytes().to_vec();
+            longer.push(b'0');
+            assert!(!NativeUidl::new(v).matches(&longer, uid));
+        }
+        assert!(!NativeUidl::new(1).matches(b"0000000100000001", 1));
+        assert!(!NativeUidl::new(1).matches(b"00000001.A", 10));
         assert_eq!(Uidl::native(0xdeadbeef, 0).as_bytes(), b"deadbeef.0");
         assert_eq!(
             Uidl::native(0, u64::MAX).as_bytes(),

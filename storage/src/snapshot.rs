@@ -13,7 +13,7 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::index::{self, IndexError, ScanSummary};
-use crate::record::Uidl;
+use crate::record::{NativeUidl, Uidl};
 use crate::segment;
 use crate::wire::{top_len, TERMINATOR};
 
@@ -79,6 +79,7 @@ impl Snapshot {
             index_bytes.len().saturating_sub(index::HEADER_SIZE) / crate::record::RECORD_SIZE,
         );
         let mut total_size = 0u64;
+        let native = NativeUidl::new(uid_validity);
         let summary = index::scan(index_bytes, |r| {
             if r.deleted() {
                 return;
@@ -95,7 +96,7 @@ impl Snapshot {
                 }
             };
             let uid = r.uid();
-            let custom_uidl = if r.uidl_bytes() == Uidl::native(uid_validity, uid).as_bytes() {
+            let custom_uidl = if native.matches(r.uidl_bytes(), uid) {
                 None
             } else {
                 Uidl::new(r.uidl_bytes()).map(Box::new)
