@@ -6,7 +6,8 @@
 #   A=/tmp/pop3sd-before B=target/release/pop3sd SC=handshake bench/ab.sh
 #
 # SERVER_CPU/GEN_CPU pin the server and the load generator (default: CPU 0
-# and CPU 1, one core each).
+# and CPU 1, one core each). SERVER_LOG: where the server's log goes
+# (default /dev/null; a file makes logging cost what it costs in production).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 A=${A:?A=path of the first pop3sd}; B=${B:?B=path of the second pop3sd}
@@ -22,7 +23,7 @@ for round in $(seq 1 "$ROUNDS"); do
     bin=${!side}
     rm -rf "$W/root" "$W/demo.json"
     taskset -c "$SERVER_CPU" "$bin" demo --dir "$W/root" --cores 1 --users 200 \
-      --password-scheme plain --json >"$W/demo.json" 2>/dev/null &
+      --password-scheme plain --json >"$W/demo.json" 2>"${SERVER_LOG:-/dev/null}" &
     PID=$!
     for _ in $(seq 1 300); do [ -s "$W/demo.json" ] && break; sleep 0.1; done
     s0=$(segs)

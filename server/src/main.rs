@@ -194,19 +194,47 @@ enum TenantCommand {
     },
 }
 
-fn init_logging(format: &str) {
+/// Sets up logging to stderr. Long-running commands (`serve`, `demo`) hand
+/// their lines to a background writer: a core thread that logs a login must
+/// not wait for journald or a full pipe. The writer applies back-pressure
+/// instead of dropping lines when 128,000 are queued (a login record is not
+/// something to lose), and lines still queued are written when the returned
+/// guard drops at exit. Short commands write directly, in order with their
+/// own output.
+fn init_logging(
+    format: &str,
+    background: bool,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("POP3SD_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
-    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
+        .with_ansi(ansi);
+    if background {
+        // Buffered: when lines queue up, the writer thread sends them to the
+        // sink in one write and flushes once the queue is empty.
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("pop3sd-log")
+            .finish(std::io::BufWriter::new(std::io::stderr()));
+        let builder = builder.with_writer(writer);
+        if format == "json" {
+            builder.json().init();
+        } else {
+            builder.init();
+        }
+        Some(guard)
     } else {
-        builder.init();
+        let builder = builder.with_writer(std::io::stderr);
+        if format == "json" {
+            builder.json().init();
+        } else {
+            builder.init();
+        }
+        None
     }
 }
 
@@ -451,7 +479,8 @@ fn admin(command: Command) -> Result<Vec<String>, admin::AdminError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    let background = matches!(cli.command, Command::Serve { .. } | Command::Demo { .. });
+    let log_writer = init_logging(&cli.log_format, background);
     if matches!(
         cli.command,
         Command::User { .. }
@@ -473,7 +502,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(cli) {
+    let result = run(cli);
+    // Queued log lines first, then the final error, in that order.
+    drop(log_writer);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pop3sd: {e}");

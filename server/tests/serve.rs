@@ -262,3 +262,95 @@ fn check_config_names_every_problem() {
     assert!(!serve.status.success());
     assert!(String::from_utf8_lossy(&serve.stderr).contains("do not match"));
 }
+
+/// A log sink that stops reading (a stuck journald, a full pipe) must not
+/// stop the server: log lines queue in memory and are all written once the
+/// sink reads again. Without the background writer, the core that logs the
+/// ~160th login blocks on the full pipe and every later client times out.
+#[test]
+fn a_stalled_log_sink_neither_stops_serving_nor_loses_lines() {
+    use std::io::{BufRead, BufReader};
+    const SESSIONS: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, info) = prepare(dir.path());
+    let config = dir.path().join("root").join("pop3sd.toml");
+    write_config(&cfg, &config);
+    let mut child = Command::new(common::bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("POP3SD_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(log.read_line(&mut line).unwrap() > 0, "server exited");
+        if line.contains(" serving ") {
+            break;
+        }
+    }
+    // From here nobody reads the pipe (64 KiB) until every session is done;
+    // 600 sessions log about 250 KB.
+    let (user, password) = (
+        info.tenants[0].users[0].user.clone(),
+        info.tenants[0].users[0].password.clone(),
+    );
+    let script = format!(
+        r#"
+import socket, ssl, sys
+host, port = "{addr}".rsplit(":", 1)
+ctx = ssl.create_default_context(cafile=r"{ca}")
+for i in range({SESSIONS}):
+    raw = socket.create_connection((host, int(port)), 10)
+    s = ctx.wrap_socket(raw, server_hostname="example.com")
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"+OK")
+    for line in [b"USER {user}\r\n", b"PASS {password}\r\n", b"STAT\r\n", b"QUIT\r\n"]:
+        s.sendall(line)
+        r = f.readline()
+        assert r.startswith(b"+OK"), (i, r)
+    s.close()
+print("done")
+"#,
+        addr = info.pop3s,
+        ca = info.ca_file.display()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    let ok = out.status.success();
+    // Read the log again: every login line must arrive.
+    let reader = std::thread::spawn(move || {
+        let mut logins = 0;
+        let mut line = String::new();
+        while logins < SESSIONS {
+            line.clear();
+            match log.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line.contains(" login ") => logins += 1,
+                Ok(_) => {}
+            }
+        }
+        logins
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let logins = reader.join().unwrap();
+    assert!(
+        ok,
+        "clients failed while the log sink was stalled:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(logins, SESSIONS, "login lines lost");
+}
