@@ -35,7 +35,7 @@ pub(crate) const INDEX: &str = "index";
 const APPEND_LOCK: &str = "append.lock";
 const SESSION_LOCK: &str = "session.lock";
 
-/// Indexes up to this size (about 2,000 messages) are read rather than mapped.
+/// Indexes up to this size (about 1,800 messages) are read rather than mapped.
 const READ_INDEX_MAX: u64 = 256 * 1024;
 
 /// An index's bytes, read or mapped (see [`Maildrop::index_bytes`]).

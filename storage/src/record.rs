@@ -231,7 +231,10 @@ impl<'a> RecordRef<'a> {
         if r.size() > wire_len {
             return Err(RecordError::Field("size"));
         }
-        if r.offset().checked_add(wire_len).is_none() {
+        // Every message lies after its segment's header, so a record pointing
+        // into a header is damaged; `segment::open_for_append` relies on this
+        // when it recreates a segment no longer than its header.
+        if r.offset() < crate::segment::HEADER_SIZE || r.offset().checked_add(wire_len).is_none() {
             return Err(RecordError::Field("offset"));
         }
         if r.uid() == 0 {
@@ -317,6 +320,16 @@ mod tests {
         let mut d = r.clone();
         d.deleted = true;
         assert_eq!(Record::decode(&d.encode()).unwrap(), d);
+    }
+
+    #[test]
+    fn a_message_inside_the_segment_header_is_refused() {
+        let mut r = sample();
+        r.offset = 31;
+        assert_eq!(
+            Record::decode(&r.encode()),
+            Err(RecordError::Field("offset"))
+        );
     }
 
     #[test]
