@@ -340,10 +340,13 @@ impl Maildrop {
                 .at(&path)
                 .map(IndexBytes::Mapped);
         }
-        // A concurrent append may grow the file meanwhile; whatever is read
-        // is a prefix of the index, and a partial record is a torn tail.
-        let mut buf = Vec::with_capacity(len as usize + RECORD_SIZE);
-        f.read_to_end(&mut buf).at(&path)?;
+        // Exactly the length seen above, in one read: an index is never
+        // truncated (a rewrite renames a new file over it, and this handle
+        // keeps the old one), so those bytes are there; records a concurrent
+        // append adds after them are simply not in this snapshot. A
+        // partially appended record within them is a torn tail.
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact(&mut buf).at(&path)?;
         Ok(IndexBytes::Read(buf))
     }
 
