@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use pop3sd::config::Config;
-use pop3sd::demo::{self, DemoOptions, DemoScheme};
+use pop3sd::demo;
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -17,19 +17,7 @@ struct Setup {
 
 fn setup(adjust: impl FnOnce(&mut Config)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cfg, _) = demo::prepare(&DemoOptions {
-        dir: Some(dir.path().join("root")),
-        port: 0,
-        pop3_port: 0,
-        external_port: 0,
-        users: 2,
-        messages: 2,
-        scheme: DemoScheme::Plain,
-        cores: 1,
-        message_size: 0,
-        maildir: None,
-    })
-    .unwrap();
+    let (mut cfg, _) = demo::prepare(&common::demo_options(dir.path().join("root"), 2, 2)).unwrap();
     adjust(&mut cfg);
     let config = dir.path().join("root/pop3sd.toml");
     std::fs::write(&config, cfg.to_toml()).unwrap();

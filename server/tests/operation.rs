@@ -386,19 +386,8 @@ fn refuses_to_serve_as_root_unless_told() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let (mut cfg, _) = pop3sd::demo::prepare(&pop3sd::demo::DemoOptions {
-        dir: Some(d.path().join("root")),
-        port: 0,
-        pop3_port: 0,
-        external_port: 0,
-        users: 1,
-        messages: 1,
-        scheme: pop3sd::demo::DemoScheme::Plain,
-        cores: 1,
-        message_size: 0,
-        maildir: None,
-    })
-    .unwrap();
+    let (mut cfg, _) =
+        pop3sd::demo::prepare(&common::demo_options(d.path().join("root"), 1, 1)).unwrap();
     cfg.allow_root = false;
     let path = d.path().join("c.toml");
     std::fs::write(&path, cfg.to_toml()).unwrap();

@@ -9,22 +9,10 @@ use std::time::Duration;
 
 use common::have;
 use pop3sd::config::{Config, Driver};
-use pop3sd::demo::{self, DemoOptions, DemoScheme};
+use pop3sd::demo;
 
 fn prepare(dir: &Path) -> (Config, demo::DemoInfo) {
-    demo::prepare(&DemoOptions {
-        dir: Some(dir.join("root")),
-        port: 0,
-        pop3_port: 0,
-        external_port: 0,
-        users: 2,
-        messages: 2,
-        scheme: DemoScheme::Plain,
-        cores: 1,
-        message_size: 0,
-        maildir: None,
-    })
-    .unwrap()
+    demo::prepare(&common::demo_options(dir.join("root"), 2, 2)).unwrap()
 }
 
 fn write_config(cfg: &Config, path: &Path) {
@@ -67,20 +55,36 @@ fn pop3s_login(
     user: &str,
     password: &str,
 ) -> std::process::Output {
+    pop3s_logins(addr, sni, cafile, user, password, 1)
+}
+
+/// `sessions` logins one after the other (USER, PASS, STAT, QUIT, each
+/// answered +OK); prints the last one's TLS version and certificate subject.
+fn pop3s_logins(
+    addr: &str,
+    sni: &str,
+    cafile: &Path,
+    user: &str,
+    password: &str,
+    sessions: usize,
+) -> std::process::Output {
     let script = format!(
         r#"
-import poplib, socket, ssl, sys
+import socket, ssl, sys
 host, port = "{addr}".rsplit(":", 1)
 ctx = ssl.create_default_context(cafile=r"{ca}")
-raw = socket.create_connection((host, int(port)), 10)
-s = ctx.wrap_socket(raw, server_hostname="{sni}")
-f = s.makefile("rb")
-assert f.readline().startswith(b"+OK")
-for line in [b"USER {user}\r\n", b"PASS {password}\r\n", b"STAT\r\n", b"QUIT\r\n"]:
-    s.sendall(line)
-    r = f.readline()
-    assert r.startswith(b"+OK"), r
-print(s.version(), s.getpeercert()["subject"])
+for i in range({sessions}):
+    raw = socket.create_connection((host, int(port)), 10)
+    s = ctx.wrap_socket(raw, server_hostname="{sni}")
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"+OK")
+    for line in [b"USER {user}\r\n", b"PASS {password}\r\n", b"STAT\r\n", b"QUIT\r\n"]:
+        s.sendall(line)
+        r = f.readline()
+        assert r.startswith(b"+OK"), (i, r)
+    if i == {sessions} - 1:
+        print(s.version(), s.getpeercert()["subject"])
+    s.close()
 "#,
         ca = cafile.display()
     );
@@ -295,35 +299,15 @@ fn a_stalled_log_sink_neither_stops_serving_nor_loses_lines() {
     }
     // From here nobody reads the pipe (64 KiB) until every session is done;
     // 600 sessions log about 250 KB.
-    let (user, password) = (
-        info.tenants[0].users[0].user.clone(),
-        info.tenants[0].users[0].password.clone(),
+    let user = &info.tenants[0].users[0];
+    let out = pop3s_logins(
+        &info.pop3s,
+        "example.com",
+        &info.ca_file,
+        &user.user,
+        &user.password,
+        SESSIONS,
     );
-    let script = format!(
-        r#"
-import socket, ssl, sys
-host, port = "{addr}".rsplit(":", 1)
-ctx = ssl.create_default_context(cafile=r"{ca}")
-for i in range({SESSIONS}):
-    raw = socket.create_connection((host, int(port)), 10)
-    s = ctx.wrap_socket(raw, server_hostname="example.com")
-    f = s.makefile("rb")
-    assert f.readline().startswith(b"+OK")
-    for line in [b"USER {user}\r\n", b"PASS {password}\r\n", b"STAT\r\n", b"QUIT\r\n"]:
-        s.sendall(line)
-        r = f.readline()
-        assert r.startswith(b"+OK"), (i, r)
-    s.close()
-print("done")
-"#,
-        addr = info.pop3s,
-        ca = info.ca_file.display()
-    );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
     let ok = out.status.success();
     // Read the log again: every login line must arrive.
     let reader = std::thread::spawn(move || {

@@ -93,19 +93,8 @@ fn sqpoll_rings_serve_exact_mail() {
 #[test]
 fn out_of_range_knobs_are_named_by_check_config() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut config, _) = pop3sd::demo::prepare(&pop3sd::demo::DemoOptions {
-        dir: Some(dir.path().join("root")),
-        port: 0,
-        pop3_port: 0,
-        external_port: 0,
-        users: 1,
-        messages: 0,
-        scheme: pop3sd::demo::DemoScheme::Plain,
-        cores: 1,
-        message_size: 0,
-        maildir: None,
-    })
-    .unwrap();
+    let (mut config, _) =
+        pop3sd::demo::prepare(&common::demo_options(dir.path().join("root"), 1, 0)).unwrap();
     config.tls.record_size = 100_000;
     config.runtime.accept_batch = 0;
     config.runtime.cpus = Some("3-1".into());

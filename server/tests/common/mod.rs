@@ -18,6 +18,24 @@ pub struct Demo {
     pub log_file: PathBuf,
 }
 
+/// Demo data for a test: `users` per tenant with `messages` each, `{PLAIN}`
+/// passwords, ephemeral ports, one core. Callers change what they need with
+/// struct update syntax.
+pub fn demo_options(root: PathBuf, users: usize, messages: usize) -> pop3sd::demo::DemoOptions {
+    pop3sd::demo::DemoOptions {
+        dir: Some(root),
+        port: 0,
+        pop3_port: 0,
+        external_port: 0,
+        users,
+        messages,
+        scheme: pop3sd::demo::DemoScheme::Plain,
+        cores: 1,
+        message_size: 0,
+        maildir: None,
+    }
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_pop3sd")
 }
@@ -214,16 +232,9 @@ impl Served {
     ) -> Served {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut config, info) = pop3sd::demo::prepare(&pop3sd::demo::DemoOptions {
-            dir: Some(dir.path().join("root")),
-            port: 0,
-            pop3_port: 0,
-            external_port: 0,
-            users,
-            messages: 3,
-            scheme: pop3sd::demo::DemoScheme::Plain,
             cores: 2,
             message_size,
-            maildir: None,
+            ..demo_options(dir.path().join("root"), users, 3)
         })
         .expect("demo data");
         adjust(&mut config);
