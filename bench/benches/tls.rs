@@ -1,11 +1,12 @@
 //! The hardware ceiling on this machine: the cost of one TLS server
 //! handshake (full, in memory; and its main primitives, X25519 and an ECDSA
-//! P-256 signature), and record encryption by rustls against raw ring
-//! AES-GCM on the same buffer.
+//! P-256 signature), and record encryption by rustls and by pop3sd's record
+//! layer against raw ring AES-GCM on the same buffer.
 
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use pop3sd::tls::record_layer::RecordLayer;
 use pop3sd_bench::TestPki;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::agreement;
@@ -127,8 +128,30 @@ fn records(c: &mut Criterion) {
             criterion::black_box(wt.encrypt(&plain, &mut out).unwrap())
         })
     });
+    // pop3sd's record layer on the same kind of connection.
+    let (_c, s) = pop3sd_bench::unbuffered_pair(&pki.server_config(true), &pki.client_config());
+    let mut records = RecordLayer::take_over(s).unwrap();
+    g.bench_function("pop3sd_record_layer_tls13", |b| {
+        b.iter(|| criterion::black_box(records.seal(&plain, &mut out).unwrap()))
+    });
     g.finish();
 }
 
-criterion_group!(benches, handshake, records);
+/// What handing a connection from rustls to the record layer costs, once
+/// per connection.
+fn handover(c: &mut Criterion) {
+    let pki = TestPki::new();
+    let (server, client) = (pki.server_config(true), pki.client_config());
+    let mut g = c.benchmark_group("handshake");
+    g.bench_function("record_layer_handover_tls13", |b| {
+        b.iter_batched(
+            || pop3sd_bench::unbuffered_pair(&server, &client).1,
+            |s| criterion::black_box(RecordLayer::take_over(s).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, handshake, records, handover);
 criterion_main!(benches);

@@ -42,14 +42,15 @@ impl TestPki {
         } else {
             &[&rustls::version::TLS12]
         };
-        Arc::new(
-            ServerConfig::builder_with_provider(pop3sd::tls::provider())
-                .with_protocol_versions(versions)
-                .expect("versions")
-                .with_no_client_auth()
-                .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())
-                .expect("server config"),
-        )
+        let mut config = ServerConfig::builder_with_provider(pop3sd::tls::provider())
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())
+            .expect("server config");
+        // As pop3sd sets it: its record layer takes the keys after the handshake.
+        config.enable_secret_extraction = true;
+        Arc::new(config)
     }
 
     pub fn client_config(&self) -> Arc<ClientConfig> {

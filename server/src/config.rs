@@ -112,7 +112,7 @@ pub struct RuntimeConfig {
     /// client, so that idle connections cost no buffer memory.
     pub release_idle_buffers: bool,
     /// Kernel TLS: "auto" detects it at start-up and logs what it found;
-    /// "off" skips the check. Records are always encrypted by rustls.
+    /// "off" skips the check. Records are always encrypted in user space.
     pub ktls: KtlsMode,
 }
 
@@ -194,6 +194,19 @@ pub struct TlsConfig {
     /// of this size): 16384 needs the fewest records and seals; smaller
     /// records let a slow client start parsing sooner.
     pub record_size: usize,
+    /// Who seals and opens records once the handshake is over: pop3sd's
+    /// own record layer (one copy per byte, no allocation per record) or
+    /// rustls (kept for comparison and as a fallback).
+    pub record_layer: RecordLayerMode,
+}
+
+/// See [`TlsConfig::record_layer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordLayerMode {
+    #[default]
+    Pop3sd,
+    Rustls,
 }
 
 impl Default for TlsConfig {
@@ -205,6 +218,7 @@ impl Default for TlsConfig {
             session_cache_size: 10_000,
             default_tenant: None,
             record_size: 16384,
+            record_layer: RecordLayerMode::Pop3sd,
         }
     }
 }

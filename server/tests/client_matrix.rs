@@ -552,6 +552,89 @@ fn openssl_s_client_scripted_dialogue() {
 }
 
 /// Prints its text if the test panics while it is alive.
+/// OpenSSL asks for TLS 1.3 key updates mid-session (s_client's `K`, and
+/// `k` for one it does not ask to be answered): the session goes on, each
+/// answer readable under the new keys, and a message arrives intact.
+#[test]
+fn openssl_key_updates_mid_session_keep_it_going() {
+    assert!(
+        have("openssl"),
+        "openssl is required (installed by .ci/run)"
+    );
+    let demo = start();
+    let user = "alice@example.com";
+    let expected = deliver(&demo, user);
+    let a = demo.addr("pop3s");
+    // Not -quiet/-ign_eof: those turn s_client's command letters off.
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-tls1_3", "-crlf", "-verify_return_error"])
+        .args([
+            "-connect",
+            &a.to_string(),
+            "-servername",
+            "example.com",
+            "-CAfile",
+            demo.ca(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = [
+        format!("USER {user}"),
+        format!("PASS {}", demo.password(user)),
+        "K".into(),
+        "STAT".into(),
+        "k".into(),
+        "K".into(),
+        // Lower case: s_client takes a line starting R or Q as its own
+        // command (renegotiate, quit).
+        "retr 1".into(),
+        "K".into(),
+        "quit".into(),
+    ];
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for l in lines {
+            // One line per read: s_client looks at the first byte of what
+            // it read for a command letter.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            // An early exit shows in the output checked below.
+            if stdin.write_all(format!("{l}\n").as_bytes()).is_err() {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let _guard = PrintOnPanic(format!(
+        "s_client output:\n{out}\n--- stderr\n{}\n--- server log\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        demo.log()
+    ));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("KEYUPDATE").count(), 4, "s_client sent four");
+    assert!(out.contains("+OK Logged in.\r\n"));
+    let stat = format!("+OK {} {}\r\n", expected.len(), total(&expected));
+    assert!(out.contains(&stat), "STAT after a key update");
+    let head = format!("+OK {} octets\r\n", expected[0].len());
+    let start = out.find(&head).expect("RETR 1 answered") + head.len();
+    let end = start + out[start..].find("\r\n.\r\n").expect("RETR 1 ends") + 2;
+    let body: Vec<u8> = out[start..end]
+        .split_inclusive('\n')
+        .flat_map(|l| l.strip_prefix('.').unwrap_or(l).bytes())
+        .collect();
+    assert!(body == expected[0], "RETR 1 after key updates differs");
+    assert!(out.contains("+OK Logging out."), "QUIT answered");
+    assert!(
+        demo.log().contains("logout") && !demo.log().contains("error=\"tls"),
+        "the session ended cleanly"
+    );
+}
+
 struct PrintOnPanic(String);
 
 impl Drop for PrintOnPanic {

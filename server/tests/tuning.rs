@@ -1,6 +1,7 @@
 //! The performance knobs of docs/tuning.md, set far from their defaults,
 //! still serve every message byte for byte: small TLS records and buffers,
-//! a shared accept socket, several accepts in flight, SQPOLL, pinned CPUs.
+//! a shared accept socket, several accepts in flight, SQPOLL, pinned CPUs,
+//! and either record layer with every cipher suite.
 
 mod common;
 
@@ -77,6 +78,64 @@ fn far_from_default_knobs_serve_exact_mail() {
         log.contains("cores=1"),
         "cpus = \"0\" means one core: {log}"
     );
+}
+
+/// Every cipher suite a client can pick, TLS 1.3 and 1.2, through curl
+/// (OpenSSL), with pop3sd's record layer and with rustls's: each message
+/// (in 1 KiB records, so that each takes several) arrives byte for byte.
+#[test]
+fn every_cipher_suite_serves_exact_mail_with_either_record_layer() {
+    use pop3sd::config::RecordLayerMode;
+    assert!(
+        common::have("curl"),
+        "curl is required (installed by .ci/run)"
+    );
+    let suites = [
+        ("1.3", "TLS_AES_128_GCM_SHA256"),
+        ("1.3", "TLS_AES_256_GCM_SHA384"),
+        ("1.3", "TLS_CHACHA20_POLY1305_SHA256"),
+        ("1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+        ("1.2", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        ("1.2", "ECDHE-ECDSA-CHACHA20-POLY1305"),
+    ];
+    for mode in [RecordLayerMode::Pop3sd, RecordLayerMode::Rustls] {
+        let s = Served::start(|c| {
+            c.tls.record_layer = mode;
+            c.tls.record_size = 1024;
+        });
+        let port: u16 = s.info.pop3s.rsplit(':').next().unwrap().parse().unwrap();
+        let (user, pass) = s.user(0, 1);
+        let local = user.split('@').next().unwrap().to_string();
+        let curl = |version: &str, suite: &str, n: usize| {
+            let mut cmd = std::process::Command::new("curl");
+            cmd.args(["-sS", "-v", "--max-time", "20", "--cacert"])
+                .arg(&s.info.ca_file)
+                .arg("--connect-to")
+                .arg(format!("example.com:{port}:127.0.0.1:{port}"))
+                .args(["-u", &format!("{user}:{pass}")]);
+            if version == "1.3" {
+                cmd.args(["--tlsv1.3", "--tls13-ciphers", suite]);
+            } else {
+                cmd.args(["--tlsv1.2", "--tls-max", "1.2", "--ciphers", suite]);
+            }
+            cmd.arg(format!("pop3s://example.com:{port}/{n}"))
+                .output()
+                .unwrap()
+        };
+        for (version, suite) in suites {
+            for i in 0..3 {
+                let o = curl(version, suite, i + 1);
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(o.status.success(), "{mode:?} {suite}: {err}\n{}", s.log());
+                assert!(err.contains(suite), "{mode:?}: {suite} negotiated: {err}");
+                assert!(
+                    o.stdout == expected_message("example.com", &local, i),
+                    "{mode:?} {suite}: message {} differs",
+                    i + 1
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -1,10 +1,14 @@
 //! One client connection: the thin glue between a socket, rustls's
 //! unbuffered API and the sans-IO engine.
 //!
+//! rustls does the handshake; once it is over, the connection's traffic
+//! keys move to pop3sd's record layer (`tls::record_layer`), unless
+//! `tls.record_layer = "rustls"`.
+//!
 //! Data path for RETR: the engine hands out slices of the memory-mapped
-//! segment; each slice (at most one TLS record's worth) is encrypted by
-//! rustls straight into the connection's output buffer, which io_uring then
-//! writes. No plaintext copy of the message is made on the way.
+//! segment; each slice (at most one TLS record's worth) is copied once into
+//! the connection's output buffer and sealed there in place, and io_uring
+//! writes the buffer. No other copy of the message is made on the way.
 //!
 //! Idle connections hold no I/O buffer: they wait with a readiness poll and
 //! take buffers from the core's pool only when bytes move.
@@ -26,12 +30,13 @@ use super::limits::{ConnGuard, UserGuard};
 use super::local_sync::{Pass, Stage};
 use super::{Core, Generation};
 use crate::auth::{Check, Refusal};
-use crate::config::{ListenerConfig, ListenerKind};
+use crate::config::{ListenerConfig, ListenerKind, RecordLayerMode};
 use crate::engine::{
     Action, AuthOutcome, AuthRequest, Engine, ExternalIdentity, Mailbox, MailboxError,
     SessionContext, TlsInfo,
 };
 use crate::proxy;
+use crate::tls::record_layer::{RecordError, RecordLayer};
 use crate::tls::resolver::take_captured_sni;
 
 /// Largest TLS record on the wire (RFC 8446 section 5.2 plus header).
@@ -44,6 +49,8 @@ pub enum ConnError {
     Io(#[from] std::io::Error),
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("tls: {0}")]
+    Record(#[from] RecordError),
     #[error("tls handshake timed out")]
     HandshakeTimeout,
     #[error("write timed out")]
@@ -94,7 +101,11 @@ pub(crate) struct Conn {
     user_slot: Option<UserGuard>,
     /// A place among this core's handshakes in flight.
     handshake_pass: Option<Pass>,
+    /// rustls, from the start of the handshake until the record layer
+    /// takes over (or to the end, with `tls.record_layer = "rustls"`).
     tls: Option<UnbufferedServerConnection>,
+    /// pop3sd's record layer, after the handshake.
+    records: Option<RecordLayer>,
     /// Received bytes not yet processed (TLS records, or plaintext before STLS).
     inbuf: Option<Vec<u8>>,
     out: OutBuf,
@@ -115,6 +126,13 @@ pub(crate) struct Conn {
 fn encode_err(e: &EncodeError) -> Option<usize> {
     match e {
         EncodeError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
+fn record_err(e: &RecordError) -> Option<usize> {
+    match e {
+        RecordError::NeedSpace(n) => Some(*n),
         _ => None,
     }
 }
@@ -184,6 +202,7 @@ impl Conn {
             user_slot: None,
             handshake_pass: None,
             tls: None,
+            records: None,
             inbuf: None,
             out: OutBuf {
                 buf: None,
@@ -335,6 +354,12 @@ impl Conn {
         if handshaking {
             take_captured_sni();
         }
+        // Once the handshake is over and rustls has nothing left to send
+        // (it reports WriteTraffic), the record layer takes over.
+        let own_records = !handshaking
+            && self.gen.config.tls.record_layer == RecordLayerMode::Pop3sd
+            && RecordLayer::supports(tls);
+        let mut hand_over = false;
         let mut empty = Vec::new();
         let inbuf = self.inbuf.as_mut().unwrap_or(&mut empty);
         let UnbufferedStatus { discard, state } = tls.process_tls_records(inbuf);
@@ -380,6 +405,8 @@ impl Conn {
             Ok(ConnectionState::WriteTraffic(mut wt)) => {
                 if self.engine.is_none() || self.upgrading {
                     handshake_finished = true;
+                } else if own_records {
+                    hand_over = true;
                 } else if let Some(engine) = self.engine.as_mut() {
                     let mut produced = false;
                     let record = core.record_size;
@@ -420,6 +447,79 @@ impl Conn {
             if let Some(engine) = self.engine.as_mut().filter(|_| !early.is_empty()) {
                 engine.receive(&early, now);
             }
+        }
+        if hand_over {
+            if let Some(tls) = self.tls.take() {
+                self.records = Some(RecordLayer::take_over(tls)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// One round after the handshake with pop3sd's record layer: open the
+    /// records received, let the engine answer, seal the answer.
+    fn record_step(&mut self) -> Result<(), ConnError> {
+        let core = self.core.clone();
+        let now = Instant::now();
+        let Some(records) = self.records.as_mut() else {
+            return Ok(());
+        };
+        let mut received = false;
+        if let Some(inbuf) = self.inbuf.as_mut().filter(|b| !b.is_empty()) {
+            let engine = &mut self.engine;
+            let opened = records.open(inbuf, |plain| {
+                if let Some(engine) = engine.as_mut() {
+                    engine.receive(plain, now);
+                }
+            });
+            match opened {
+                Ok(o) => {
+                    drop_front(inbuf, o.consumed);
+                    received = o.consumed > 0;
+                }
+                Err(e) => {
+                    // Tell the peer why, as rustls would, then give up.
+                    let _ = self.out.append(
+                        &core,
+                        |b| Ok::<_, ()>(records.fatal_alert(&e, b)),
+                        |_| None,
+                    );
+                    return Err(e.into());
+                }
+            }
+        }
+        if records.peer_closed() {
+            self.peer_closed = true;
+        }
+        if records.wants_write() {
+            self.out
+                .append(&core, |b| records.write_pending(b), record_err)?;
+        }
+        let Some(engine) = self.engine.as_mut() else {
+            self.finished = true;
+            return Ok(());
+        };
+        let mut produced = false;
+        let record = core.record_size;
+        while self.out.space() > record + RECORD_OVERHEAD {
+            let Some(chunk) = engine.next_output()? else {
+                break;
+            };
+            let n = chunk.len().min(record);
+            self.out
+                .append(&core, |b| records.seal(&chunk[..n], b), record_err)?;
+            engine.advance_output(n, now);
+            produced = true;
+        }
+        if engine.is_closed() && !engine.has_output() && !self.close_sent {
+            self.out
+                .append(&core, |b| records.close_notify(b), record_err)?;
+            self.close_sent = true;
+            self.finished = true;
+        } else if !produced && !received {
+            // What was received may have asked for an action (a login, a
+            // commit); its answer is sealed in the next round.
+            self.need_read = true;
         }
         Ok(())
     }
@@ -820,7 +920,13 @@ impl Conn {
             }
         }
         loop {
-            if self.tls.is_some() {
+            if self.records.is_some() {
+                if let Err(e) = self.record_step() {
+                    // Send the alert queued, then give up.
+                    let _ = self.flush().await;
+                    return Err(e);
+                }
+            } else if self.tls.is_some() {
                 if let Err(e) = self.tls_step() {
                     // Send the alert rustls queued, then give up.
                     let _ = self.flush().await;

@@ -365,10 +365,10 @@ pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
             runtime: &cfg.runtime,
         };
         if crate::tune::ktls_offered(&sys) {
-            tracing::info!("kTLS: the kernel offers the tls ULP; records are still encrypted by rustls (pop3sd has no kTLS data path yet)");
+            tracing::info!("kTLS: the kernel offers the tls ULP; records are still encrypted in user space (pop3sd has no kTLS data path yet)");
         } else {
             tracing::info!(
-                "kTLS: not offered by this kernel (no tls ULP); records are encrypted by rustls"
+                "kTLS: not offered by this kernel (no tls ULP); records are encrypted in user space"
             );
         }
     }

@@ -10,6 +10,7 @@
 
 pub mod certs;
 pub mod client_identity;
+pub mod record_layer;
 pub mod resolver;
 pub mod ticket_keys;
 
@@ -20,7 +21,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::config::{ClientCerts, Config, ConfigProblem};
+use crate::config::{ClientCerts, Config, ConfigProblem, RecordLayerMode};
 pub use client_identity::ClientIdentities;
 pub use resolver::SniResolver;
 pub use ticket_keys::TicketKeys;
@@ -250,6 +251,9 @@ pub fn build(
         sc.send_tls13_tickets = cfg.tls.tls13_tickets;
         // The server's order (see `provider`) decides, as most servers do.
         sc.ignore_client_order = true;
+        // Lets the connection hand its traffic keys to pop3sd's record
+        // layer once the handshake is over (record_layer.rs).
+        sc.enable_secret_extraction = cfg.tls.record_layer == RecordLayerMode::Pop3sd;
         Ok(Arc::new(sc))
     };
     let no_client_auth = finish(None).map_err(|e| vec![problem("tls".into(), e)])?;
