@@ -6,13 +6,19 @@
 #   A=/tmp/pop3sd-before B=target/release/pop3sd SC=handshake bench/ab.sh
 #
 # SERVER_CPU/GEN_CPU pin the server and the load generator (default: CPU 0
-# and CPU 1, one core each). SERVER_LOG: where the server's log goes
+# and CPU 1, one core each). USERS, MESSAGES and MESSAGE_SIZE shape the demo
+# data (default 200 users, the demo's messages); for RETR of 1 MiB messages:
+#   SC=retr USERS=16 MESSAGES=4 MESSAGE_SIZE=1048576 CONCURRENCY=8 bench/ab.sh SERVER_LOG: where the server's log goes
 # (default /dev/null; a file makes logging cost what it costs in production).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 A=${A:?A=path of the first pop3sd}; B=${B:?B=path of the second pop3sd}
 SC=${SC:-handshake}; ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-8}
 SERVER_CPU=${SERVER_CPU:-0}; GEN_CPU=${GEN_CPU:-1}
+USERS=${USERS:-200}; CONCURRENCY=${CONCURRENCY:-32}
+SHAPE=(--users "$USERS")
+[ -n "${MESSAGES:-}" ] && SHAPE+=(--messages "$MESSAGES")
+[ -n "${MESSAGE_SIZE:-}" ] && SHAPE+=(--message-size "$MESSAGE_SIZE")
 LOADGEN=${LOADGEN:-$ROOT/target/release/pop3-loadgen}
 W=$(mktemp -d /tmp/pop3sd-ab.XXXXXX)
 PID=
@@ -22,12 +28,12 @@ for round in $(seq 1 "$ROUNDS"); do
   for side in A B; do
     bin=${!side}
     rm -rf "$W/root" "$W/demo.json"
-    taskset -c "$SERVER_CPU" "$bin" demo --dir "$W/root" --cores 1 --users 200 \
+    taskset -c "$SERVER_CPU" "$bin" demo --dir "$W/root" --cores 1 "${SHAPE[@]}" \
       --password-scheme plain --json >"$W/demo.json" 2>"${SERVER_LOG:-/dev/null}" &
     PID=$!
     for _ in $(seq 1 300); do [ -s "$W/demo.json" ] && break; sleep 0.1; done
     s0=$(segs)
-    taskset -c "$GEN_CPU" "$LOADGEN" -s "$SC" --demo-json "$W/demo.json" --threads 1 -c 32 \
+    taskset -c "$GEN_CPU" "$LOADGEN" -s "$SC" --demo-json "$W/demo.json" --threads 1 -c "$CONCURRENCY" \
       -d "$DURATION" --server-pid "$PID" --quiet --json "$W/r.json" >/dev/null 2>&1
     s1=$(segs)
     python3 - "$W/r.json" "$side" "$round" "$s0" "$s1" <<'PY'
@@ -35,7 +41,9 @@ import json, sys
 j = json.load(open(sys.argv[1])); s0, s1 = int(sys.argv[4]), int(sys.argv[5])
 print(f"round {sys.argv[3]} {sys.argv[2]}: {j['ops_per_s']:,.0f} ops/s, "
       f"{j['server_cpu_us_per_op']:,.0f} µs server CPU/op, "
-      f"{(s1 - s0) / max(j['ops'], 1):.2f} TCP segments/op, {j['error_total']} errors")
+      f"{(s1 - s0) / max(j['ops'], 1):.2f} TCP segments/op, "
+      f"{j['payload_bytes'] / max(j['duration_s'], 1e-9) / 1e6:,.0f} MB/s payload, "
+      f"{j['error_total']} errors")
 PY
     kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
   done

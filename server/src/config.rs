@@ -751,12 +751,19 @@ mod tests {
                 "tls.record_size=4096".into(),
                 "runtime.cpus=0-1".into(),
                 "runtime.ktls=off".into(),
+                "tls.record_layer=rustls".into(),
             ])
             .unwrap();
         assert!(c.runtime.sqpoll);
         assert_eq!(c.tls.record_size, 4096);
         assert_eq!(c.runtime.cpus.as_deref(), Some("0-1"));
         assert_eq!(c.runtime.ktls, KtlsMode::Off);
+        assert_eq!(c.tls.record_layer, RecordLayerMode::Rustls);
+        assert_eq!(cfg.tls.record_layer, RecordLayerMode::Pop3sd, "the default");
+        let e = cfg
+            .with_overrides(&["tls.record_layer=kernel".into()])
+            .unwrap_err();
+        assert!(e.contains("kernel") || e.contains("variant"), "{e}");
         let e = cfg
             .with_overrides(&["runtime.no_such_knob=1".into()])
             .unwrap_err();

@@ -130,13 +130,6 @@ fn encode_err(e: &EncodeError) -> Option<usize> {
     }
 }
 
-fn record_err(e: &RecordError) -> Option<usize> {
-    match e {
-        RecordError::NeedSpace(n) => Some(*n),
-        _ => None,
-    }
-}
-
 fn encrypt_err(e: &EncryptError) -> Option<usize> {
     match e {
         EncryptError::InsufficientSize(s) => Some(s.required_size),
@@ -175,6 +168,34 @@ impl OutBuf {
                     None => return Err(ConnError::Buffer(format!("{e:?}"))),
                 },
             }
+        }
+    }
+}
+
+impl OutBuf {
+    /// `append` for the record layer: its errors other than "needs more
+    /// room" end the connection as what they are (a key exhausted, say).
+    fn append_record(
+        &mut self,
+        core: &Core,
+        mut f: impl FnMut(&mut [u8]) -> Result<usize, RecordError>,
+    ) -> Result<(), ConnError> {
+        let mut failed = None;
+        let appended = self.append(
+            core,
+            |b| match f(b) {
+                Ok(n) => Ok(n),
+                Err(RecordError::NeedSpace(n)) => Err(Some(n)),
+                Err(e) => {
+                    failed = Some(e);
+                    Err(None)
+                }
+            },
+            |need| *need,
+        );
+        match failed {
+            Some(e) => Err(e.into()),
+            None => appended,
         }
     }
 }
@@ -479,11 +500,9 @@ impl Conn {
                 }
                 Err(e) => {
                     // Tell the peer why, as rustls would, then give up.
-                    let _ = self.out.append(
-                        &core,
-                        |b| Ok::<_, ()>(records.fatal_alert(&e, b)),
-                        |_| None,
-                    );
+                    let _ = self
+                        .out
+                        .append_record(&core, |b| records.fatal_alert(&e, b));
                     return Err(e.into());
                 }
             }
@@ -493,7 +512,7 @@ impl Conn {
         }
         if records.wants_write() {
             self.out
-                .append(&core, |b| records.write_pending(b), record_err)?;
+                .append_record(&core, |b| records.write_pending(b))?;
         }
         let Some(engine) = self.engine.as_mut() else {
             self.finished = true;
@@ -507,13 +526,12 @@ impl Conn {
             };
             let n = chunk.len().min(record);
             self.out
-                .append(&core, |b| records.seal(&chunk[..n], b), record_err)?;
+                .append_record(&core, |b| records.seal(&chunk[..n], b))?;
             engine.advance_output(n, now);
             produced = true;
         }
         if engine.is_closed() && !engine.has_output() && !self.close_sent {
-            self.out
-                .append(&core, |b| records.close_notify(b), record_err)?;
+            self.out.append_record(&core, |b| records.close_notify(b))?;
             self.close_sent = true;
             self.finished = true;
         } else if !produced && !received {

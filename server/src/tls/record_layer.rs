@@ -555,12 +555,14 @@ impl RecordLayer {
 
     /// Seals the fatal alert an error calls for (0 bytes when it calls for
     /// none).
-    pub fn fatal_alert(&mut self, error: &RecordError, out: &mut [u8]) -> usize {
+    pub fn fatal_alert(
+        &mut self,
+        error: &RecordError,
+        out: &mut [u8],
+    ) -> Result<usize, RecordError> {
         match error.alert() {
-            Some(d) => self
-                .seal_record(CONTENT_ALERT, &[ALERT_FATAL, d], out)
-                .unwrap_or(0),
-            None => 0,
+            Some(d) => self.seal_record(CONTENT_ALERT, &[ALERT_FATAL, d], out),
+            None => Ok(0),
         }
     }
 }

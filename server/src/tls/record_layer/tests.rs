@@ -311,7 +311,7 @@ fn a_tampered_record_is_refused_and_the_client_told_why() {
         let err = server.open(&mut wire, |_| panic!("no data")).unwrap_err();
         assert!(matches!(err, RecordError::BadRecordMac), "{err}");
         let mut out = vec![0u8; 64];
-        let n = server.fatal_alert(&err, &mut out);
+        let n = server.fatal_alert(&err, &mut out).unwrap();
         let mut slice = &out[..n];
         client.read_tls(&mut slice).unwrap();
         let seen = client.process_new_packets().unwrap_err();
