@@ -376,8 +376,13 @@ impl Conn {
             take_captured_sni();
         }
         // Once the handshake is over and rustls has nothing left to send
-        // (it reports WriteTraffic), the record layer takes over.
+        // (it reports WriteTraffic), the record layer takes over: right
+        // after rustls has sealed one more record, because a KeyUpdate
+        // rustls owes the client (asked for in the client's last flight)
+        // waits inside rustls until its next record and would be lost. Not
+        // after the client's close_notify: what follows it is ignored.
         let own_records = !handshaking
+            && !self.peer_closed
             && self.gen.config.tls.record_layer == RecordLayerMode::Pop3sd
             && RecordLayer::supports(tls);
         let mut hand_over = false;
@@ -426,8 +431,6 @@ impl Conn {
             Ok(ConnectionState::WriteTraffic(mut wt)) => {
                 if self.engine.is_none() || self.upgrading {
                     handshake_finished = true;
-                } else if own_records {
-                    hand_over = true;
                 } else if let Some(engine) = self.engine.as_mut() {
                     let mut produced = false;
                     let record = core.record_size;
@@ -440,8 +443,14 @@ impl Conn {
                             .append(&core, |b| wt.encrypt(&chunk[..n], b), encrypt_err)?;
                         engine.advance_output(n, now);
                         produced = true;
+                        if own_records {
+                            hand_over = true;
+                            break;
+                        }
                     }
-                    if engine.is_closed() && !engine.has_output() && !self.close_sent {
+                    if hand_over {
+                        // The record layer seals the rest.
+                    } else if engine.is_closed() && !engine.has_output() && !self.close_sent {
                         self.out
                             .append(&core, |b| wt.queue_close_notify(b), encrypt_err)?;
                         self.close_sent = true;
@@ -478,8 +487,24 @@ impl Conn {
     }
 
     /// One round after the handshake with pop3sd's record layer: open the
-    /// records received, let the engine answer, seal the answer.
+    /// records received, let the engine answer, seal the answer. A record
+    /// layer error sends the peer the alert it calls for.
     fn record_step(&mut self) -> Result<(), ConnError> {
+        match self.record_round() {
+            Err(ConnError::Record(e)) => {
+                let core = self.core.clone();
+                if let Some(records) = self.records.as_mut() {
+                    let _ = self
+                        .out
+                        .append_record(&core, |b| records.error_alert(&e, b));
+                }
+                Err(ConnError::Record(e))
+            }
+            other => other,
+        }
+    }
+
+    fn record_round(&mut self) -> Result<(), ConnError> {
         let core = self.core.clone();
         let now = Instant::now();
         let Some(records) = self.records.as_mut() else {
@@ -493,19 +518,9 @@ impl Conn {
                     engine.receive(plain, now);
                 }
             });
-            match opened {
-                Ok(o) => {
-                    drop_front(inbuf, o.consumed);
-                    received = o.consumed > 0;
-                }
-                Err(e) => {
-                    // Tell the peer why, as rustls would, then give up.
-                    let _ = self
-                        .out
-                        .append_record(&core, |b| records.fatal_alert(&e, b));
-                    return Err(e.into());
-                }
-            }
+            let opened = opened?;
+            drop_front(inbuf, opened.consumed);
+            received = opened.consumed > 0;
         }
         if records.peer_closed() {
             self.peer_closed = true;

@@ -19,8 +19,9 @@
 //! asks), our own KeyUpdate before a key reaches its confidentiality limit,
 //! alerts both ways, and the record size limits of RFC 8446 section 5.
 //! Anything else after the handshake (renegotiation, a protected
-//! change_cipher_spec, a fragmented post-handshake message) is refused with
-//! a fatal alert, as rustls refuses it.
+//! change_cipher_spec, a handshake message other than KeyUpdate) is refused
+//! with a fatal alert, as rustls refuses it, and so are floods of empty
+//! records, KeyUpdates and warning alerts beyond rustls's limits.
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::kernel::KernelConnection;
@@ -52,9 +53,18 @@ const ALERT_CLOSE_NOTIFY: u8 = 0;
 const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
 const ALERT_BAD_RECORD_MAC: u8 = 20;
 const ALERT_RECORD_OVERFLOW: u8 = 22;
+const ALERT_ILLEGAL_PARAMETER: u8 = 47;
 const ALERT_DECODE_ERROR: u8 = 50;
 const ALERT_INTERNAL_ERROR: u8 = 80;
 const ALERT_USER_CANCELED: u8 = 90;
+
+/// Empty application-data records in a row, and KeyUpdates without
+/// application data between them, a peer may send before it is cut off;
+/// warning alerts it may send in all (rustls's limits: each costs work and
+/// carries nothing).
+const MAX_EMPTY_RECORDS: u32 = 32;
+const MAX_KEY_UPDATES: u32 = 32;
+const MAX_WARNINGS: u32 = 4;
 
 /// Why the record layer gave up on a connection. Each carries the alert it
 /// sends to the peer, where one is due.
@@ -68,6 +78,10 @@ pub enum RecordError {
     Unexpected(&'static str),
     #[error("malformed {0} (decode_error)")]
     Decode(&'static str),
+    #[error("{0} (illegal_parameter)")]
+    IllegalParameter(&'static str),
+    #[error("too many {0} (unexpected_message)")]
+    Flood(&'static str),
     #[error("the peer sent fatal alert {0}")]
     PeerAlert(u8),
     #[error("the TLS 1.2 key reached its confidentiality limit")]
@@ -84,14 +98,19 @@ pub enum RecordError {
 }
 
 impl RecordError {
-    /// The fatal alert this error sends the peer, if any.
-    pub fn alert(&self) -> Option<u8> {
+    /// The alert (level, description) this error sends the peer, if any:
+    /// a fatal one, or close_notify when a TLS 1.2 key is used up (as
+    /// rustls does).
+    pub fn alert(&self) -> Option<(u8, u8)> {
+        let fatal = |d| Some((ALERT_FATAL, d));
         match self {
-            RecordError::BadRecordMac => Some(ALERT_BAD_RECORD_MAC),
-            RecordError::Overflow(_) => Some(ALERT_RECORD_OVERFLOW),
-            RecordError::Unexpected(_) => Some(ALERT_UNEXPECTED_MESSAGE),
-            RecordError::Decode(_) => Some(ALERT_DECODE_ERROR),
-            RecordError::KeyExhausted | RecordError::KeyUpdate(_) => Some(ALERT_INTERNAL_ERROR),
+            RecordError::BadRecordMac => fatal(ALERT_BAD_RECORD_MAC),
+            RecordError::Overflow(_) => fatal(ALERT_RECORD_OVERFLOW),
+            RecordError::Unexpected(_) | RecordError::Flood(_) => fatal(ALERT_UNEXPECTED_MESSAGE),
+            RecordError::Decode(_) => fatal(ALERT_DECODE_ERROR),
+            RecordError::IllegalParameter(_) => fatal(ALERT_ILLEGAL_PARAMETER),
+            RecordError::KeyUpdate(_) => fatal(ALERT_INTERNAL_ERROR),
+            RecordError::KeyExhausted => Some((ALERT_WARNING, ALERT_CLOSE_NOTIFY)),
             RecordError::PeerAlert(_)
             | RecordError::Handover(_)
             | RecordError::Unsupported(_)
@@ -189,9 +208,6 @@ impl DirectionKey {
         plaintext: &[u8],
         out: &mut [u8],
     ) -> Result<usize, RecordError> {
-        if plaintext.len() > MAX_PLAINTEXT {
-            return Err(RecordError::Overflow(plaintext.len()));
-        }
         let total = plaintext.len() + framing.overhead();
         if out.len() < total {
             return Err(RecordError::NeedSpace(total));
@@ -293,6 +309,13 @@ pub struct RecordLayer {
     /// The peer asked for a KeyUpdate; ours goes out before more data.
     key_update_due: bool,
     peer_closed: bool,
+    /// A post-handshake message split over records, so far (TLS 1.3
+    /// allows it; only a KeyUpdate, 5 bytes, is accepted).
+    handshake_part: Vec<u8>,
+    /// Flood counters (see `MAX_EMPTY_RECORDS` and friends).
+    empty_records: u32,
+    key_updates: u32,
+    warnings: u32,
 }
 
 impl std::fmt::Debug for RecordLayer {
@@ -336,6 +359,10 @@ impl RecordLayer {
             limit,
             key_update_due: false,
             peer_closed: false,
+            handshake_part: Vec::new(),
+            empty_records: 0,
+            key_updates: 0,
+            warnings: 0,
         })
     }
 
@@ -383,8 +410,24 @@ impl RecordLayer {
             let (header, body) = rest[..HEADER + len].split_at_mut(HEADER);
             let (content, plain) = self.open_record(typ, header, body)?;
             at += HEADER + len;
+            if content != CONTENT_HANDSHAKE && !self.handshake_part.is_empty() {
+                // RFC 8446 section 5.1: no other record inside a message.
+                return Err(RecordError::Unexpected(
+                    "a record inside a split handshake message",
+                ));
+            }
             match content {
-                CONTENT_APPLICATION_DATA => deliver(plain),
+                CONTENT_APPLICATION_DATA if plain.is_empty() => {
+                    self.empty_records += 1;
+                    if self.empty_records > MAX_EMPTY_RECORDS {
+                        return Err(RecordError::Flood("empty records"));
+                    }
+                }
+                CONTENT_APPLICATION_DATA => {
+                    self.empty_records = 0;
+                    self.key_updates = 0;
+                    deliver(plain)
+                }
                 CONTENT_ALERT => self.peer_alert(plain)?,
                 CONTENT_HANDSHAKE => self.post_handshake(plain)?,
                 CONTENT_CHANGE_CIPHER_SPEC => {
@@ -415,7 +458,11 @@ impl RecordLayer {
                     .key
                     .open_in_place(nonce, Aad::from(header), body)
                     .map_err(|_| RecordError::BadRecordMac)?;
-                // TLSInnerPlaintext: content, type, zero padding.
+                // TLSInnerPlaintext: content, type, zero padding; at most
+                // 2^14 + 1 bytes in all (RFC 8446 section 5.4).
+                if inner.len() > MAX_PLAINTEXT + 1 {
+                    return Err(RecordError::Overflow(inner.len()));
+                }
                 let Some(end) = inner.iter().rposition(|&b| b != 0) else {
                     return Err(RecordError::Unexpected("a record without content type"));
                 };
@@ -456,45 +503,87 @@ impl RecordLayer {
     }
 
     fn peer_alert(&mut self, alert: &[u8]) -> Result<(), RecordError> {
-        let [level, description] = alert else {
-            return Err(RecordError::Decode("alert"));
+        let tls13 = self.framing == Framing::Tls13;
+        let (level, description) = match alert {
+            [] if tls13 => return Err(RecordError::Unexpected("an empty alert record")),
+            [level, description] => (*level, *description),
+            _ => return Err(RecordError::Decode("alert")),
         };
-        match (*level, *description) {
-            (_, ALERT_CLOSE_NOTIFY) => self.peer_closed = true,
-            // Followed by close_notify (RFC 8446 section 6.1).
-            (_, ALERT_USER_CANCELED) => {}
-            // TLS 1.2 warnings carry on; TLS 1.3 has none but close_notify
-            // and user_canceled.
-            (ALERT_WARNING, _) if self.framing != Framing::Tls13 => {}
-            (_, d) => return Err(RecordError::PeerAlert(d)),
+        if level != ALERT_WARNING && level != ALERT_FATAL {
+            return Err(RecordError::IllegalParameter("an alert of unknown level"));
+        }
+        match description {
+            ALERT_CLOSE_NOTIFY => self.peer_closed = true,
+            // TLS 1.3 ignores the level (RFC 8446 section 6): user_canceled
+            // is followed by close_notify. In TLS 1.2 warnings carry on.
+            ALERT_USER_CANCELED if tls13 || level == ALERT_WARNING => self.warning()?,
+            _ if !tls13 && level == ALERT_WARNING => self.warning()?,
+            d => return Err(RecordError::PeerAlert(d)),
         }
         Ok(())
     }
 
-    /// A handshake message after the handshake: only a TLS 1.3 KeyUpdate,
-    /// whole in its record and last in it, is acceptable from a client.
-    fn post_handshake(&mut self, msg: &[u8]) -> Result<(), RecordError> {
+    fn warning(&mut self) -> Result<(), RecordError> {
+        self.warnings += 1;
+        if self.warnings > MAX_WARNINGS {
+            return Err(RecordError::Flood("warning alerts"));
+        }
+        Ok(())
+    }
+
+    /// Handshake bytes after the handshake: only a TLS 1.3 KeyUpdate is
+    /// acceptable from a client. It may be split over records, and must be
+    /// the last thing in its record (a key change may not fall inside a
+    /// record, RFC 8446 section 5.1).
+    fn post_handshake(&mut self, bytes: &[u8]) -> Result<(), RecordError> {
         if self.framing != Framing::Tls13 {
             return Err(RecordError::Unexpected("renegotiation"));
         }
-        match msg {
-            [HANDSHAKE_KEY_UPDATE, 0, 0, 1, request] => {
-                let request = match request {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(RecordError::Decode("KeyUpdate")),
-                };
-                let (seq, secrets) = self
-                    .kernel
-                    .update_rx_secret()
-                    .map_err(RecordError::KeyUpdate)?;
-                self.rx = DirectionKey::new(seq, secrets)?;
-                self.key_update_due |= request;
-                Ok(())
-            }
-            [HANDSHAKE_KEY_UPDATE, ..] => Err(RecordError::Decode("KeyUpdate")),
-            _ => Err(RecordError::Unexpected("a handshake message")),
+        if bytes.is_empty() {
+            return Err(RecordError::Unexpected("an empty handshake record"));
         }
+        for (i, b) in bytes.iter().enumerate() {
+            self.handshake_part.push(*b);
+            match self.handshake_part.as_slice() {
+                [t, ..] if *t != HANDSHAKE_KEY_UPDATE => {
+                    return Err(RecordError::Unexpected("a handshake message"))
+                }
+                [_, a, b, c] if [*a, *b, *c] != [0, 0, 1] => {
+                    return Err(RecordError::Decode("KeyUpdate"))
+                }
+                [_, _, _, _, request] => {
+                    let request = match request {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(RecordError::IllegalParameter("KeyUpdate request")),
+                    };
+                    if i + 1 != bytes.len() {
+                        return Err(RecordError::Unexpected(
+                            "data after a KeyUpdate in its record",
+                        ));
+                    }
+                    self.handshake_part.clear();
+                    self.key_update(request)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The peer changed its sending key; it may ask us to change ours.
+    fn key_update(&mut self, request: bool) -> Result<(), RecordError> {
+        self.key_updates += 1;
+        if self.key_updates > MAX_KEY_UPDATES {
+            return Err(RecordError::Flood("KeyUpdates without data"));
+        }
+        let (seq, secrets) = self
+            .kernel
+            .update_rx_secret()
+            .map_err(RecordError::KeyUpdate)?;
+        self.rx = DirectionKey::new(seq, secrets)?;
+        self.key_update_due |= request;
+        Ok(())
     }
 
     /// Seals one record of `content` type into `out` and returns its length.
@@ -504,6 +593,9 @@ impl RecordLayer {
         plaintext: &[u8],
         out: &mut [u8],
     ) -> Result<usize, RecordError> {
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(RecordError::Overflow(plaintext.len()));
+        }
         self.tx.seal(self.framing, content, plaintext, out)
     }
 
@@ -539,6 +631,9 @@ impl RecordLayer {
     /// into `out`, preceded by a KeyUpdate if one is due. Returns bytes
     /// written; on `NeedSpace` nothing was written.
     pub fn seal(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, RecordError> {
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(RecordError::Overflow(plaintext.len()));
+        }
         let need = self.sealed_len(plaintext.len());
         if out.len() < need {
             return Err(RecordError::NeedSpace(need));
@@ -553,15 +648,15 @@ impl RecordLayer {
         self.seal_record(CONTENT_ALERT, &[ALERT_WARNING, ALERT_CLOSE_NOTIFY], out)
     }
 
-    /// Seals the fatal alert an error calls for (0 bytes when it calls for
+    /// Seals the alert an error calls for (0 bytes when it calls for
     /// none).
-    pub fn fatal_alert(
+    pub fn error_alert(
         &mut self,
         error: &RecordError,
         out: &mut [u8],
     ) -> Result<usize, RecordError> {
         match error.alert() {
-            Some(d) => self.seal_record(CONTENT_ALERT, &[ALERT_FATAL, d], out),
+            Some((level, d)) => self.seal_record(CONTENT_ALERT, &[level, d], out),
             None => Ok(0),
         }
     }

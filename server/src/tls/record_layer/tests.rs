@@ -64,12 +64,28 @@ fn configs(suite: SupportedCipherSuite) -> (Arc<ServerConfig>, Arc<ClientConfig>
 /// Runs a full handshake between rustls's client and the unbuffered server
 /// the connection driver uses, up to the server's WriteTraffic.
 fn handshake(suite: SupportedCipherSuite) -> (ClientConnection, UnbufferedServerConnection) {
+    handshake_with(suite, |_| {})
+}
+
+/// `handshake`, with `last_flight` run on the client just before its last
+/// flight (its Finished) is written, to add to that flight.
+fn handshake_with(
+    suite: SupportedCipherSuite,
+    mut last_flight: impl FnMut(&mut ClientConnection),
+) -> (ClientConnection, UnbufferedServerConnection) {
     let (sc, cc) = configs(suite);
     let mut client = ClientConnection::new(cc, "mail.example.com".try_into().unwrap()).unwrap();
     let mut server = UnbufferedServerConnection::new(sc).unwrap();
     let mut to_server = Vec::new();
+    let mut hooked = false;
     for _ in 0..10 {
-        client.write_tls(&mut to_server).unwrap();
+        if !hooked && !client.is_handshaking() {
+            last_flight(&mut client);
+            hooked = true;
+        }
+        while client.wants_write() {
+            client.write_tls(&mut to_server).unwrap();
+        }
         let mut to_client = Vec::new();
         let mut done = false;
         loop {
@@ -311,7 +327,7 @@ fn a_tampered_record_is_refused_and_the_client_told_why() {
         let err = server.open(&mut wire, |_| panic!("no data")).unwrap_err();
         assert!(matches!(err, RecordError::BadRecordMac), "{err}");
         let mut out = vec![0u8; 64];
-        let n = server.fatal_alert(&err, &mut out).unwrap();
+        let n = server.error_alert(&err, &mut out).unwrap();
         let mut slice = &out[..n];
         client.read_tls(&mut slice).unwrap();
         let seen = client.process_new_packets().unwrap_err();
@@ -339,7 +355,7 @@ fn an_oversized_record_is_refused_from_its_header() {
         wire.extend(too_long.to_be_bytes());
         let err = server.open(&mut wire, |_| {}).unwrap_err();
         assert!(matches!(err, RecordError::Overflow(_)), "{err}");
-        assert_eq!(err.alert(), Some(ALERT_RECORD_OVERFLOW));
+        assert_eq!(err.alert(), Some((ALERT_FATAL, ALERT_RECORD_OVERFLOW)));
     }
 }
 
@@ -374,46 +390,26 @@ fn post_handshake_messages_other_than_key_update_are_refused() {
         assert!(matches!(err, RecordError::Unexpected(_)), "{err}");
 
         let (mut key, framing, mut server) = forger(suite);
-        let wire = forge(
-            &mut key,
-            framing,
-            CONTENT_HANDSHAKE,
-            &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 2],
-        );
-        assert!(matches!(
-            open_err(&mut server, wire),
-            RecordError::Decode(_)
-        ));
+        let body = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, 2];
+        let wire = forge(&mut key, framing, CONTENT_HANDSHAKE, &body);
+        let err = open_err(&mut server, wire);
+        assert!(matches!(err, RecordError::IllegalParameter(_)), "{err}");
 
-        // A KeyUpdate cut in two, or followed by more in its record.
+        // A KeyUpdate of the wrong length, or followed by more in its record.
         let (mut key, framing, mut server) = forger(suite);
-        let wire = forge(
-            &mut key,
-            framing,
-            CONTENT_HANDSHAKE,
-            &[HANDSHAKE_KEY_UPDATE, 0, 0],
-        );
-        assert!(matches!(
-            open_err(&mut server, wire),
-            RecordError::Decode(_)
-        ));
-        let (mut key, framing, mut server) = forger(suite);
-        let body = [
-            HANDSHAKE_KEY_UPDATE,
-            0,
-            0,
-            1,
-            0,
-            HANDSHAKE_KEY_UPDATE,
-            0,
-            0,
-            1,
-            0,
-        ];
+        let body = [HANDSHAKE_KEY_UPDATE, 0, 0, 2, 0, 0];
         let wire = forge(&mut key, framing, CONTENT_HANDSHAKE, &body);
         assert!(matches!(
             open_err(&mut server, wire),
             RecordError::Decode(_)
+        ));
+        let (mut key, framing, mut server) = forger(suite);
+        let mut body = vec![HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0];
+        body.extend_from_within(..);
+        let wire = forge(&mut key, framing, CONTENT_HANDSHAKE, &body);
+        assert!(matches!(
+            open_err(&mut server, wire),
+            RecordError::Unexpected(_)
         ));
 
         let (mut key, framing, mut server) = forger(suite);
@@ -546,4 +542,196 @@ fn pieces_copy_exactly() {
         copy_in_pieces(&mut dst, &src);
         assert_eq!(dst, src);
     }
+}
+
+#[test]
+fn a_key_update_in_the_clients_last_flight_survives_the_handover() {
+    // The client asks for a KeyUpdate together with its Finished: rustls
+    // processes it before the handover and keeps its answer until it seals
+    // its next record. The driver therefore lets rustls seal one record
+    // (the greeting) before taking over, as here.
+    for suite in TLS13_SUITES {
+        let (mut client, mut server) = handshake_with(suite, |c| c.refresh_traffic_keys().unwrap());
+        let mut out = vec![0u8; 4096];
+        let UnbufferedStatus { state, .. } = server.process_tls_records(&mut []);
+        let ConnectionState::WriteTraffic(mut wt) = state.unwrap() else {
+            panic!("not ready to write")
+        };
+        let mut n = wt.encrypt(b"+OK ready\r\n", &mut out).unwrap();
+        let mut records = RecordLayer::take_over(server).unwrap();
+        n += records.seal(b"+OK more\r\n", &mut out[n..]).unwrap();
+        let (got, _) = client_read(&mut client, &out[..n]);
+        assert_eq!(got, b"+OK ready\r\n+OK more\r\n", "{:?}", suite.suite());
+        let mut wire = client_write(&mut client, b"STAT\r\n");
+        assert_eq!(server_open(&mut records, &mut wire), b"STAT\r\n");
+    }
+}
+
+#[test]
+fn a_key_update_split_over_records_is_accepted() {
+    let (mut key, framing, mut server) = forger(cs::TLS13_AES_128_GCM_SHA256);
+    let mut wire = forge(
+        &mut key,
+        framing,
+        CONTENT_HANDSHAKE,
+        &[HANDSHAKE_KEY_UPDATE, 0],
+    );
+    wire.extend(forge(&mut key, framing, CONTENT_HANDSHAKE, &[0, 1, 1]));
+    assert!(server_open(&mut server, &mut wire).is_empty());
+    assert!(server.wants_write(), "the request is honoured");
+    // The server now expects the client's next key: the old one fails.
+    let wire = forge(&mut key, framing, CONTENT_APPLICATION_DATA, b"NOOP\r\n");
+    assert!(matches!(
+        open_err(&mut server, wire),
+        RecordError::BadRecordMac
+    ));
+
+    // Nothing may come between the parts, nor after it in its record.
+    let (mut key, framing, mut server) = forger(cs::TLS13_AES_128_GCM_SHA256);
+    let mut wire = forge(
+        &mut key,
+        framing,
+        CONTENT_HANDSHAKE,
+        &[HANDSHAKE_KEY_UPDATE, 0],
+    );
+    wire.extend(forge(
+        &mut key,
+        framing,
+        CONTENT_APPLICATION_DATA,
+        b"NOOP\r\n",
+    ));
+    assert!(matches!(
+        open_err(&mut server, wire),
+        RecordError::Unexpected(_)
+    ));
+    let (mut key, framing, mut server) = forger(cs::TLS13_AES_128_GCM_SHA256);
+    let body = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0, b'x'];
+    let wire = forge(&mut key, framing, CONTENT_HANDSHAKE, &body);
+    assert!(matches!(
+        open_err(&mut server, wire),
+        RecordError::Unexpected(_)
+    ));
+    let (mut key, framing, mut server) = forger(cs::TLS13_AES_128_GCM_SHA256);
+    let wire = forge(&mut key, framing, CONTENT_HANDSHAKE, &[]);
+    assert!(matches!(
+        open_err(&mut server, wire),
+        RecordError::Unexpected(_)
+    ));
+}
+
+#[test]
+fn floods_of_empty_records_key_updates_and_warnings_are_cut_off() {
+    // Empty records: 32 in a row pass, data resets the count, the 33rd in
+    // a row is refused.
+    let (mut key, framing, mut server) = forger(cs::TLS13_AES_128_GCM_SHA256);
+    let mut wire = Vec::new();
+    for _ in 0..MAX_EMPTY_RECORDS {
+        wire.extend(forge(&mut key, framing, CONTENT_APPLICATION_DATA, b""));
+    }
+    wire.extend(forge(
+        &mut key,
+        framing,
+        CONTENT_APPLICATION_DATA,
+        b"NOOP\r\n",
+    ));
+    for _ in 0..MAX_EMPTY_RECORDS {
+        wire.extend(forge(&mut key, framing, CONTENT_APPLICATION_DATA, b""));
+    }
+    assert_eq!(server_open(&mut server, &mut wire), b"NOOP\r\n");
+    let wire = forge(&mut key, framing, CONTENT_APPLICATION_DATA, b"");
+    assert!(matches!(open_err(&mut server, wire), RecordError::Flood(_)));
+
+    // KeyUpdates without data between them, from a real client.
+    let (mut client, mut server) = pair(cs::TLS13_AES_128_GCM_SHA256);
+    for _ in 0..MAX_KEY_UPDATES {
+        client.refresh_traffic_keys().unwrap();
+    }
+    let mut wire = client_write(&mut client, b"");
+    assert!(server_open(&mut server, &mut wire).is_empty());
+    let mut wire = client_write(&mut client, b"NOOP\r\n");
+    assert_eq!(server_open(&mut server, &mut wire), b"NOOP\r\n");
+    for _ in 0..=MAX_KEY_UPDATES {
+        client.refresh_traffic_keys().unwrap();
+    }
+    let mut wire = client_write(&mut client, b"");
+    let err = server.open(&mut wire, |_| {}).unwrap_err();
+    assert!(matches!(err, RecordError::Flood(_)), "{err}");
+
+    // Warning alerts: four in all.
+    for suite in [
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ] {
+        let (mut key, framing, mut server) = forger(suite);
+        let mut wire = Vec::new();
+        for _ in 0..MAX_WARNINGS {
+            let alert = [ALERT_WARNING, ALERT_USER_CANCELED];
+            wire.extend(forge(&mut key, framing, CONTENT_ALERT, &alert));
+            wire.extend(forge(&mut key, framing, CONTENT_APPLICATION_DATA, b"x"));
+        }
+        assert_eq!(server_open(&mut server, &mut wire), b"xxxx");
+        let alert = [ALERT_WARNING, ALERT_USER_CANCELED];
+        let wire = forge(&mut key, framing, CONTENT_ALERT, &alert);
+        assert!(matches!(open_err(&mut server, wire), RecordError::Flood(_)));
+    }
+}
+
+#[test]
+fn alert_levels_are_read_as_each_version_defines_them() {
+    for suite in all_suites() {
+        let tls13 = matches!(suite, SupportedCipherSuite::Tls13(_));
+        let (mut key, framing, mut server) = forger(suite);
+        let wire = forge(&mut key, framing, CONTENT_ALERT, &[3, ALERT_CLOSE_NOTIFY]);
+        let err = open_err(&mut server, wire);
+        assert!(matches!(err, RecordError::IllegalParameter(_)), "{err}");
+
+        // A fatal user_canceled: TLS 1.3 ignores the level, TLS 1.2 ends.
+        let (mut key, framing, mut server) = forger(suite);
+        let mut wire = forge(
+            &mut key,
+            framing,
+            CONTENT_ALERT,
+            &[ALERT_FATAL, ALERT_USER_CANCELED],
+        );
+        let r = server.open(&mut wire, |_| {});
+        assert_eq!(r.is_ok(), tls13, "{:?}", suite.suite());
+
+        let (mut key, framing, mut server) = forger(suite);
+        let wire = forge(&mut key, framing, CONTENT_ALERT, &[]);
+        let err = open_err(&mut server, wire);
+        if tls13 {
+            assert!(matches!(err, RecordError::Unexpected(_)), "{err}");
+        } else {
+            assert!(matches!(err, RecordError::Decode(_)), "{err}");
+        }
+    }
+}
+
+#[test]
+fn tls13_inner_plaintext_with_padding_over_the_limit_is_refused() {
+    let (mut key, framing, mut server) = forger(cs::TLS13_AES_128_GCM_SHA256);
+    // Content, its type, then padding: 2^14 + 2 bytes inside in all.
+    let mut inner = vec![b'a'; 100];
+    inner.push(CONTENT_APPLICATION_DATA);
+    inner.resize(MAX_PLAINTEXT + 1, 0);
+    // `forge` appends one more type byte (0 here: padding too).
+    let wire = forge(&mut key, framing, 0, &inner);
+    let err = open_err(&mut server, wire);
+    assert!(matches!(err, RecordError::Overflow(_)), "{err}");
+    // Just under the limit, the same shape is fine.
+    let (mut key, framing, mut server) = forger(cs::TLS13_AES_128_GCM_SHA256);
+    inner.truncate(MAX_PLAINTEXT);
+    let mut wire = forge(&mut key, framing, 0, &inner);
+    assert_eq!(server_open(&mut server, &mut wire), vec![b'a'; 100]);
+}
+
+#[test]
+fn a_used_up_tls12_key_says_close_notify() {
+    let err = RecordError::KeyExhausted;
+    assert_eq!(err.alert(), Some((ALERT_WARNING, ALERT_CLOSE_NOTIFY)));
+    let (mut client, mut server) = pair(cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384);
+    let mut out = vec![0u8; 64];
+    let n = server.error_alert(&err, &mut out).unwrap();
+    let (got, closed) = client_read(&mut client, &out[..n]);
+    assert!(got.is_empty() && closed);
 }
