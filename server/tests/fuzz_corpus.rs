@@ -13,6 +13,9 @@ mod lmtp_session {
 mod proxy_header {
     include!("../../fuzz/harness/proxy_header.rs");
 }
+mod record_layer {
+    include!("../../fuzz/harness/record_layer.rs");
+}
 mod storage_index {
     include!("../../fuzz/harness/storage_index.rs");
 }
@@ -48,4 +51,5 @@ fn corpora_replay_cleanly() {
     assert!(replay("proxy_header", proxy_header::run) > 0);
     assert!(replay("lmtp_session", lmtp_session::run) > 0);
     assert!(replay("wire_form", wire_form::run) > 0);
+    assert!(replay("record_layer", record_layer::run) > 0);
 }

@@ -678,5 +678,7 @@ fn framing(suite: CipherSuite) -> Option<Framing> {
     }
 }
 
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 mod tests;

@@ -3,14 +3,12 @@
 //! well-behaved client never sends.
 
 use std::io::{ErrorKind, Read, Write};
-use std::sync::Arc;
 
 use rustls::crypto::ring::cipher_suite as cs;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
-use rustls::{AlertDescription, ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+use rustls::{AlertDescription, ClientConnection};
 
+use super::fuzzing::{self, configs};
 use super::*;
 
 const TLS13_SUITES: [SupportedCipherSuite; 3] = [
@@ -28,39 +26,6 @@ fn all_suites() -> impl Iterator<Item = SupportedCipherSuite> {
     TLS13_SUITES.into_iter().chain(TLS12_SUITES)
 }
 
-/// A server config allowing secret extraction and a client config offering
-/// only `suite`, both trusting one fresh ECDSA P-256 certificate.
-fn configs(suite: SupportedCipherSuite) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["mail.example.com".into()]).unwrap();
-    let cert = ck.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
-    let version = match suite {
-        SupportedCipherSuite::Tls13(_) => &rustls::version::TLS13,
-        SupportedCipherSuite::Tls12(_) => &rustls::version::TLS12,
-    };
-    let provider = rustls::crypto::ring::default_provider();
-    let mut sc = ServerConfig::builder_with_provider(Arc::new(provider.clone()))
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
-    sc.enable_secret_extraction = true;
-    let mut roots = RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let only = CryptoProvider {
-        cipher_suites: vec![suite],
-        ..provider
-    };
-    let mut cc = ClientConfig::builder_with_provider(Arc::new(only))
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cc.enable_secret_extraction = true;
-    (Arc::new(sc), Arc::new(cc))
-}
-
 /// Runs a full handshake between rustls's client and the unbuffered server
 /// the connection driver uses, up to the server's WriteTraffic.
 fn handshake(suite: SupportedCipherSuite) -> (ClientConnection, UnbufferedServerConnection) {
@@ -71,50 +36,10 @@ fn handshake(suite: SupportedCipherSuite) -> (ClientConnection, UnbufferedServer
 /// flight (its Finished) is written, to add to that flight.
 fn handshake_with(
     suite: SupportedCipherSuite,
-    mut last_flight: impl FnMut(&mut ClientConnection),
+    last_flight: impl FnMut(&mut ClientConnection),
 ) -> (ClientConnection, UnbufferedServerConnection) {
     let (sc, cc) = configs(suite);
-    let mut client = ClientConnection::new(cc, "mail.example.com".try_into().unwrap()).unwrap();
-    let mut server = UnbufferedServerConnection::new(sc).unwrap();
-    let mut to_server = Vec::new();
-    let mut hooked = false;
-    for _ in 0..10 {
-        if !hooked && !client.is_handshaking() {
-            last_flight(&mut client);
-            hooked = true;
-        }
-        while client.wants_write() {
-            client.write_tls(&mut to_server).unwrap();
-        }
-        let mut to_client = Vec::new();
-        let mut done = false;
-        loop {
-            let UnbufferedStatus { discard, state } = server.process_tls_records(&mut to_server);
-            let mut blocked = false;
-            match state.unwrap() {
-                ConnectionState::EncodeTlsData(mut e) => {
-                    let mut buf = vec![0; 32768];
-                    let n = e.encode(&mut buf).unwrap();
-                    to_client.extend_from_slice(&buf[..n]);
-                }
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                ConnectionState::BlockedHandshake => blocked = true,
-                ConnectionState::WriteTraffic(_) => done = true,
-                other => panic!("unexpected state during the handshake: {other:?}"),
-            }
-            to_server.drain(..discard);
-            if blocked || done {
-                break;
-            }
-        }
-        client_read(&mut client, &to_client);
-        if done {
-            assert!(!client.is_handshaking());
-            assert!(to_server.is_empty());
-            return (client, server);
-        }
-    }
-    panic!("handshake did not finish");
+    fuzzing::handshake_with(sc, cc, last_flight)
 }
 
 fn pair(suite: SupportedCipherSuite) -> (ClientConnection, RecordLayer) {
@@ -734,4 +659,21 @@ fn a_used_up_tls12_key_says_close_notify() {
     let n = server.error_alert(&err, &mut out).unwrap();
     let (got, closed) = client_read(&mut client, &out[..n]);
     assert!(got.is_empty() && closed);
+}
+
+#[test]
+fn the_fuzz_harness_runs_what_it_is_given() {
+    // One input per suite: a command, a split KeyUpdate (TLS 1.3), a read
+    // cut inside a record, raw garbage last.
+    for suite in 0..fuzzing::SUITES.len() as u8 {
+        let mut input = vec![suite];
+        input.extend([0, CONTENT_APPLICATION_DATA, 6]);
+        input.extend(b"STAT\r\n");
+        input.extend([3, 0, CONTENT_HANDSHAKE, 2, HANDSHAKE_KEY_UPDATE, 0, 3]);
+        input.extend([1, CONTENT_HANDSHAKE, 3, 0, 1, 1]);
+        input.extend([2, 4, 0x17, 3, 3, 0xff]);
+        fuzzing::run(&input);
+    }
+    fuzzing::run(&[]);
+    fuzzing::run(&[7, 1]);
 }
