@@ -8,8 +8,9 @@
 # SERVER_CPU/GEN_CPU pin the server and the load generator (default: CPU 0
 # and CPU 1, one core each). USERS, MESSAGES and MESSAGE_SIZE shape the demo
 # data (default 200 users, the demo's messages); for RETR of 1 MiB messages:
-#   SC=retr USERS=16 MESSAGES=4 MESSAGE_SIZE=1048576 CONCURRENCY=8 bench/ab.sh SERVER_LOG: where the server's log goes
-# (default /dev/null; a file makes logging cost what it costs in production).
+#   SC=retr USERS=16 MESSAGES=4 MESSAGE_SIZE=1048576 CONCURRENCY=8 bench/ab.sh
+# SERVER_LOG: where the server's log goes (default /dev/null; a file makes
+# logging cost what it costs in production).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 A=${A:?A=path of the first pop3sd}; B=${B:?B=path of the second pop3sd}

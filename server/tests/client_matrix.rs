@@ -416,6 +416,28 @@ fn getmail6_keep_then_delete() {
     }
 }
 
+/// `openssl s_client` to the demo's POP3S port as example.com, verifying
+/// the certificate, with every stream piped.
+fn s_client(demo: &Demo, flags: &[&str]) -> std::process::Child {
+    Command::new("openssl")
+        .arg("s_client")
+        .args(flags)
+        .args([
+            "-verify_return_error",
+            "-connect",
+            &demo.addr("pop3s").to_string(),
+            "-servername",
+            "example.com",
+            "-CAfile",
+            demo.ca(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// A scripted `openssl s_client` dialogue: the commands are piped in at
 /// once (PIPELINING), the responses parsed from its output.
 #[test]
@@ -427,32 +449,11 @@ fn openssl_s_client_scripted_dialogue() {
     let demo = start();
     let user = "bob@example.com";
     let expected = deliver(&demo, user);
-    let a = demo.addr("pop3s");
     let dialogue = format!(
         "CAPA\nUSER {user}\nPASS {pw}\nSTAT\nLIST\nUIDL\nRETR 2\nTOP 1 0\nDELE 2\nRETR 2\nRSET\nLIST 2\nQUIT\n",
         pw = demo.password(user)
     );
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-crlf",
-            "-ign_eof",
-            "-verify_return_error",
-        ])
-        .args([
-            "-connect",
-            &a.to_string(),
-            "-servername",
-            "example.com",
-            "-CAfile",
-            demo.ca(),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = s_client(&demo, &["-quiet", "-crlf", "-ign_eof"]);
     {
         use std::io::Write;
         child
@@ -551,7 +552,6 @@ fn openssl_s_client_scripted_dialogue() {
     assert_eq!(stat(&demo, user), (expected.len(), total(&expected)));
 }
 
-/// Prints its text if the test panics while it is alive.
 /// OpenSSL asks for TLS 1.3 key updates mid-session (s_client's `K`, and
 /// `k` for one it does not ask to be answered): the session goes on, each
 /// answer readable under the new keys, and a message arrives intact.
@@ -564,23 +564,8 @@ fn openssl_key_updates_mid_session_keep_it_going() {
     let demo = start();
     let user = "alice@example.com";
     let expected = deliver(&demo, user);
-    let a = demo.addr("pop3s");
     // Not -quiet/-ign_eof: those turn s_client's command letters off.
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-tls1_3", "-crlf", "-verify_return_error"])
-        .args([
-            "-connect",
-            &a.to_string(),
-            "-servername",
-            "example.com",
-            "-CAfile",
-            demo.ca(),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = s_client(&demo, &["-tls1_3", "-crlf"]);
     let lines = [
         format!("USER {user}"),
         format!("PASS {}", demo.password(user)),
@@ -635,6 +620,7 @@ fn openssl_key_updates_mid_session_keep_it_going() {
     );
 }
 
+/// Prints its text if the test panics while it is alive.
 struct PrintOnPanic(String);
 
 impl Drop for PrintOnPanic {

@@ -173,6 +173,31 @@ impl OutBuf {
 }
 
 impl OutBuf {
+    /// Seals the engine's pending output, a record's worth at a time, while
+    /// a whole record still fits and at most `most` records; returns
+    /// whether anything was sealed.
+    fn seal_output(
+        &mut self,
+        core: &Core,
+        engine: &mut Engine<Session>,
+        now: Instant,
+        most: usize,
+        mut seal: impl FnMut(&mut OutBuf, &[u8]) -> Result<(), ConnError>,
+    ) -> Result<bool, ConnError> {
+        let record = core.record_size;
+        let mut sealed = 0;
+        while sealed < most && self.space() > record + RECORD_OVERHEAD {
+            let Some(chunk) = engine.next_output()? else {
+                break;
+            };
+            let n = chunk.len().min(record);
+            seal(self, &chunk[..n])?;
+            engine.advance_output(n, now);
+            sealed += 1;
+        }
+        Ok(sealed > 0)
+    }
+
     /// `append` for the record layer: its errors other than "needs more
     /// room" end the connection as what they are (a key exhausted, say).
     fn append_record(
@@ -432,22 +457,11 @@ impl Conn {
                 if self.engine.is_none() || self.upgrading {
                     handshake_finished = true;
                 } else if let Some(engine) = self.engine.as_mut() {
-                    let mut produced = false;
-                    let record = core.record_size;
-                    while self.out.space() > record + RECORD_OVERHEAD {
-                        let Some(chunk) = engine.next_output()? else {
-                            break;
-                        };
-                        let n = chunk.len().min(record);
-                        self.out
-                            .append(&core, |b| wt.encrypt(&chunk[..n], b), encrypt_err)?;
-                        engine.advance_output(n, now);
-                        produced = true;
-                        if own_records {
-                            hand_over = true;
-                            break;
-                        }
-                    }
+                    let most = if own_records { 1 } else { usize::MAX };
+                    let produced = self.out.seal_output(&core, engine, now, most, |out, c| {
+                        out.append(&core, |b| wt.encrypt(c, b), encrypt_err)
+                    })?;
+                    hand_over = own_records && produced;
                     if hand_over {
                         // The record layer seals the rest.
                     } else if engine.is_closed() && !engine.has_output() && !self.close_sent {
@@ -533,18 +547,11 @@ impl Conn {
             self.finished = true;
             return Ok(());
         };
-        let mut produced = false;
-        let record = core.record_size;
-        while self.out.space() > record + RECORD_OVERHEAD {
-            let Some(chunk) = engine.next_output()? else {
-                break;
-            };
-            let n = chunk.len().min(record);
-            self.out
-                .append_record(&core, |b| records.seal(&chunk[..n], b))?;
-            engine.advance_output(n, now);
-            produced = true;
-        }
+        let produced = self
+            .out
+            .seal_output(&core, engine, now, usize::MAX, |out, c| {
+                out.append_record(&core, |b| records.seal(c, b))
+            })?;
         if engine.is_closed() && !engine.has_output() && !self.close_sent {
             self.out.append_record(&core, |b| records.close_notify(b))?;
             self.close_sent = true;
