@@ -124,11 +124,23 @@ fn write(path: &Path, contents: impl AsRef<[u8]>, mode: u32) -> Result<(), DemoE
     })
 }
 
-fn free_port() -> Result<u16, DemoError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| DemoError::Other(format!("cannot find a free port: {e}")))
+/// Free loopback ports, distinct from each other: each probe socket stays
+/// bound until all are picked, so the kernel cannot hand one out twice.
+#[derive(Default)]
+struct FreePorts(Vec<TcpListener>);
+
+impl FreePorts {
+    /// `fixed`, or a free port when it is 0.
+    fn pick(&mut self, fixed: u16) -> Result<u16, DemoError> {
+        if fixed != 0 {
+            return Ok(fixed);
+        }
+        let err = |e: std::io::Error| DemoError::Other(format!("cannot find a free port: {e}"));
+        let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(err)?;
+        let port = probe.local_addr().map_err(err)?.port();
+        self.0.push(probe);
+        Ok(port)
+    }
 }
 
 fn dn(cn: &str) -> DistinguishedName {
@@ -338,12 +350,15 @@ pub fn prepare(opts: &DemoOptions) -> Result<(Config, DemoInfo), DemoError> {
     write(&client_cert, ccert.pem(), 0o644)?;
     write(&client_key, ckey.serialize_pem(), 0o600)?;
 
-    let pick = |p: u16| if p == 0 { free_port() } else { Ok(p) };
-    let pop3s = SocketAddr::from((Ipv4Addr::LOCALHOST, pick(opts.port)?));
-    let pop3 = SocketAddr::from((Ipv4Addr::LOCALHOST, pick(opts.pop3_port)?));
-    let external = SocketAddr::from((Ipv4Addr::LOCALHOST, pick(opts.external_port)?));
-    let lmtp = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-    let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let mut ports = FreePorts::default();
+    let local = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+    let pop3s = local(ports.pick(opts.port)?);
+    let pop3 = local(ports.pick(opts.pop3_port)?);
+    let external = local(ports.pick(opts.external_port)?);
+    let lmtp = local(ports.pick(0)?);
+    let metrics = local(ports.pick(0)?);
+    // The server binds them later; the probes must be gone by then.
+    drop(ports);
     let config_path = root.join("pop3sd.toml");
     let config = Config {
         storage_root: root.join("mail"),
@@ -521,4 +536,20 @@ pub fn banner(info: &DemoInfo) -> String {
         cc = info.client_cert.display(),
         ck = info.client_key.display(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FreePorts;
+
+    #[test]
+    fn free_ports_are_distinct_and_fixed_ones_kept() {
+        let mut ports = FreePorts::default();
+        let mut seen: Vec<u16> = (0..50).map(|_| ports.pick(0).unwrap()).collect();
+        assert!(seen.iter().all(|&p| p != 0));
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 50, "no port handed out twice");
+        assert_eq!(ports.pick(9995).unwrap(), 9995);
+    }
 }
