@@ -125,9 +125,20 @@ fn write(path: &Path, contents: impl AsRef<[u8]>, mode: u32) -> Result<(), DemoE
 }
 
 /// Free loopback ports, distinct from each other: each probe socket stays
-/// bound until all are picked, so the kernel cannot hand one out twice.
+/// bound until all are picked, so none is handed out twice. They are taken
+/// below the kernel's ephemeral range, so that no outgoing connection (a
+/// client of another demo on the machine, say) can take one between the
+/// pick and the server's bind.
 #[derive(Default)]
 struct FreePorts(Vec<TcpListener>);
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+}
 
 impl FreePorts {
     /// `fixed`, or a free port when it is 0.
@@ -135,6 +146,21 @@ impl FreePorts {
         if fixed != 0 {
             return Ok(fixed);
         }
+        let ephemeral_low = ephemeral_low();
+        let low = ephemeral_low.saturating_sub(16384).max(1024);
+        let rng = ring::rand::SystemRandom::new();
+        for _ in 0..200 {
+            let span = ephemeral_low.saturating_sub(low).max(1);
+            let r: [u8; 2] = ring::rand::generate(&rng)
+                .map(|r| r.expose())
+                .unwrap_or([0, 0]);
+            let port = low + u16::from_le_bytes(r) % span;
+            if let Ok(probe) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+                self.0.push(probe);
+                return Ok(port);
+            }
+        }
+        // Everything below the range is taken: let the kernel choose.
         let err = |e: std::io::Error| DemoError::Other(format!("cannot find a free port: {e}"));
         let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(err)?;
         let port = probe.local_addr().map_err(err)?.port();
@@ -546,7 +572,8 @@ mod tests {
     fn free_ports_are_distinct_and_fixed_ones_kept() {
         let mut ports = FreePorts::default();
         let mut seen: Vec<u16> = (0..50).map(|_| ports.pick(0).unwrap()).collect();
-        assert!(seen.iter().all(|&p| p != 0));
+        let below = super::ephemeral_low();
+        assert!(seen.iter().all(|&p| (1024..below).contains(&p)), "{seen:?}");
         seen.sort_unstable();
         seen.dedup();
         assert_eq!(seen.len(), 50, "no port handed out twice");
