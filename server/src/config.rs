@@ -91,6 +91,10 @@ pub struct RuntimeConfig {
     pub sqpoll: bool,
     /// How long an SQPOLL thread spins without work before it sleeps.
     pub sqpoll_idle_ms: u32,
+    /// When a ring's completions are processed: by default only when the
+    /// core asks for them, so that a busy core is not interrupted by an
+    /// inter-processor interrupt for each one.
+    pub task_work: TaskWork,
     /// Threads for password hashing and storage work.
     pub blocking_threads: usize,
     /// Listen backlog per listener socket.
@@ -116,6 +120,42 @@ pub struct RuntimeConfig {
     pub ktls: KtlsMode,
 }
 
+/// See [`RuntimeConfig::task_work`]. Each mode needs a newer kernel than
+/// the next; the server falls back down the list when the kernel refuses one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskWork {
+    /// Completions wait until the core next waits for events (Linux 6.1+):
+    /// no interrupts, and they are handled in batches.
+    #[default]
+    Defer,
+    /// Completions wait until the core next enters the kernel (Linux 5.19+).
+    Cooperative,
+    /// The kernel's default: an inter-processor interrupt makes a busy core
+    /// handle each completion at once.
+    Interrupt,
+}
+
+impl TaskWork {
+    /// The next mode down, tried when the kernel refuses this one.
+    pub fn fallback(self) -> Option<TaskWork> {
+        match self {
+            TaskWork::Defer => Some(TaskWork::Cooperative),
+            TaskWork::Cooperative => Some(TaskWork::Interrupt),
+            TaskWork::Interrupt => None,
+        }
+    }
+
+    /// The name used in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskWork::Defer => "defer",
+            TaskWork::Cooperative => "cooperative",
+            TaskWork::Interrupt => "interrupt",
+        }
+    }
+}
+
 /// See [`RuntimeConfig::ktls`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -135,6 +175,7 @@ impl Default for RuntimeConfig {
             ring_entries: 1024,
             sqpoll: false,
             sqpoll_idle_ms: 1000,
+            task_work: TaskWork::Defer,
             blocking_threads: 2,
             backlog: 1024,
             reuse_port: true,

@@ -1,7 +1,8 @@
 //! The performance knobs of docs/tuning.md, set far from their defaults,
 //! still serve every message byte for byte: small TLS records and buffers,
-//! a shared accept socket, several accepts in flight, SQPOLL, pinned CPUs,
-//! and either record layer with every cipher suite.
+//! a shared accept socket, several accepts in flight, SQPOLL, each io_uring
+//! task-work mode, pinned CPUs, and either record layer with every cipher
+//! suite.
 
 mod common;
 
@@ -135,6 +136,23 @@ fn every_cipher_suite_serves_exact_mail_with_either_record_layer() {
                 );
             }
         }
+    }
+}
+
+/// Each way of handing completions to a core serves the same bytes; the
+/// kernel here (6.x) accepts all three, and the log says which one is used.
+#[test]
+fn every_task_work_mode_serves_exact_mail() {
+    use pop3sd::config::TaskWork;
+    for mode in [TaskWork::Defer, TaskWork::Cooperative, TaskWork::Interrupt] {
+        let s = Served::start(|c| c.runtime.task_work = mode);
+        download_all(&s, 2);
+        let log = s.log();
+        assert!(
+            log.contains(&format!("task_work=\"{}\"", mode.name()))
+                || log.contains(&format!("task_work={}", mode.name())),
+            "{mode:?}: {log}"
+        );
     }
 }
 

@@ -16,6 +16,7 @@ pub mod local_sync;
 pub mod metrics;
 pub mod metrics_http;
 pub mod pool;
+pub mod ring_setup;
 pub mod signals;
 
 use std::cell::{Cell, RefCell};
@@ -205,28 +206,23 @@ fn core_cpu(config: &Config, core_id: usize) -> Option<usize> {
     }
 }
 
-/// monoio's io_uring settings for one ring: SQPOLL when configured.
-fn uring_builder(cfg: &crate::config::RuntimeConfig) -> io_uring::Builder {
-    let mut b = io_uring::IoUring::builder();
-    if cfg.sqpoll {
-        b.setup_sqpoll(cfg.sqpoll_idle_ms);
-    }
-    b
-}
-
 /// Checks that io_uring can really be used, so that start-up fails with a
-/// clear message instead of monoio silently choosing epoll.
-pub fn check_io_uring(cfg: &crate::config::RuntimeConfig) -> Result<(), StartError> {
+/// clear message instead of monoio silently choosing epoll. Returns the
+/// task-work mode the rings will use (the configured one or a fallback).
+pub fn check_io_uring(
+    cfg: &crate::config::RuntimeConfig,
+) -> Result<crate::config::TaskWork, StartError> {
     if !monoio::utils::detect_uring() {
         return Err(StartError::NoIoUring(
             "the kernel lacks the io_uring operations monoio needs, or MONOIO_FORCE_LEGACY_DRIVER is set".into(),
         ));
     }
+    let mode = ring_setup::effective_task_work(cfg);
     monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .with_entries(cfg.ring_entries)
-        .uring_builder(uring_builder(cfg))
+        .uring_builder(ring_setup::builder(cfg, mode))
         .build()
-        .map(|_| ())
+        .map(|_| mode)
         .map_err(|e| {
             let what = if cfg.sqpoll {
                 format!("{e} (with runtime.sqpoll = true)")
@@ -348,7 +344,10 @@ pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
     let generation = shared.generation();
     let cfg = &generation.config;
     if cfg.runtime.driver == Driver::IoUring {
-        check_io_uring(&cfg.runtime)?;
+        let mode = check_io_uring(&cfg.runtime)?;
+        if !cfg.runtime.sqpoll {
+            tracing::info!(task_work = mode.name(), "io_uring rings");
+        }
         if cfg.runtime.sqpoll {
             tracing::info!(
                 idle_ms = cfg.runtime.sqpoll_idle_ms,
@@ -471,7 +470,10 @@ fn core_main(
     let result = match cfg.driver {
         Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(entries)
-            .uring_builder(uring_builder(cfg))
+            .uring_builder(ring_setup::builder(
+                cfg,
+                ring_setup::effective_task_work(cfg),
+            ))
             .enable_timer()
             .build()
             .map(|mut rt| rt.block_on(body)),

@@ -229,14 +229,34 @@ fn io_uring(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
         return;
     }
     let (level, message, fix) = match sys.io_uring() {
-        Ok(()) => (
+        Ok(_) if t.runtime.sqpoll => (
             Level::Ok,
             format!(
-                "a ring of {} entries{} can be created",
-                t.runtime.ring_entries,
-                if t.runtime.sqpoll { " with SQPOLL" } else { "" }
+                "a ring of {} entries with SQPOLL can be created",
+                t.runtime.ring_entries
             ),
             None,
+        ),
+        Ok(mode) if mode == t.runtime.task_work => (
+            Level::Ok,
+            format!(
+                "a ring of {} entries with task_work = \"{}\" can be created",
+                t.runtime.ring_entries,
+                mode.name()
+            ),
+            None,
+        ),
+        Ok(mode) => (
+            Level::Warn,
+            format!(
+                "this kernel refuses task_work = \"{}\" (deferred needs Linux 6.1, cooperative 5.19): rings use \"{}\", and completions interrupt busy cores more often",
+                t.runtime.task_work.name(),
+                mode.name()
+            ),
+            Some(format!(
+                "upgrade the kernel, or set task_work = \"{}\" under [runtime] to silence this",
+                mode.name()
+            )),
         ),
         Err(e) => {
             let fix = match disabled.as_deref() {

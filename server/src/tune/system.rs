@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use crate::config::TaskWork;
+
 /// A resource limit: soft and hard values (`None` = unlimited).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rlimit {
@@ -21,8 +23,9 @@ pub trait SystemView {
     /// CPUs this process may run on.
     fn cpus(&self) -> usize;
     /// Whether an io_uring ring with the configured settings can be
-    /// created here (the error text otherwise).
-    fn io_uring(&self) -> Result<(), String>;
+    /// created here, and with which task-work mode (the error text
+    /// otherwise).
+    fn io_uring(&self) -> Result<TaskWork, String>;
     /// Whether this process runs as root.
     fn is_root(&self) -> bool;
 }
@@ -71,7 +74,7 @@ impl SystemView for LiveSystem<'_> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
-    fn io_uring(&self) -> Result<(), String> {
+    fn io_uring(&self) -> Result<TaskWork, String> {
         crate::runtime::check_io_uring(self.runtime).map_err(|e| e.to_string())
     }
 

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::config::RuntimeConfig;
+use crate::config::{RuntimeConfig, TaskWork};
 
 /// A made-up machine.
 struct Fake {
@@ -9,7 +9,7 @@ struct Fake {
     nofile: Rlimit,
     memlock: Rlimit,
     cpus: usize,
-    uring: Result<(), String>,
+    uring: Result<TaskWork, String>,
 }
 
 impl Fake {
@@ -48,7 +48,7 @@ impl Fake {
                 hard: Some(8 << 20),
             },
             cpus: 8,
-            uring: Ok(()),
+            uring: Ok(TaskWork::Defer),
         }
     }
 }
@@ -66,7 +66,7 @@ impl SystemView for Fake {
     fn cpus(&self) -> usize {
         self.cpus
     }
-    fn io_uring(&self) -> Result<(), String> {
+    fn io_uring(&self) -> Result<TaskWork, String> {
         self.uring.clone()
     }
     fn is_root(&self) -> bool {
@@ -162,6 +162,19 @@ fn io_uring_refused_blocks_with_the_matching_fix() {
         .as_deref()
         .unwrap()
         .contains("seccomp"));
+    // An old kernel that refuses deferred task work still serves, with a
+    // warning that names the mode in use.
+    m.files.insert("/proc/self/status", "Seccomp:\t0\n".into());
+    m.uring = Ok(TaskWork::Cooperative);
+    let x = check(&target(100, 2), &m);
+    let w = find(&x, "io_uring");
+    assert_eq!(w.level, Level::Warn);
+    assert!(w.message.contains("\"cooperative\""), "{}", w.message);
+    m.uring = Ok(TaskWork::Defer);
+    assert_eq!(
+        find(&check(&target(100, 2), &m), "io_uring").level,
+        Level::Ok
+    );
     // With the legacy driver io_uring is not needed.
     let mut t = target(100, 2);
     t.runtime.driver = Driver::Legacy;
