@@ -195,16 +195,13 @@ enum TenantCommand {
 }
 
 /// Sets up logging to stderr. Long-running commands (`serve`, `demo`) hand
-/// their lines to a background writer: a core thread that logs a login must
-/// not wait for journald or a full pipe. The writer applies back-pressure
-/// instead of dropping lines when 128,000 are queued (a login record is not
-/// something to lose), and lines still queued are written when the returned
-/// guard drops at exit. Short commands write directly, in order with their
-/// own output.
-fn init_logging(
-    format: &str,
-    background: bool,
-) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+/// their lines to a background writer that batches them
+/// ([`pop3sd::log_writer`]): a core thread that logs a login must not wait
+/// for journald or a full pipe, nor wake another thread for every line.
+/// Nothing is dropped (loggers wait when 16 MiB are queued), and lines still
+/// queued are written when the returned guard drops at exit. Short commands
+/// write directly, in order with their own output.
+fn init_logging(format: &str, background: bool) -> Option<pop3sd::log_writer::FlushGuard> {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("POP3SD_LOG")
@@ -213,28 +210,36 @@ fn init_logging(
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi);
-    if background {
-        // Buffered: when lines queue up, the writer thread sends them to the
-        // sink in one write and flushes once the queue is empty.
-        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(false)
-            .thread_name("pop3sd-log")
-            .finish(std::io::BufWriter::new(std::io::stderr()));
-        let builder = builder.with_writer(writer);
-        if format == "json" {
-            builder.json().init();
-        } else {
-            builder.init();
+    let batched = if background {
+        match pop3sd::log_writer::BatchedLog::spawn(std::io::stderr()) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                eprintln!("pop3sd: cannot start the log writer thread ({e}); logging directly");
+                None
+            }
         }
-        Some(guard)
     } else {
-        let builder = builder.with_writer(std::io::stderr);
-        if format == "json" {
-            builder.json().init();
-        } else {
-            builder.init();
-        }
         None
+    };
+    match batched {
+        Some((writer, guard)) => {
+            let builder = builder.with_writer(writer);
+            if format == "json" {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+            Some(guard)
+        }
+        None => {
+            let builder = builder.with_writer(std::io::stderr);
+            if format == "json" {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+            None
+        }
     }
 }
 

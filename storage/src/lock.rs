@@ -47,6 +47,12 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
 }
 
 impl FileLock {
+    /// Creates the lock file without locking it, so that the first lock
+    /// taken later only opens an existing file.
+    pub fn create_file(path: &Path) -> Result<()> {
+        open_lock_file(path).map(drop)
+    }
+
     /// Waits for the exclusive lock. Only for short critical sections (an
     /// append batch, an index rewrite), never for a whole POP3 session.
     pub fn exclusive(path: &Path) -> Result<Self> {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::durable::{create_dir_durable, replace_file, sync_dir};
 use crate::error::{Error, IoContext, Result};
-use crate::maildrop::{create_index, Maildrop, Shared, StoreOptions, INDEX};
+use crate::maildrop::{create_files, Maildrop, Shared, StoreOptions, INDEX};
 use crate::name::{Address, Domain, LocalPart};
 
 const FORMAT_FILE: &str = "FORMAT";
@@ -158,7 +158,7 @@ impl Store {
             return Err(Error::Exists(addr.to_string()));
         }
         create_dir_durable(&dir)?;
-        create_index(&dir)?;
+        create_files(&dir)?;
         Ok(self.handle(addr, dir))
     }
 
@@ -214,9 +214,34 @@ mod tests {
         );
         assert_eq!(s.users(&a.domain).unwrap().len(), 2);
         assert!(d.path().join("root/example.com/alice/index").is_file());
+        // The lock files exist before the first login needs them.
+        for f in ["session.lock", "append.lock"] {
+            assert!(d.path().join("root/example.com/alice").join(f).is_file());
+        }
         s.delete_maildrop(&b).unwrap();
         assert_eq!(s.users(&a.domain).unwrap().len(), 1);
         assert!(matches!(s.maildrop(&b), Err(Error::NoMaildrop(_))));
+    }
+
+    /// A maildrop made before lock files were created up front (or whose
+    /// lock files an operator removed) still opens, locks and takes mail.
+    #[test]
+    fn a_maildrop_without_lock_files_still_opens() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), StoreOptions::default()).unwrap();
+        let a = Address::parse("alice@example.com").unwrap();
+        let md = s.create_maildrop(&a).unwrap();
+        for f in ["session.lock", "append.lock"] {
+            std::fs::remove_file(md.dir().join(f)).unwrap();
+        }
+        md.append(crate::PreparedMessage::from_raw(
+            b"Subject: x\r\n\r\nhi\r\n",
+        ))
+        .unwrap();
+        let session = md.open_session().unwrap();
+        assert_eq!(session.snapshot().len(), 1);
+        assert!(matches!(md.open_session(), Err(Error::InUse(_))));
+        assert!(md.dir().join("session.lock").is_file());
     }
 
     #[test]

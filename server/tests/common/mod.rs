@@ -9,6 +9,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The log file once it has stopped growing for four of the server's batch
+/// delays (pop3sd::log_writer: lines logged shortly after a write go out up
+/// to 50 ms later), at most 5 s: what a test just caused is in it.
+pub fn settled_log(path: &Path) -> String {
+    let quiet = pop3sd::log_writer::BATCH_DELAY * 4;
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut last = std::fs::read_to_string(path).unwrap_or_default();
+    loop {
+        std::thread::sleep(quiet);
+        let now = std::fs::read_to_string(path).unwrap_or_default();
+        if now.len() == last.len() || Instant::now() > end {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// A running demo server; killed when dropped.
 pub struct Demo {
     child: Child,
@@ -116,9 +133,9 @@ impl Demo {
             .expect("messages_per_user") as usize
     }
 
-    /// The server's log so far.
+    /// The server's log so far, once it has settled (see [`settled_log`]).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+        settled_log(&self.log_file)
     }
 
     /// A fresh directory under the test's temp dir.
@@ -153,7 +170,7 @@ impl Demo {
     pub fn wait_log(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> bool {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
-            if f(&self.log()) {
+            if f(&std::fs::read_to_string(&self.log_file).unwrap_or_default()) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -321,14 +338,15 @@ impl Served {
         s
     }
 
+    /// The server's log so far, once it has settled (see [`settled_log`]).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+        settled_log(&self.log_file)
     }
 
     pub fn wait_log(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> bool {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
-            if f(&self.log()) {
+            if f(&std::fs::read_to_string(&self.log_file).unwrap_or_default()) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
