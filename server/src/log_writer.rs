@@ -29,6 +29,9 @@ const WAKE_EARLY: usize = 64 * 1024;
 /// Bytes buffered before loggers block until the writer catches up.
 pub const MAX_BUFFERED: usize = 16 << 20;
 
+/// How long exiting waits for the last lines to be written.
+pub const EXIT_WAIT: Duration = Duration::from_secs(2);
+
 /// What the writer thread is doing, which decides whether a logger wakes it.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 enum Writer {
@@ -48,13 +51,16 @@ struct State {
     /// Loggers blocked on `space`.
     loggers_waiting: usize,
     closed: bool,
+    /// The writer has written everything and returned.
+    done: bool,
 }
 
 struct Inner {
     state: Mutex<State>,
     /// The writer waits here.
     wake: Condvar,
-    /// Loggers wait here when the buffer is full.
+    /// Loggers wait here when the buffer is full, and the guard for the
+    /// writer to finish.
     space: Condvar,
     max_buffered: usize,
 }
@@ -84,7 +90,10 @@ pub struct BatchedLog {
     inner: Arc<Inner>,
 }
 
-/// Stops the writer thread and writes out what is buffered when dropped.
+/// Stops the writer thread and writes out what is buffered when dropped,
+/// waiting at most [`EXIT_WAIT`] for a sink that does not read (a stalled
+/// journald or pipe must not keep the process from exiting). Lines logged
+/// after that, by threads still running at exit, are not written.
 pub struct FlushGuard {
     inner: Arc<Inner>,
     thread: Option<JoinHandle<()>>,
@@ -165,12 +174,25 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchedLog {
 
 impl Drop for FlushGuard {
     fn drop(&mut self) {
-        {
-            let mut st = self.inner.lock();
-            st.closed = true;
-            self.inner.wake_writer(&mut st);
-        }
+        let deadline = std::time::Instant::now() + EXIT_WAIT;
+        let mut st = self.inner.lock();
+        st.closed = true;
+        self.inner.wake_writer(&mut st);
         self.inner.space.notify_all();
+        while !st.done {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                // The sink is stuck; leave the thread to the process's exit.
+                return;
+            }
+            st = self
+                .inner
+                .space
+                .wait_timeout(st, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        drop(st);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -201,6 +223,8 @@ fn run_writer<W: Write>(inner: &Inner, mut sink: W) {
         }
         let mut st = inner.lock();
         if closing && st.buf.is_empty() {
+            st.done = true;
+            inner.space.notify_all();
             return;
         }
         // Pause, so that the lines logged meanwhile go out in one write.
@@ -334,6 +358,30 @@ mod tests {
         drop(guard);
         let want: String = (0..1000).map(|i| format!("{i:08}\n")).collect();
         assert_eq!(sink.text(), want);
+    }
+
+    /// A sink that never takes the last lines does not keep the process
+    /// from exiting.
+    #[test]
+    fn a_stuck_sink_does_not_hold_up_exit() {
+        struct Stuck;
+        impl Write for Stuck {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                loop {
+                    std::thread::park();
+                }
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (mut log, guard) = BatchedLog::spawn(Stuck).unwrap();
+        log.write_all(b"never written\n").unwrap();
+        let t = std::time::Instant::now();
+        drop(guard);
+        let waited = t.elapsed();
+        assert!(waited >= EXIT_WAIT, "{waited:?}");
+        assert!(waited < EXIT_WAIT * 5, "{waited:?}");
     }
 
     #[test]

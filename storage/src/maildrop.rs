@@ -250,17 +250,27 @@ fn random_u32() -> u32 {
     }
 }
 
-/// Creates a new maildrop's files in an existing, empty directory: the lock
-/// files first, then the index, whose presence marks the maildrop complete.
-/// Creating the lock files here, at first delivery, keeps inode allocation
-/// out of the first login: on an ext4 file system with many recently
-/// deleted files it costs more than the rest of opening a maildrop.
-/// Maildrops made before this still get their lock files on first use.
-pub(crate) fn create_files(dir: &Path) -> Result<()> {
-    for name in [APPEND_LOCK, SESSION_LOCK] {
-        FileLock::create_file(&dir.join(name))?;
+/// Creates a new maildrop's files in its (existing) directory: the lock
+/// files, then the index, whose presence marks the maildrop complete.
+/// Returns `false`, changing nothing, when another creator finished first.
+///
+/// Creators racing for the same new maildrop (two deliveries of a user's
+/// first mail on two cores, or two processes) are serialised by the append
+/// lock, and the index is checked again under it: otherwise a second
+/// creator could replace an index the first had already appended to, and
+/// acknowledged mail would be lost. Creating the lock files here, at first
+/// delivery, also keeps inode allocation out of the first login: on an ext4
+/// file system with many recently deleted files it costs more than the rest
+/// of opening a maildrop. Maildrops made before this still get their lock
+/// files on first use.
+pub(crate) fn create_files(dir: &Path) -> Result<bool> {
+    let _creating = FileLock::exclusive(&dir.join(APPEND_LOCK))?;
+    if dir.join(INDEX).is_file() {
+        return Ok(false);
     }
-    create_index(dir)
+    FileLock::create_file(&dir.join(SESSION_LOCK))?;
+    create_index(dir)?;
+    Ok(true)
 }
 
 /// Creates a maildrop's index in an existing, empty directory.

@@ -158,7 +158,9 @@ impl Store {
             return Err(Error::Exists(addr.to_string()));
         }
         create_dir_durable(&dir)?;
-        create_files(&dir)?;
+        if !create_files(&dir)? {
+            return Err(Error::Exists(addr.to_string()));
+        }
         Ok(self.handle(addr, dir))
     }
 

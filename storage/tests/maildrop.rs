@@ -381,3 +381,37 @@ fn opening_ten_thousand_messages_reads_only_the_index() {
     // Reported, not asserted: timing belongs to the criterion bench.
     eprintln!("open of 10,000 messages took {took:?}");
 }
+
+/// Deliveries racing to create the same new maildrop (two LMTP connections
+/// on two cores for a user's first mail): every acknowledged message is
+/// kept. A second creator must not replace an index the first one has
+/// already appended to.
+#[test]
+fn racing_first_deliveries_lose_nothing() {
+    let (_d, s) = store();
+    let s = Arc::new(s);
+    const THREADS: usize = 8;
+    for u in 0..40 {
+        let a = addr(&format!("user{u}@example.com"));
+        let start = Arc::new(std::sync::Barrier::new(THREADS));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (s, a, start) = (s.clone(), a.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let md = s.ensure_maildrop(&a).unwrap();
+                    md.append(PreparedMessage::from_raw(&msg(t))).unwrap();
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let session = s.maildrop(&a).unwrap().open_session().unwrap();
+        assert_eq!(
+            session.snapshot().len(),
+            THREADS,
+            "{a}: acknowledged mail lost"
+        );
+    }
+}
