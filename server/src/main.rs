@@ -199,8 +199,9 @@ enum TenantCommand {
 /// ([`pop3sd::log_writer`]): a core thread that logs a login must not wait
 /// for journald or a full pipe, nor wake another thread for every line.
 /// Nothing is dropped (loggers wait when 16 MiB are queued), and lines still
-/// queued are written when the returned guard drops at exit. Short commands
-/// write directly, in order with their own output.
+/// queued are written when the returned guard drops at exit (which waits at
+/// most 2 s for a sink that does not read). Short commands write directly,
+/// in order with their own output.
 fn init_logging(format: &str, background: bool) -> Option<pop3sd::log_writer::FlushGuard> {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
