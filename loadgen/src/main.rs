@@ -119,11 +119,14 @@ struct Args {
     /// Only this key exchange group: x25519, secp256r1, secp384r1.
     #[arg(long)]
     kx: Option<String>,
-    /// Server process id: report its CPU time per operation (and memory per idle connection).
+    /// Server process id: report its CPU time per operation (and memory per
+    /// idle connection). With --server-cpu-from-system, its own CPU is
+    /// reported as well, beside the machine-wide figure.
     #[arg(long)]
     server_pid: Option<u32>,
     /// Server processes by name (comma-separated /proc comm values, e.g.
     /// "dovecot,pop3-login,pop3,auth"): CPU of the live ones, memory as PSS.
+    /// With --server-cpu-from-system, reported as well, as with --server-pid.
     #[arg(long)]
     server_comm: Option<String>,
     /// Server CPU = all CPU time used on this machine minus this process's
@@ -304,7 +307,14 @@ impl ServerProbe {
     fn from_args(args: &Args) -> Self {
         if args.server_cpu_from_system {
             ServerProbe::System
-        } else if let Some(c) = &args.server_comm {
+        } else {
+            Self::processes(args)
+        }
+    }
+
+    /// The server's own processes, from --server-comm or --server-pid.
+    fn processes(args: &Args) -> Self {
+        if let Some(c) = &args.server_comm {
             ServerProbe::Comm(
                 c.split(',')
                     .map(|s| s.trim().to_string())
@@ -425,6 +435,14 @@ fn run() -> Result<bool, String> {
     });
     let (tx, rx) = mpsc::channel::<Msg>();
     let probe = ServerProbe::from_args(&args);
+    // Machine-wide CPU charges the server the kernel's work in any context
+    // (softirqs, other tasks); its processes' own CPU is what /proc counts
+    // for them. With both asked for, both are reported.
+    let processes = match probe {
+        ServerProbe::System => ServerProbe::processes(&args),
+        _ => ServerProbe::None,
+    };
+    let process_cpu_before = processes.cpu();
     let server_cpu_before = probe.cpu();
     let rss_before = probe.memory_kib();
     let cpu_before = own_cpu_seconds();
@@ -531,6 +549,10 @@ fn run() -> Result<bool, String> {
         (Some(b), Some(a)) => Some(a - b),
         _ => None,
     };
+    let server_process_cpu = match (process_cpu_before, processes.cpu()) {
+        (Some(b), Some(a)) => Some(a - b),
+        _ => None,
+    };
     let (mode, concurrency, rate) = match args.rate {
         Some(r) => ("open".to_string(), None, Some(r)),
         None => ("closed".to_string(), Some(args.concurrency), None),
@@ -546,7 +568,7 @@ fn run() -> Result<bool, String> {
         &total,
         tls,
         client_cpu,
-        server_cpu,
+        (server_cpu, server_process_cpu),
         idle_mem,
     );
     eprintln!("{}", report.table());

@@ -61,6 +61,10 @@ pub struct Report {
     pub client_cpu_us_per_op: f64,
     pub server_cpu_s: Option<f64>,
     pub server_cpu_us_per_op: Option<f64>,
+    /// The server's own processes' CPU (/proc), when the figure above is
+    /// machine-wide and the processes were named too.
+    pub server_process_cpu_s: Option<f64>,
+    pub server_process_cpu_us_per_op: Option<f64>,
     pub idle: Option<IdleMemory>,
 }
 
@@ -78,7 +82,7 @@ impl Report {
         total: &Stats,
         tls: (String, String),
         client_cpu_s: f64,
-        server_cpu_s: Option<f64>,
+        (server_cpu_s, server_process_cpu_s): (Option<f64>, Option<f64>),
         idle: Option<IdleMemory>,
     ) -> Self {
         let h = &total.hist;
@@ -129,6 +133,8 @@ impl Report {
             client_cpu_us_per_op: client_cpu_s * 1e6 / ops,
             server_cpu_s,
             server_cpu_us_per_op: server_cpu_s.map(|s| s * 1e6 / ops),
+            server_process_cpu_s,
+            server_process_cpu_us_per_op: server_process_cpu_s.map(|s| s * 1e6 / ops),
             idle,
         }
     }
@@ -178,6 +184,13 @@ impl Report {
         );
         if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_us_per_op) {
             s.push_str(&format!("\nserver CPU {cpu:.3} s ({per:.1} µs/op)"));
+        }
+        if let (Some(cpu), Some(per)) =
+            (self.server_process_cpu_s, self.server_process_cpu_us_per_op)
+        {
+            s.push_str(&format!(
+                "\nserver processes' own CPU {cpu:.3} s ({per:.1} µs/op)"
+            ));
         }
         if let Some(i) = &self.idle {
             s.push_str(&format!(

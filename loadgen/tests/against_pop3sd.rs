@@ -64,6 +64,9 @@ fn loadgen(args: &[&str], out: &Path) -> serde_json::Value {
 #[test]
 fn every_scenario_runs_clean() {
     let d = tempfile::tempdir().unwrap();
+    // The server runs in this process: its CPU is counted both machine-wide
+    // and as this process's own.
+    let pid = std::process::id().to_string();
     let r = loadgen(
         &[
             "-s",
@@ -74,12 +77,18 @@ fn every_scenario_runs_clean() {
             "30",
             "-c",
             "4",
+            "--server-cpu-from-system",
+            "--server-pid",
+            &pid,
         ],
         &d.path().join("h.json"),
     );
     assert_eq!(r["ops"], 40);
     assert_eq!(r["error_total"], 0);
     assert_eq!(r["resumed"], 0);
+    for figure in ["server_cpu_us_per_op", "server_process_cpu_us_per_op"] {
+        assert!(r[figure].as_f64().is_some_and(|v| v > 0.0), "{figure}: {r}");
+    }
 
     let r = loadgen(
         &[
@@ -110,6 +119,8 @@ fn every_scenario_runs_clean() {
     assert_eq!(r["ops"], 40);
     assert_eq!(r["error_total"], 0);
     assert!(r["payload_bytes"].as_u64().unwrap() > 0);
+    // Nothing asked, nothing reported.
+    assert!(r["server_process_cpu_us_per_op"].is_null(), "{r}");
     assert!(r["latency_us"]["p99"].as_u64().unwrap() >= r["latency_us"]["p50"].as_u64().unwrap());
 
     let r = loadgen(
@@ -153,7 +164,6 @@ fn every_scenario_runs_clean() {
     assert_eq!(r["error_total"], 0);
     assert!(r["ops"].as_u64().unwrap() >= 80, "{r}");
 
-    let pid = std::process::id().to_string();
     let r = loadgen(
         &[
             "-s",
