@@ -11,6 +11,10 @@
 #   SC=retr USERS=16 MESSAGES=4 MESSAGE_SIZE=1048576 CONCURRENCY=8 bench/ab.sh
 # SERVER_LOG: where the server's log goes (default /dev/null; a file makes
 # logging cost what it costs in production).
+# A_SET and B_SET: space-separated `--set` values for each side, to compare
+# two settings of one binary:
+#   A=target/release/pop3sd B=target/release/pop3sd A_SET=runtime.tcp_congestion=bbr \
+#     B_SET=runtime.tcp_congestion=cubic SC=retr ... bench/ab.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 A=${A:?A=path of the first pop3sd}; B=${B:?B=path of the second pop3sd}
@@ -28,8 +32,10 @@ segs() { awk '/^Tcp:/ {n++; if (n == 2) print $12}' /proc/net/snmp; }
 for round in $(seq 1 "$ROUNDS"); do
   for side in A B; do
     bin=${!side}
+    set_var=${side}_SET; sets=()
+    for kv in ${!set_var:-}; do sets+=(--set "$kv"); done
     rm -rf "$W/root" "$W/demo.json"
-    taskset -c "$SERVER_CPU" "$bin" demo --dir "$W/root" --cores 1 "${SHAPE[@]}" \
+    taskset -c "$SERVER_CPU" "$bin" demo --dir "$W/root" --cores 1 "${SHAPE[@]}" "${sets[@]}" \
       --password-scheme plain --json >"$W/demo.json" 2>"${SERVER_LOG:-/dev/null}" &
     PID=$!
     for _ in $(seq 1 300); do [ -s "$W/demo.json" ] && break; sleep 0.1; done

@@ -17,6 +17,11 @@
 # Usage: bench/compare.sh            (needs root for apt-get and the vmail user)
 # Knobs: USERS (per tenant, 500) MESSAGES (10) DURATION (s, 10)
 #        CONCURRENCY (32) IDLE (idle connections, at most 2*USERS) OUT (bench/results/<date>)
+#        TCP_CC: a TCP congestion control set machine-wide (sysctl) for the
+#        whole run, for both servers and the load generator alike; the
+#        machine's own is restored at exit. Unset, the machine's is used. It
+#        matters for RETR: BBR without the fq qdisc (loopback has none) paces
+#        with a timer per burst (docs/benchmarks.md, "TCP congestion control").
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,11 +37,18 @@ mkdir -p "$OUT"
 
 log() { printf '== %s\n' "$*" >&2; }
 PIDS=()
+CC_FILE=/proc/sys/net/ipv4/tcp_congestion_control
+MACHINE_CC=$(cat "$CC_FILE")
 cleanup() {
   for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
   if [ -f "$W/dovecot/dovecot.conf" ]; then doveadm -c "$W/dovecot/dovecot.conf" stop 2>/dev/null || true; fi
+  if [ "$(cat "$CC_FILE")" != "$MACHINE_CC" ]; then echo "$MACHINE_CC" >"$CC_FILE"; fi
 }
 trap cleanup EXIT
+if [ -n "${TCP_CC:-}" ]; then
+  log "TCP congestion control for this run: $TCP_CC (the machine's: $MACHINE_CC)"
+  echo "$TCP_CC" >"$CC_FILE"
+fi
 
 if ! command -v dovecot >/dev/null 2>&1; then
   log "installing dovecot-pop3d"
@@ -208,9 +220,9 @@ stop_dovecot b
 log "hardware ceiling: criterion (rustls/ring in memory)"
 (cd "$ROOT" && cargo bench -q -p pop3sd-bench --bench tls -- --warm-up-time 1 --measurement-time 3 2>/dev/null) >"$OUT/ceiling.txt" || true
 
-python3 - "$OUT" "$CORES" "$USERS" "$MESSAGES" "$DURATION" "$CONCURRENCY" "$IDLE" <<'PY'
+python3 - "$OUT" "$CORES" "$USERS" "$MESSAGES" "$DURATION" "$CONCURRENCY" "$IDLE" "$(cat "$CC_FILE")" <<'PY'
 import json, os, re, sys, datetime, platform
-out, cores, users, messages, duration, conc, idle = sys.argv[1:]
+out, cores, users, messages, duration, conc, idle, cc = sys.argv[1:]
 def load(n):
     p = os.path.join(out, n + ".json")
     return json.load(open(p)) if os.path.exists(p) else None
@@ -221,7 +233,8 @@ def row(label, key, fmt, better):
         return
     rows.append((label, a, b, fmt, better))
 lines = ["| scenario | figure | pop3sd | Dovecot | ratio (pop3sd is better by) |", "|---|---|---|---|---|"]
-result = {"machine": {"cores": int(cores), "cpu": platform.processor() or platform.machine()},
+result = {"machine": {"cores": int(cores), "cpu": platform.processor() or platform.machine(),
+                      "kernel": platform.release(), "tcp_congestion_control": cc},
           "date": datetime.datetime.utcnow().isoformat() + "Z",
           "params": {"users_per_tenant": int(users), "messages": int(messages), "duration_s": float(duration),
                      "concurrency": int(conc), "idle_connections": int(idle)}, "scenarios": {}}
@@ -264,6 +277,8 @@ if a and b and a.get("idle") and b.get("idle"):
     # held; say how many, and the refusals.
     add("idle", "connections held", a["idle"]["connections"], b["idle"]["connections"], True, "")
     lines.append(f"| idle | errors | {a['error_total']} | {b['error_total']} | |")
+lines.append("")
+lines.append(f"TCP congestion control: {cc}; kernel {platform.release()}; {cores} CPUs.")
 open(os.path.join(out, "compare.md"), "w").write("\n".join(lines) + "\n")
 json.dump(result, open(os.path.join(out, "compare.json"), "w"), indent=2)
 print("\n".join(lines))

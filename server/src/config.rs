@@ -118,6 +118,11 @@ pub struct RuntimeConfig {
     /// Kernel TLS: "auto" detects it at start-up and logs what it found;
     /// "off" skips the check. Records are always encrypted in user space.
     pub ktls: KtlsMode,
+    /// TCP congestion control for the POP3 listeners' connections (e.g.
+    /// "cubic"); unset, the system's (sysctl
+    /// net.ipv4.tcp_congestion_control). BBR without the fq qdisc paces with
+    /// a timer per burst, which costs CPU on fast paths (docs/tuning.md).
+    pub tcp_congestion: Option<String>,
 }
 
 /// See [`RuntimeConfig::task_work`]. Each mode needs a newer kernel than
@@ -185,6 +190,7 @@ impl Default for RuntimeConfig {
             buffer_pool_size: 256,
             release_idle_buffers: true,
             ktls: KtlsMode::Auto,
+            tcp_congestion: None,
         }
     }
 }
@@ -390,6 +396,21 @@ pub struct ListenerConfig {
     /// Expect a PROXY protocol (v1 or v2) header from trusted networks.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// TCP congestion control for this listener's connections, overriding
+    /// `runtime.tcp_congestion` (e.g. cubic for a loopback listener behind a
+    /// TLS proxy while the machine's default stays BBR).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_congestion: Option<String>,
+}
+
+impl ListenerConfig {
+    /// The congestion control this listener asks for, if any: its own, else
+    /// the runtime-wide one.
+    pub fn congestion<'a>(&'a self, runtime: &'a RuntimeConfig) -> Option<&'a str> {
+        self.tcp_congestion
+            .as_deref()
+            .or(runtime.tcp_congestion.as_deref())
+    }
 }
 
 /// EXPIRE as written in TOML: "never" or a number of days.
@@ -578,6 +599,18 @@ impl Config {
         );
         range("runtime.buffer_pool_size", r.buffer_pool_size, 0, 1_000_000);
         range("tls.record_size", self.tls.record_size, 512, 16384);
+        if let Some(name) = &r.tcp_congestion {
+            if let Err(e) = crate::runtime::congestion::valid_name(name) {
+                add("runtime.tcp_congestion".into(), e);
+            }
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(name) = &l.tcp_congestion {
+                if let Err(e) = crate::runtime::congestion::valid_name(name) {
+                    add(format!("listener[{i}].tcp_congestion"), e);
+                }
+            }
+        }
         if let Some(list) = &r.cpus {
             match parse_cpu_list(list) {
                 Ok(cpus) if r.cores > cpus.len() => add(

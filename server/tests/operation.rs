@@ -438,6 +438,7 @@ fn ipv6_listener() {
             kind: pop3sd::config::ListenerKind::Pop3s,
             client_certificates: pop3sd::config::ClientCerts::None,
             proxy_protocol: false,
+            tcp_congestion: None,
         })
     });
     let (user, pw) = s.user(1, 0);

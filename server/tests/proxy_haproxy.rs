@@ -33,6 +33,7 @@ fn client_addresses_come_from_trusted_proxy_headers_only() {
             kind: pop3sd::config::ListenerKind::Pop3s,
             client_certificates: pop3sd::config::ClientCerts::None,
             proxy_protocol: true,
+            tcp_congestion: None,
         });
     });
     let cfg = s.dir.path().join("haproxy.cfg");

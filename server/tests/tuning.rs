@@ -2,7 +2,9 @@
 //! still serve every message byte for byte: small TLS records and buffers,
 //! a shared accept socket, several accepts in flight, SQPOLL, each io_uring
 //! task-work mode, pinned CPUs, and either record layer with every cipher
-//! suite.
+//! suite. A configured TCP congestion control reaches the accepted
+//! connections (read back with `ss`), and one the kernel lacks stops
+//! start-up with a clear message.
 
 mod common;
 
@@ -192,5 +194,92 @@ fn out_of_range_knobs_are_named_by_check_config() {
     assert!(
         text.contains("runtime.cpus: \"3-1\" is not a valid CPU range"),
         "{text}"
+    );
+}
+
+/// The congestion control of the server's side of the established
+/// connection from `client` (`ss` prints it first in its info line).
+fn server_side_congestion(server_port: u16, client: &std::net::TcpStream) -> String {
+    assert!(common::have("ss"), "ss (iproute2) is needed for this test");
+    let client_port = client.local_addr().unwrap().port();
+    let filter = format!("( sport = :{server_port} and dport = :{client_port} )");
+    for _ in 0..50 {
+        let out = std::process::Command::new("ss")
+            .args(["-tniH", "state", "established", &filter])
+            .output()
+            .expect("run ss");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // The line after the addresses holds the TCP info, algorithm first.
+        if let Some(info) = text.lines().nth(1) {
+            return info.split_whitespace().next().unwrap_or("").to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("ss shows no connection from port {client_port} to {server_port}");
+}
+
+#[test]
+fn listeners_get_the_configured_tcp_congestion_control() {
+    let default = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .unwrap()
+        .trim()
+        .to_string();
+    // Reno is always built in; cubic where reno is the default.
+    let other = if default == "reno" { "cubic" } else { "reno" };
+    let s = Served::start(|c| {
+        c.runtime.tcp_congestion = Some(other.to_string());
+        let plain = c
+            .listeners
+            .iter_mut()
+            .find(|l| l.kind == pop3sd::config::ListenerKind::Pop3)
+            .unwrap();
+        plain.tcp_congestion = Some(default.clone());
+    });
+    download_all(&s, 1);
+    for (kind, want) in [("pop3s", other), ("pop3", default.as_str())] {
+        let addr: std::net::SocketAddr = match kind {
+            "pop3s" => s.info.pop3s.parse().unwrap(),
+            _ => s.info.pop3.as_deref().unwrap().parse().unwrap(),
+        };
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(server_side_congestion(addr.port(), &c), want, "{kind}");
+        assert!(
+            s.log().contains(&format!(
+                "listener={addr} tcp_congestion={want} source=\"configured\""
+            )),
+            "{kind}: {}",
+            s.log()
+        );
+    }
+}
+
+#[test]
+fn an_unknown_tcp_congestion_control_stops_start_up_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _) =
+        pop3sd::demo::prepare(&common::demo_options(dir.path().join("root"), 1, 0)).unwrap();
+    // A name the kernel cannot have is a configuration error...
+    config.runtime.tcp_congestion = Some("no such".into());
+    let text: Vec<String> = config.check().iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.join("\n").contains("runtime.tcp_congestion"),
+        "{text:?}"
+    );
+    // ...and a well-formed one the kernel lacks stops start-up, naming the
+    // algorithms it has.
+    config.runtime.tcp_congestion = Some("nosuchcc".into());
+    let path = dir.path().join("root").join("pop3sd.toml");
+    std::fs::write(&path, config.to_toml()).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"nosuchcc\" is not available in this kernel (loaded: ")
+            && err.contains("reno"),
+        "{err}"
     );
 }

@@ -9,6 +9,7 @@
 //! counters, and the blocking pool.
 
 pub mod buffers;
+pub mod congestion;
 pub mod conn;
 pub mod limits;
 pub mod lmtp_conn;
@@ -176,6 +177,11 @@ pub enum StartError {
     Socket {
         path: String,
         source: std::io::Error,
+    },
+    #[error("listener {addr}: {source}")]
+    Congestion {
+        addr: SocketAddr,
+        source: congestion::CongestionError,
     },
 }
 
@@ -381,12 +387,20 @@ pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
     let gate = Arc::new(StartGate::default());
     let mut shared_sockets = Vec::new();
     if !cfg.runtime.reuse_port {
-        for addr in &mut addresses {
+        for (addr, info) in addresses.iter_mut().zip(&shared.listeners) {
             let l = bind_shared(*addr, cfg.runtime.backlog).map_err(|source| StartError::Bind {
                 core: 0,
                 addr: *addr,
                 source,
             })?;
+            if let Some(name) = info.congestion(&cfg.runtime) {
+                congestion::set(std::os::fd::AsRawFd::as_raw_fd(&l), name).map_err(|source| {
+                    StartError::Congestion {
+                        addr: *addr,
+                        source,
+                    }
+                })?;
+            }
             *addr = l.local_addr().unwrap_or(*addr);
             shared_sockets.push(l);
         }
@@ -509,6 +523,32 @@ async fn serve_core(
         match made {
             Ok(l) => {
                 let local = l.local_addr().unwrap_or(*addr);
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+                if let Some(name) = shared.listeners[i].congestion(&cfg.runtime) {
+                    if let Err(source) = congestion::set(fd, name) {
+                        let _ = ready.send(Err(StartError::Congestion {
+                            addr: local,
+                            source,
+                        }));
+                        return;
+                    }
+                }
+                if core_id == 0 {
+                    // What the listener's connections get: the configured
+                    // algorithm, or the system's default.
+                    let configured = shared.listeners[i].congestion(&cfg.runtime).is_some();
+                    match congestion::get(fd) {
+                        Ok(cc) => tracing::info!(
+                            listener = %local,
+                            tcp_congestion = %cc,
+                            source = if configured { "configured" } else { "system default" },
+                            "TCP congestion control"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(listener = %local, error = %e, "cannot read the TCP congestion control")
+                        }
+                    }
+                }
                 bound.push(local);
                 listeners.push((Rc::new(l), Rc::new(shared.listeners[i].clone())));
             }

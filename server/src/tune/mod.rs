@@ -53,6 +53,9 @@ pub struct Target {
     pub runtime: crate::config::RuntimeConfig,
     /// Plaintext bytes per TLS record (`tls.record_size`).
     pub record_size: usize,
+    /// Each POP3 listener's address and the congestion control it asks for
+    /// (None: the system's); empty when no configuration was given.
+    pub listeners: Vec<(std::net::SocketAddr, Option<String>)>,
 }
 
 impl Target {
@@ -63,6 +66,11 @@ impl Target {
             cores: crate::runtime::core_count(cfg),
             runtime: cfg.runtime.clone(),
             record_size: cfg.tls.record_size,
+            listeners: cfg
+                .listeners
+                .iter()
+                .map(|l| (l.address, l.congestion(&cfg.runtime).map(str::to_string)))
+                .collect(),
         }
     }
 
@@ -75,6 +83,7 @@ impl Target {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             runtime,
             record_size: crate::config::TlsConfig::default().record_size,
+            listeners: Vec::new(),
         }
     }
 
@@ -102,6 +111,7 @@ pub fn check(t: &Target, sys: &dyn SystemView) -> Vec<Finding> {
     backlog(t, sys, &mut f);
     port_range(t, sys, &mut f);
     socket_buffers(t, sys, &mut f);
+    congestion(t, sys, &mut f);
     cores(t, sys, &mut f);
     ktls(t, sys, &mut f);
     thp(sys, &mut f);
@@ -415,6 +425,70 @@ fn socket_buffers(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
             check,
             level,
             observed: one_line(&v),
+            message,
+            fix,
+        });
+    }
+}
+
+/// BBR paces each connection; without the fq qdisc (always so on loopback,
+/// whose qdisc is noqueue) the kernel does it with a timer per burst, which
+/// made RETR cost 1.7–1.9× the server CPU per MiB of cubic on loopback
+/// (docs/benchmarks.md, "TCP congestion control").
+fn congestion(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
+    let Some(default) = sys.read(crate::runtime::congestion::DEFAULT) else {
+        return;
+    };
+    let default = default.trim().to_string();
+    let loaded = sys
+        .read("/proc/sys/net/ipv4/tcp_available_congestion_control")
+        .unwrap_or_default();
+    let loaded: Vec<&str> = loaded.split_whitespace().collect();
+    let mut listeners: Vec<(Option<std::net::SocketAddr>, Option<&str>)> = t
+        .listeners
+        .iter()
+        .map(|(a, c)| (Some(*a), c.as_deref()))
+        .collect();
+    if listeners.is_empty() {
+        listeners.push((None, t.runtime.tcp_congestion.as_deref()));
+    }
+    for (addr, configured) in listeners {
+        let cc = configured.unwrap_or(&default);
+        let whose = match addr {
+            Some(a) => format!("listener {a}: "),
+            None => String::new(),
+        };
+        let origin = if configured.is_some() {
+            "configured"
+        } else {
+            "the system's default"
+        };
+        let loopback = addr.is_some_and(|a| a.ip().is_loopback());
+        let (level, message, fix) = if configured.is_some() && !loaded.contains(&cc) {
+            (
+                Level::Warn,
+                format!("{whose}\"{cc}\" is configured but not loaded (loaded: {}); start-up loads the module tcp_{cc} if it exists and pop3sd starts with CAP_NET_ADMIN, and fails otherwise", loaded.join(" ")),
+                Some(format!("modprobe tcp_{cc}")),
+            )
+        } else if cc == "bbr" && loopback {
+            (
+                Level::Warn,
+                format!("{whose}bbr ({origin}) on a loopback listener: loopback has no fq qdisc, so the kernel paces every connection with a timer per burst; RETR of 1 MiB cost 1.7–1.9× the server CPU of cubic over loopback (docs/benchmarks.md)"),
+                Some("tcp_congestion = \"cubic\" under this [[listener]]".into()),
+            )
+        } else if cc == "bbr" {
+            (
+                Level::Info,
+                format!("{whose}bbr ({origin}): cheap pacing needs the fq qdisc on the outgoing interface (tc qdisc show); without it the kernel paces with a timer per burst, which costs CPU per byte sent"),
+                Some("tc qdisc replace dev <interface> root fq; or tcp_congestion = \"cubic\" for a listener that serves only a LAN or a local proxy".into()),
+            )
+        } else {
+            (Level::Ok, format!("{whose}{cc} ({origin})"), None)
+        };
+        f.push(Finding {
+            check: "tcp congestion control",
+            level,
+            observed: cc.to_string(),
             message,
             fix,
         });

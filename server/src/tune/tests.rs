@@ -25,6 +25,11 @@ impl Fake {
             ("/proc/sys/net/ipv4/tcp_wmem", "4096\t131072\t4194304"),
             ("/proc/sys/net/ipv4/tcp_rmem", "4096\t131072\t6291456"),
             ("/proc/sys/net/ipv4/tcp_available_ulp", "espintcp mptcp tls"),
+            ("/proc/sys/net/ipv4/tcp_congestion_control", "cubic"),
+            (
+                "/proc/sys/net/ipv4/tcp_available_congestion_control",
+                "reno cubic bbr",
+            ),
             (
                 "/sys/kernel/mm/transparent_hugepage/enabled",
                 "always [madvise] never",
@@ -80,6 +85,7 @@ fn target(connections: usize, cores: usize) -> Target {
         cores,
         runtime: RuntimeConfig::default(),
         record_size: 16384,
+        listeners: Vec::new(),
     }
 }
 
@@ -95,7 +101,7 @@ fn a_good_machine_has_no_warnings() {
     let bad: Vec<_> = f.iter().filter(|x| x.level >= Level::Warn).collect();
     assert!(bad.is_empty(), "{bad:?}");
     // Every check ran.
-    assert_eq!(f.len(), 12, "{f:?}");
+    assert_eq!(f.len(), 13, "{f:?}");
     assert!(find(&f, "kTLS").message.contains("offers the tls ULP"));
 }
 
@@ -228,4 +234,35 @@ fn missing_files_are_reported_not_guessed() {
     assert_eq!(find(&f, "cpu governor").observed, "not visible");
     assert!(f.iter().all(|x| x.check != "net.core.somaxconn"));
     assert!(find(&f, "kTLS").message.contains("no tls ULP"));
+}
+
+#[test]
+fn bbr_on_loopback_warns_and_a_configured_algorithm_is_checked() {
+    let mut m = Fake::good();
+    m.files
+        .insert("/proc/sys/net/ipv4/tcp_congestion_control", "bbr\n".into());
+    let mut t = target(100, 1);
+    t.listeners = vec![
+        ("127.0.0.1:995".parse().unwrap(), None),
+        ("[::1]:995".parse().unwrap(), Some("cubic".into())),
+        ("192.0.2.1:995".parse().unwrap(), None),
+        ("192.0.2.1:1995".parse().unwrap(), Some("dctcp".into())),
+    ];
+    let f: Vec<_> = check(&t, &m)
+        .into_iter()
+        .filter(|x| x.check == "tcp congestion control")
+        .collect();
+    assert_eq!(f.len(), 4, "{f:?}");
+    assert_eq!((f[0].level, f[0].observed.as_str()), (Level::Warn, "bbr"));
+    assert!(f[0].message.contains("127.0.0.1:995"), "{:?}", f[0]);
+    assert!(f[0].fix.as_deref().unwrap().contains("cubic"), "{:?}", f[0]);
+    assert_eq!((f[1].level, f[1].observed.as_str()), (Level::Ok, "cubic"));
+    assert!(f[1].message.contains("configured"), "{:?}", f[1]);
+    assert_eq!(f[2].level, Level::Info, "{:?}", f[2]);
+    assert!(f[2].message.contains("fq"), "{:?}", f[2]);
+    assert_eq!(f[3].level, Level::Warn, "{:?}", f[3]);
+    assert_eq!(f[3].fix.as_deref(), Some("modprobe tcp_dctcp"));
+    // Without a configuration: one finding for the system's default.
+    let f = check(&target(100, 1), &m);
+    assert_eq!(find(&f, "tcp congestion control").level, Level::Info);
 }
