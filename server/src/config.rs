@@ -72,7 +72,7 @@ pub enum Driver {
 
 /// Cores, rings, buffers and sockets: the performance knobs (each one's
 /// trade-off and measured effect is in docs/tuning.md).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Event-loop threads, one per core; 0 means one per available CPU (or

@@ -231,13 +231,28 @@ pub fn reload(shared: &Shared) -> Result<u64, String> {
     let addrs = |c: &Config| {
         c.listeners
             .iter()
-            .map(|l| (l.address, l.kind, l.client_certificates, l.proxy_protocol))
+            .map(|l| {
+                (
+                    l.address,
+                    l.kind,
+                    l.client_certificates,
+                    l.proxy_protocol,
+                    l.tcp_congestion.clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     if addrs(&cfg) != addrs(old) {
         fixed.push(problem(
             "listener",
             "listeners cannot change without a restart",
+        ));
+    }
+    // Cores, rings, buffers and sockets are set up once, at start-up.
+    if cfg.runtime != old.runtime {
+        fixed.push(problem(
+            "runtime",
+            "the [runtime] section cannot change without a restart",
         ));
     }
     if !fixed.is_empty() {

@@ -454,3 +454,52 @@ assert cmd(s_, f, "PASS {pw}").startswith(b"+OK")
     ));
     assert!(s.log().contains("client=::1"), "{}", s.log());
 }
+
+#[test]
+fn reload_refuses_runtime_and_listener_socket_changes() {
+    let s = Served::start(|_| {});
+    let original = std::fs::read_to_string(&s.config_path).unwrap();
+    for (what, change) in [
+        (
+            "the [runtime] section cannot change without a restart",
+            Box::new(|c: &mut pop3sd::config::Config| {
+                c.runtime.tcp_congestion = Some("reno".into())
+            }) as Box<dyn Fn(&mut pop3sd::config::Config)>,
+        ),
+        (
+            "listeners cannot change without a restart",
+            Box::new(|c: &mut pop3sd::config::Config| {
+                c.listeners[0].tcp_congestion = Some("reno".into())
+            }),
+        ),
+    ] {
+        let mut c = s.config.clone();
+        change(&mut c);
+        std::fs::write(&s.config_path, c.to_toml()).unwrap();
+        s.signal(libc::SIGHUP);
+        assert!(
+            s.wait_log(Duration::from_secs(5), |l| l.contains(what)),
+            "{what}: {}",
+            s.log()
+        );
+        std::fs::write(&s.config_path, &original).unwrap();
+    }
+    // The unchanged file reloads, and the server still serves.
+    s.signal(libc::SIGHUP);
+    assert!(
+        s.wait_log(Duration::from_secs(5), |l| l
+            .contains("configuration reloaded")),
+        "{}",
+        s.log()
+    );
+    let (user, pw) = s.user(0, 0);
+    s.python(&format!(
+        r#"
+s, f = tls()
+assert f.readline().startswith(b"+OK")
+assert cmd(s, f, "USER {user}").startswith(b"+OK")
+assert cmd(s, f, "PASS {pw}").startswith(b"+OK")
+assert cmd(s, f, "QUIT").startswith(b"+OK")
+"#
+    ));
+}
