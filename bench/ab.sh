@@ -50,7 +50,7 @@ print(f"round {sys.argv[3]} {sys.argv[2]}: {j['ops_per_s']:,.0f} ops/s, "
       f"{j['server_cpu_us_per_op']:,.0f} µs server CPU/op, "
       f"{(s1 - s0) / max(j['ops'], 1):.2f} TCP segments/op, "
       f"{j['payload_bytes'] / max(j['duration_s'], 1e-9) / 1e6:,.0f} MB/s payload, "
-      f"{j['error_total']} errors")
+      f"p50 {j['latency_us']['p50']:,} µs, {j['error_total']} errors")
 PY
     kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
   done

@@ -245,6 +245,11 @@ pub struct TlsConfig {
     /// own record layer (one copy per byte, no allocation per record) or
     /// rustls (kept for comparison and as a fallback).
     pub record_layer: RecordLayerMode,
+    /// TLS 1.3 on implicit-TLS listeners without client certificates: send
+    /// the greeting with the server's first flight (0.5-RTT data), so the
+    /// client can send USER a round trip sooner. The greeting is what any
+    /// client that connects gets, so nothing is disclosed early.
+    pub half_rtt_greeting: bool,
 }
 
 /// See [`TlsConfig::record_layer`].
@@ -266,6 +271,7 @@ impl Default for TlsConfig {
             default_tenant: None,
             record_size: 16384,
             record_layer: RecordLayerMode::Pop3sd,
+            half_rtt_greeting: true,
         }
     }
 }

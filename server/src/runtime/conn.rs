@@ -111,6 +111,9 @@ pub(crate) struct Conn {
     out: OutBuf,
     engine: Option<Engine<Session>>,
     handshake_deadline: Option<Instant>,
+    /// A TLS handshake started and the client's Finished has not been
+    /// processed yet (the session may already have greeted: 0.5-RTT).
+    handshake_open: bool,
     /// STLS was accepted; the engine gets `tls_started` once TLS is up.
     upgrading: bool,
     /// Set when a limit refuses the connection: the client gets this
@@ -257,6 +260,7 @@ impl Conn {
             },
             engine: None,
             handshake_deadline: None,
+            handshake_open: false,
             upgrading: false,
             refusal: None,
             need_read: false,
@@ -283,6 +287,7 @@ impl Conn {
         }
         let config = self.gen.tls.for_listener(self.listener.client_certificates);
         self.tls = Some(UnbufferedServerConnection::new(config)?);
+        self.handshake_open = true;
         Ok(())
     }
 
@@ -319,11 +324,32 @@ impl Conn {
         }
     }
 
-    /// The handshake just finished: record what it negotiated and start (or
-    /// continue, after STLS) the POP3 session.
-    fn handshake_done(&mut self) {
+    /// The client's Finished was processed: the handshake's deadline and
+    /// its place among the core's handshakes are released, and it counts.
+    fn handshake_complete(&mut self) {
+        self.handshake_open = false;
         self.handshake_deadline = None;
         self.handshake_pass.take();
+        self.core.metrics.handshake(self.facts.resumed);
+        tracing::debug!(
+            session = self.id,
+            client = %self.client,
+            tls = self.facts.version,
+            cipher = %self.facts.cipher,
+            resumed = self.facts.resumed,
+            sni = self.facts.sni.as_deref().unwrap_or(""),
+            "tls handshake done"
+        );
+    }
+
+    /// rustls may send application data: record what the handshake
+    /// negotiated and start (or continue, after STLS) the POP3 session. On
+    /// an implicit-TLS listener without client certificates this comes
+    /// right after the server's Finished (`tls.half_rtt_greeting`), so the
+    /// greeting leaves in the server's first flight, a round trip before
+    /// the client's Finished; the handshake itself completes later
+    /// ([`Conn::handshake_complete`]).
+    fn start_session(&mut self) {
         let Some(tls) = &self.tls else { return };
         self.facts.version = match tls.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
@@ -339,17 +365,9 @@ impl Conn {
             .peer_certificates()
             .and_then(|chain| self.gen.tls.identities.identify(chain))
             .map(|address| ExternalIdentity { address });
-        self.core.metrics.handshake(self.facts.resumed);
-        tracing::debug!(
-            session = self.id,
-            client = %self.client,
-            tls = self.facts.version,
-            cipher = %self.facts.cipher,
-            resumed = self.facts.resumed,
-            sni = self.facts.sni.as_deref().unwrap_or(""),
-            client_cert = external.as_ref().map(|e| e.address.to_string()).unwrap_or_default(),
-            "tls handshake done"
-        );
+        if let Some(e) = &external {
+            tracing::debug!(session = self.id, client_cert = %e.address, "client certificate");
+        }
         let sni = self.facts.sni.clone();
         let ctx = self.context(sni.as_deref(), external);
         let now = Instant::now();
@@ -414,7 +432,7 @@ impl Conn {
         let mut empty = Vec::new();
         let inbuf = self.inbuf.as_mut().unwrap_or(&mut empty);
         let UnbufferedStatus { discard, state } = tls.process_tls_records(inbuf);
-        let mut handshake_finished = false;
+        let mut session_may_start = false;
         let mut early = Vec::new();
         let now = Instant::now();
         match state {
@@ -436,7 +454,7 @@ impl Conn {
                 // A client may send its first commands in the same flight as
                 // its Finished; rustls then reports traffic before the
                 // handshake was seen to end here. Keep those bytes for the
-                // engine that `handshake_done` is about to create.
+                // engine that `start_session` is about to create.
                 let before_engine = self.engine.is_none() || self.upgrading;
                 while let Some(rec) = rt.next_record() {
                     let rec = rec?;
@@ -446,17 +464,18 @@ impl Conn {
                         engine.receive(rec.payload, now);
                     }
                 }
-                handshake_finished |= before_engine;
+                session_may_start |= before_engine;
             }
             Ok(ConnectionState::EncodeTlsData(mut enc)) => {
                 self.out.append(&core, |b| enc.encode(b), encode_err)?;
             }
             Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
             Ok(ConnectionState::BlockedHandshake) => self.need_read = true,
+            Ok(ConnectionState::WriteTraffic(_)) if self.engine.is_none() || self.upgrading => {
+                session_may_start = true;
+            }
             Ok(ConnectionState::WriteTraffic(mut wt)) => {
-                if self.engine.is_none() || self.upgrading {
-                    handshake_finished = true;
-                } else if let Some(engine) = self.engine.as_mut() {
+                if let Some(engine) = self.engine.as_mut() {
                     let most = if own_records { 1 } else { usize::MAX };
                     let produced = self.out.seal_output(&core, engine, now, most, |out, c| {
                         out.append(&core, |b| wt.encrypt(c, b), encrypt_err)
@@ -486,11 +505,21 @@ impl Conn {
                 self.facts.sni = Some(sni);
             }
         }
-        if handshake_finished {
-            self.handshake_done();
-            if let Some(engine) = self.engine.as_mut().filter(|_| !early.is_empty()) {
-                engine.receive(&early, now);
+        let still_handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
+        if session_may_start {
+            if still_handshaking && self.upgrading {
+                // After STLS the server has nothing to say first: the
+                // session continues once the handshake is complete.
+                self.need_read = true;
+            } else {
+                self.start_session();
+                if let Some(engine) = self.engine.as_mut().filter(|_| !early.is_empty()) {
+                    engine.receive(&early, now);
+                }
             }
+        }
+        if self.handshake_open && !still_handshaking && self.engine.is_some() && !self.upgrading {
+            self.handshake_complete();
         }
         if hand_over {
             if let Some(tls) = self.tls.take() {
@@ -1014,11 +1043,16 @@ impl Conn {
                 .connection_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let Some(engine) = &self.engine else {
-            if let Err(e) = result {
-                tracing::debug!(session = self.id, client = %self.client, error = %e, "connection ended before the session started");
+        // A greeting sent with the server's first flight does not make a
+        // session of a handshake the client never finished.
+        let engine = match &self.engine {
+            Some(engine) if !self.handshake_open || self.upgrading => engine,
+            _ => {
+                if let Err(e) = result {
+                    tracing::debug!(session = self.id, client = %self.client, error = %e, "connection ended before the session started");
+                }
+                return;
             }
-            return;
         };
         let s = engine.stats();
         let Some((user, _)) = engine.login() else {

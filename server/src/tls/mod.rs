@@ -254,6 +254,9 @@ pub fn build(
         // Lets the connection hand its traffic keys to pop3sd's record
         // layer once the handshake is over (record_layer.rs).
         sc.enable_secret_extraction = cfg.tls.record_layer == RecordLayerMode::Pop3sd;
+        // The greeting in the server's first flight (rustls leaves it off
+        // by itself where it asks for a client certificate).
+        sc.send_half_rtt_data = cfg.tls.half_rtt_greeting;
         Ok(Arc::new(sc))
     };
     let no_client_auth = finish(None).map_err(|e| vec![problem("tls".into(), e)])?;
