@@ -25,17 +25,21 @@ pub const DEFAULT: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
 /// Why an algorithm could not be set; the text names what would fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum CongestionError {
+    /// The kernel has no such algorithm (ENOENT): a typo, or a module that
+    /// is not built or could not be loaded.
     #[error(
         "TCP congestion control \"{name}\" is not available in this kernel (loaded: {available}; \
          a module tcp_{name} is loaded on demand only when it exists and pop3sd starts with CAP_NET_ADMIN)"
     )]
     NotAvailable { name: String, available: String },
+    /// Only CAP_NET_ADMIN may pick algorithms outside the allowed list (EPERM).
     #[error(
         "TCP congestion control \"{name}\" is not in net.ipv4.tcp_allowed_congestion_control \
          ({allowed}) and pop3sd lacks CAP_NET_ADMIN: add it with sysctl -w \
          net.ipv4.tcp_allowed_congestion_control=\"{allowed} {name}\""
     )]
     NotAllowed { name: String, allowed: String },
+    /// Anything else setsockopt refused.
     #[error("TCP congestion control \"{name}\": {source}")]
     Other {
         name: String,
