@@ -226,30 +226,38 @@ fn listeners_get_the_configured_tcp_congestion_control() {
         .to_string();
     // Reno is always built in; cubic where reno is the default.
     let other = if default == "reno" { "cubic" } else { "reno" };
-    let s = Served::start(|c| {
-        c.runtime.tcp_congestion = Some(other.to_string());
-        let plain = c
-            .listeners
-            .iter_mut()
-            .find(|l| l.kind == pop3sd::config::ListenerKind::Pop3)
-            .unwrap();
-        plain.tcp_congestion = Some(default.clone());
-    });
-    download_all(&s, 1);
-    for (kind, want) in [("pop3s", other), ("pop3", default.as_str())] {
-        let addr: std::net::SocketAddr = match kind {
-            "pop3s" => s.info.pop3s.parse().unwrap(),
-            _ => s.info.pop3.as_deref().unwrap().parse().unwrap(),
-        };
-        let c = std::net::TcpStream::connect(addr).unwrap();
-        assert_eq!(server_side_congestion(addr.port(), &c), want, "{kind}");
-        assert!(
-            s.log().contains(&format!(
-                "listener={addr} tcp_congestion={want} source=\"configured\""
-            )),
-            "{kind}: {}",
-            s.log()
-        );
+    // One socket per core, and one socket all cores share.
+    for reuse_port in [true, false] {
+        let s = Served::start(|c| {
+            c.runtime.reuse_port = reuse_port;
+            c.runtime.tcp_congestion = Some(other.to_string());
+            let plain = c
+                .listeners
+                .iter_mut()
+                .find(|l| l.kind == pop3sd::config::ListenerKind::Pop3)
+                .unwrap();
+            plain.tcp_congestion = Some(default.clone());
+        });
+        download_all(&s, 1);
+        for (kind, want) in [("pop3s", other), ("pop3", default.as_str())] {
+            let addr: std::net::SocketAddr = match kind {
+                "pop3s" => s.info.pop3s.parse().unwrap(),
+                _ => s.info.pop3.as_deref().unwrap().parse().unwrap(),
+            };
+            let c = std::net::TcpStream::connect(addr).unwrap();
+            assert_eq!(
+                server_side_congestion(addr.port(), &c),
+                want,
+                "{kind}, reuse_port {reuse_port}"
+            );
+            assert!(
+                s.log().contains(&format!(
+                    "listener={addr} tcp_congestion={want} source=\"configured\""
+                )),
+                "{kind}: {}",
+                s.log()
+            );
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 //! Why a POP3 server cares: BBR paces every connection, and where the
 //! sending interface has no `fq` qdisc (loopback never has; its qdisc is
 //! `noqueue`) the kernel paces with a timer per burst. Measured on this
-//! project's 2-vCPU machine, that made RETR of 1 MiB messages cost 1.7–1.9×
-//! the server CPU per MiB that cubic costs (docs/benchmarks.md, "TCP
+//! project's 2-vCPU machine, cubic on the server's listener instead of BBR
+//! cut the server CPU per MiB of RETR by 20–33 % (docs/benchmarks.md, "TCP
 //! congestion control"). A listener that serves loopback or LAN clients (a
 //! TLS proxy, webmail, a local fetchmail) can keep cubic while the machine's
 //! default stays BBR for everything else. Linux copies a listening socket's

@@ -387,20 +387,12 @@ pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
     let gate = Arc::new(StartGate::default());
     let mut shared_sockets = Vec::new();
     if !cfg.runtime.reuse_port {
-        for (addr, info) in addresses.iter_mut().zip(&shared.listeners) {
+        for addr in &mut addresses {
             let l = bind_shared(*addr, cfg.runtime.backlog).map_err(|source| StartError::Bind {
                 core: 0,
                 addr: *addr,
                 source,
             })?;
-            if let Some(name) = info.congestion(&cfg.runtime) {
-                congestion::set(std::os::fd::AsRawFd::as_raw_fd(&l), name).map_err(|source| {
-                    StartError::Congestion {
-                        addr: *addr,
-                        source,
-                    }
-                })?;
-            }
             *addr = l.local_addr().unwrap_or(*addr);
             shared_sockets.push(l);
         }
@@ -523,8 +515,11 @@ async fn serve_core(
         match made {
             Ok(l) => {
                 let local = l.local_addr().unwrap_or(*addr);
+                // Set on every core's socket, a shared one included (the
+                // kernel takes the same algorithm again without complaint).
                 let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
-                if let Some(name) = shared.listeners[i].congestion(&cfg.runtime) {
+                let configured = shared.listeners[i].congestion(&cfg.runtime);
+                if let Some(name) = configured {
                     if let Err(source) = congestion::set(fd, name) {
                         let _ = ready.send(Err(StartError::Congestion {
                             addr: local,
@@ -536,12 +531,11 @@ async fn serve_core(
                 if core_id == 0 {
                     // What the listener's connections get: the configured
                     // algorithm, or the system's default.
-                    let configured = shared.listeners[i].congestion(&cfg.runtime).is_some();
                     match congestion::get(fd) {
                         Ok(cc) => tracing::info!(
                             listener = %local,
                             tcp_congestion = %cc,
-                            source = if configured { "configured" } else { "system default" },
+                            source = if configured.is_some() { "configured" } else { "system default" },
                             "TCP congestion control"
                         ),
                         Err(e) => {

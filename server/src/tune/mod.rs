@@ -433,8 +433,8 @@ fn socket_buffers(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
 
 /// BBR paces each connection; without the fq qdisc (always so on loopback,
 /// whose qdisc is noqueue) the kernel does it with a timer per burst, which
-/// made RETR cost 1.7–1.9× the server CPU per MiB of cubic on loopback
-/// (docs/benchmarks.md, "TCP congestion control").
+/// made RETR over loopback cost 26–49 % more server CPU per MiB than with
+/// cubic (docs/benchmarks.md, "TCP congestion control").
 fn congestion(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
     let Some(default) = sys.read(crate::runtime::congestion::DEFAULT) else {
         return;
@@ -473,7 +473,7 @@ fn congestion(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
         } else if cc == "bbr" && loopback {
             (
                 Level::Warn,
-                format!("{whose}bbr ({origin}) on a loopback listener: loopback has no fq qdisc, so the kernel paces every connection with a timer per burst; RETR of 1 MiB cost 1.7–1.9× the server CPU of cubic over loopback (docs/benchmarks.md)"),
+                format!("{whose}bbr ({origin}) on a loopback listener: loopback has no fq qdisc, so the kernel paces every connection with a timer per burst; cubic instead cut the server CPU per MiB of RETR by 20–33 % over loopback (docs/benchmarks.md)"),
                 Some("tcp_congestion = \"cubic\" under this [[listener]]".into()),
             )
         } else if cc == "bbr" {
