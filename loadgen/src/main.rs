@@ -63,12 +63,17 @@ struct Args {
     /// Users as "user password" lines.
     #[arg(long)]
     users_file: Option<PathBuf>,
-    /// Users from a pattern: {n} is replaced by 1..=--user-count.
+    // clap turns a literal `{n}` in help text into a line break, so the
+    // placeholder is described in words here.
+    /// Users from a pattern: "n" in braces is replaced by 1..=--user-count,
+    /// as in --password-pattern's default.
     #[arg(long)]
     user_pattern: Option<String>,
-    /// Password pattern for --user-pattern ({n} allowed).
+    /// Password pattern for --user-pattern ("n" in braces allowed, as in
+    /// the default).
     #[arg(long, default_value = "password{n}")]
     password_pattern: String,
+    /// How many users --user-pattern makes.
     #[arg(long, default_value_t = 100)]
     user_count: usize,
     /// Login command.
