@@ -144,7 +144,8 @@ struct Args {
     /// Write an HDR histogram interval log here.
     #[arg(long)]
     hdr_log: Option<PathBuf>,
-    /// Draw throughput and p99 over time into this SVG file.
+    /// Draw throughput and p99 over time into this file: .svg, or .png
+    /// (needs a system font, e.g. fonts-dejavu-core).
     #[arg(long)]
     chart: Option<PathBuf>,
     /// No progress line.
@@ -422,6 +423,12 @@ fn run() -> Result<bool, String> {
         return Err("give --users-file, --user-pattern or --demo-json".into());
     };
     let mix = scenario::parse_mix(&args.mix)?;
+    // A chart that cannot be written is reported now, not after the run.
+    if let Some(path) = &args.chart {
+        if report::ChartFormat::of(path)? == report::ChartFormat::Png {
+            report::png_fonts()?;
+        }
+    }
     // Build the configs once here to report errors before starting threads.
     build_config(&args, &ca, false)?;
     let threads = match args.threads {

@@ -1,5 +1,7 @@
 //! The end of a run: a table for people, a JSON document for scripts, and
-//! optionally an HDR interval log and an SVG chart of throughput and p99.
+//! optionally an HDR interval log and a chart of throughput and p99 (SVG,
+//! or PNG for places that show images but not SVG: chat, issue trackers,
+//! some wikis).
 
 use std::path::Path;
 
@@ -215,9 +217,115 @@ pub struct Point {
 }
 
 /// Draws throughput and p99 over time into an SVG file.
+/// What `--chart` writes, from the file name's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChartFormat {
+    Svg,
+    Png,
+}
+
+/// Chart size in pixels (also the PNG's).
+const CHART_SIZE: (u32, u32) = (900, 600);
+
+/// Families tried, in order, for the chart's "sans-serif" text in a PNG.
+const SANS_FAMILIES: &[&str] = &[
+    "DejaVu Sans",
+    "Liberation Sans",
+    "Noto Sans",
+    "FreeSans",
+    "Arial",
+    "Helvetica",
+];
+
+impl ChartFormat {
+    /// Picks the format from the extension, so that a typo is reported
+    /// before the run rather than after it.
+    pub fn of(path: &Path) -> Result<Self, String> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("svg") => Ok(Self::Svg),
+            Some("png") => Ok(Self::Png),
+            _ => Err(format!(
+                "--chart {}: the file name must end in .svg or .png",
+                path.display()
+            )),
+        }
+    }
+}
+
+/// The fonts a PNG chart's text is drawn with: the system's, with a sans
+/// family standing in for "sans-serif". An SVG names its font and leaves
+/// drawing to the viewer, so only PNG needs one here.
+pub fn png_fonts() -> Result<resvg::usvg::fontdb::Database, String> {
+    let mut db = resvg::usvg::fontdb::Database::new();
+    db.load_system_fonts();
+    let all: Vec<String> = db
+        .faces()
+        .flat_map(|f| f.families.iter().map(|(name, _)| name.clone()))
+        .collect();
+    let family = SANS_FAMILIES
+        .iter()
+        .find(|want| all.iter().any(|n| n == *want))
+        .map(|s| s.to_string())
+        .or_else(|| all.first().cloned());
+    match family {
+        Some(f) => {
+            db.set_sans_serif_family(f);
+            Ok(db)
+        }
+        None => Err(
+            "a PNG chart needs a TrueType or OpenType font on this machine \
+                     (e.g. apt-get install fonts-dejavu-core), or write the chart as .svg"
+                .into(),
+        ),
+    }
+}
+
+/// Draws throughput and p99 over time; the format follows the extension.
 pub fn chart(path: &Path, title: &str, points: &[Point]) -> Result<(), String> {
+    match ChartFormat::of(path)? {
+        ChartFormat::Svg => {
+            let mut svg = String::new();
+            draw_chart(&mut svg, title, points)?;
+            std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        ChartFormat::Png => {
+            let mut svg = String::new();
+            draw_chart(&mut svg, title, points)?;
+            let png = rasterize(&svg, png_fonts()?)?;
+            std::fs::write(path, png).map_err(|e| format!("{}: {e}", path.display()))
+        }
+    }
+}
+
+/// SVG text to PNG bytes, text drawn with `fonts`.
+fn rasterize(svg: &str, fonts: resvg::usvg::fontdb::Database) -> Result<Vec<u8>, String> {
+    let mut opt = resvg::usvg::Options::default();
+    *opt.fontdb_mut() = fonts;
+    let tree = resvg::usvg::Tree::from_str(svg, &opt).map_err(|e| format!("chart: {e}"))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap =
+        resvg::tiny_skia::Pixmap::new(size.width(), size.height()).ok_or_else(|| {
+            format!(
+                "chart: cannot draw {}x{} pixels",
+                size.width(),
+                size.height()
+            )
+        })?;
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::identity(),
+        &mut pixmap.as_mut(),
+    );
+    pixmap.encode_png().map_err(|e| format!("chart: {e}"))
+}
+
+fn draw_chart(out: &mut String, title: &str, points: &[Point]) -> Result<(), String> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    let root = SVGBackend::with_string(out, CHART_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (top, bottom) = root.split_vertically(300);
     let t_max = points.last().map_or(1.0, |p| p.t).max(1.0);

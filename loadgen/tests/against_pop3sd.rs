@@ -248,3 +248,62 @@ fn chart_and_hdr_log_are_written() {
         .unwrap()
         .contains("#[StartTime"));
 }
+
+#[test]
+fn png_chart_has_its_text_drawn() {
+    let d = tempfile::tempdir().unwrap();
+    let s = server();
+    let chart = d.path().join("c.png");
+    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+        .arg("--demo-json")
+        .arg(&s.json)
+        .args([
+            "--quiet",
+            "-s",
+            "handshake",
+            "--duration",
+            "2",
+            "-c",
+            "2",
+            "--chart",
+        ])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = resvg::tiny_skia::Pixmap::load_png(&chart).expect("a PNG file");
+    assert_eq!((png.width(), png.height()), (900, 600));
+    // The caption band above the upper plot holds nothing but the title's
+    // text: dark pixels there mean the font was found and used.
+    let dark = (0..30)
+        .flat_map(|y| (0..900).map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            let p = png.pixel(x, y).unwrap();
+            p.red() < 128 && p.green() < 128 && p.blue() < 128
+        })
+        .count();
+    assert!(dark > 200, "only {dark} dark pixels in the caption");
+}
+
+#[test]
+fn unknown_chart_format_is_refused_before_the_run() {
+    let d = tempfile::tempdir().unwrap();
+    let s = server();
+    let chart = d.path().join("c.jpg");
+    let t = std::time::Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+        .arg("--demo-json")
+        .arg(&s.json)
+        .args(["--quiet", "-s", "handshake", "--duration", "5", "--chart"])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("must end in .svg or .png"), "{err}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "it ran first"
+    );
+    assert!(!chart.exists());
+}
