@@ -218,13 +218,9 @@ fn a_wrong_password_is_counted_not_hidden() {
     assert_eq!(r["errors"]["login"], 2);
 }
 
-#[test]
-fn chart_and_hdr_log_are_written() {
-    let d = tempfile::tempdir().unwrap();
-    let s = server();
-    let chart = d.path().join("c.svg");
-    let hdr = d.path().join("h.hlog");
-    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+/// Two seconds of `-s handshake` with `--chart` and what follows it.
+fn short_handshake_run(s: &Server, chart_and_more: &[&std::path::Path]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
         .arg("--demo-json")
         .arg(&s.json)
         .args([
@@ -237,11 +233,18 @@ fn chart_and_hdr_log_are_written() {
             "2",
             "--chart",
         ])
-        .arg(&chart)
-        .arg("--hdr-log")
-        .arg(&hdr)
+        .args(chart_and_more)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn chart_and_hdr_log_are_written() {
+    let d = tempfile::tempdir().unwrap();
+    let s = server();
+    let chart = d.path().join("c.svg");
+    let hdr = d.path().join("h.hlog");
+    let o = short_handshake_run(&s, &[&chart, "--hdr-log".as_ref(), &hdr]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read_to_string(&chart).unwrap().contains("<svg"));
     assert!(std::fs::read_to_string(&hdr)
@@ -254,22 +257,7 @@ fn png_chart_has_its_text_drawn() {
     let d = tempfile::tempdir().unwrap();
     let s = server();
     let chart = d.path().join("c.png");
-    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
-        .arg("--demo-json")
-        .arg(&s.json)
-        .args([
-            "--quiet",
-            "-s",
-            "handshake",
-            "--duration",
-            "2",
-            "-c",
-            "2",
-            "--chart",
-        ])
-        .arg(&chart)
-        .output()
-        .unwrap();
+    let o = short_handshake_run(&s, &[&chart]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let png = resvg::tiny_skia::Pixmap::load_png(&chart).expect("a PNG file");
     assert_eq!((png.width(), png.height()), (900, 600));
