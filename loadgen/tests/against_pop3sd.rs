@@ -244,7 +244,7 @@ fn chart_and_hdr_log_are_written() {
     let s = server();
     let chart = d.path().join("c.svg");
     let hdr = d.path().join("h.hlog");
-    let o = short_handshake_run(&s, &[&chart, "--hdr-log".as_ref(), &hdr]);
+    let o = short_handshake_run(s, &[&chart, "--hdr-log".as_ref(), &hdr]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read_to_string(&chart).unwrap().contains("<svg"));
     assert!(std::fs::read_to_string(&hdr)
@@ -257,7 +257,7 @@ fn png_chart_has_its_text_drawn() {
     let d = tempfile::tempdir().unwrap();
     let s = server();
     let chart = d.path().join("c.png");
-    let o = short_handshake_run(&s, &[&chart]);
+    let o = short_handshake_run(s, &[&chart]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let png = resvg::tiny_skia::Pixmap::load_png(&chart).expect("a PNG file");
     assert_eq!((png.width(), png.height()), (900, 600));
