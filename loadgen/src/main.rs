@@ -423,14 +423,14 @@ fn run() -> Result<bool, String> {
         return Err("give --users-file, --user-pattern or --demo-json".into());
     };
     let mix = scenario::parse_mix(&args.mix)?;
-    // A chart that cannot be written is reported now, not after the run.
-    if let Some(path) = &args.chart {
-        if report::ChartFormat::of(path)? == report::ChartFormat::Png {
-            report::png_fonts()?;
-        }
-    }
     // Build the configs once here to report errors before starting threads.
     build_config(&args, &ca, false)?;
+    // Output files that cannot be written are reported now, not after the run.
+    let outputs = report::Outputs::create(
+        args.json.as_deref(),
+        args.chart.as_deref(),
+        args.hdr_log.as_deref(),
+    )?;
     let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -584,20 +584,7 @@ fn run() -> Result<bool, String> {
         idle_mem,
     );
     eprintln!("{}", report.table());
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        if path.as_os_str() == "-" {
-            println!("{text}");
-        } else {
-            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    if let Some(path) = &args.chart {
-        report::chart(path, &report.scenario, &points)?;
-    }
-    if let Some(path) = &args.hdr_log {
-        report::hdr_log(path, start_unix, &intervals)?;
-    }
+    outputs.write(&report, &points, start_unix, &intervals)?;
     Ok(report.error_total == 0 && report.ops > 0)
 }
 

@@ -3,7 +3,9 @@
 //! or PNG for places that show images but not SVG: chat, issue trackers,
 //! some wikis).
 
-use std::path::Path;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -284,20 +286,120 @@ pub fn png_fonts() -> Result<resvg::usvg::fontdb::Database, String> {
     }
 }
 
-/// Draws throughput and p99 over time; the format follows the extension.
-pub fn chart(path: &Path, title: &str, points: &[Point]) -> Result<(), String> {
-    match ChartFormat::of(path)? {
-        ChartFormat::Svg => {
-            let mut svg = String::new();
-            draw_chart(&mut svg, title, points)?;
-            std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display()))
+/// The files a run writes at its end, created before it starts: a path
+/// that cannot be written is then an error before the load, not the loss
+/// of a long run's results after it.
+pub struct Outputs {
+    json: Option<Output>,
+    chart: Option<(Output, ChartFormat, Option<resvg::usvg::fontdb::Database>)>,
+    hdr_log: Option<Output>,
+}
+
+/// One output: standard output ("-", JSON only) or a created file.
+struct Output {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl Output {
+    fn create(path: &Path, dash_is_stdout: bool) -> Result<Self, String> {
+        let file = if dash_is_stdout && path.as_os_str() == "-" {
+            None
+        } else {
+            Some(File::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
+        };
+        Ok(Output {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let r = match &mut self.file {
+            Some(f) => f.write_all(bytes).and_then(|()| f.flush()),
+            None => std::io::stdout()
+                .write_all(bytes)
+                .and_then(|()| std::io::stdout().flush()),
+        };
+        r.map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
+
+impl Outputs {
+    /// Checks the chart's format (and, for PNG, that a font exists) and
+    /// creates every file.
+    pub fn create(
+        json: Option<&Path>,
+        chart: Option<&Path>,
+        hdr_log: Option<&Path>,
+    ) -> Result<Self, String> {
+        let chart = match chart {
+            Some(path) => {
+                let format = ChartFormat::of(path)?;
+                let fonts = match format {
+                    ChartFormat::Png => Some(png_fonts()?),
+                    ChartFormat::Svg => None,
+                };
+                Some((Output::create(path, false)?, format, fonts))
+            }
+            None => None,
+        };
+        Ok(Outputs {
+            json: json.map(|p| Output::create(p, true)).transpose()?,
+            chart,
+            hdr_log: hdr_log.map(|p| Output::create(p, false)).transpose()?,
+        })
+    }
+
+    /// Writes everything it can; one output failing does not cost the
+    /// others. Errors are joined into one message.
+    pub fn write(
+        mut self,
+        report: &Report,
+        points: &[Point],
+        start_unix: f64,
+        intervals: &[(f64, f64, Stats)],
+    ) -> Result<(), String> {
+        let mut errors = Vec::new();
+        if let Some(out) = &mut self.json {
+            let r = serde_json::to_string_pretty(report)
+                .map_err(|e| e.to_string())
+                .and_then(|mut text| {
+                    text.push('\n');
+                    out.write(text.as_bytes())
+                });
+            errors.extend(r.err());
         }
-        ChartFormat::Png => {
-            let mut svg = String::new();
-            draw_chart(&mut svg, title, points)?;
-            let png = rasterize(&svg, png_fonts()?)?;
-            std::fs::write(path, png).map_err(|e| format!("{}: {e}", path.display()))
+        if let Some((out, format, fonts)) = &mut self.chart {
+            let r = chart_bytes(&report.scenario, points, *format, fonts.take())
+                .and_then(|bytes| out.write(&bytes));
+            errors.extend(r.err());
         }
+        if let Some(out) = &mut self.hdr_log {
+            let r = hdr_log_bytes(start_unix, intervals).and_then(|bytes| out.write(&bytes));
+            errors.extend(r.err());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// Throughput and p99 over time, as an SVG document or a PNG image.
+fn chart_bytes(
+    title: &str,
+    points: &[Point],
+    format: ChartFormat,
+    fonts: Option<resvg::usvg::fontdb::Database>,
+) -> Result<Vec<u8>, String> {
+    let mut svg = String::new();
+    draw_chart(&mut svg, title, points)?;
+    match (format, fonts) {
+        (ChartFormat::Svg, _) => Ok(svg.into_bytes()),
+        (ChartFormat::Png, Some(fonts)) => rasterize(&svg, fonts),
+        (ChartFormat::Png, None) => rasterize(&svg, png_fonts()?),
     }
 }
 
@@ -369,15 +471,11 @@ fn draw_chart(out: &mut String, title: &str, points: &[Point]) -> Result<(), Str
     root.present().map_err(|e| e.to_string())
 }
 
-/// Writes interval histograms in HdrHistogram's interval-log format.
-pub fn hdr_log(
-    path: &Path,
-    start_unix: f64,
-    intervals: &[(f64, f64, Stats)],
-) -> Result<(), String> {
+/// Interval histograms in HdrHistogram's interval-log format.
+fn hdr_log_bytes(start_unix: f64, intervals: &[(f64, f64, Stats)]) -> Result<Vec<u8>, String> {
     use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
     use hdrhistogram::serialization::V2Serializer;
-    let mut file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut file = Vec::new();
     let mut ser = V2Serializer::new();
     let mut w = IntervalLogWriterBuilder::new()
         .with_base_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(start_unix))
@@ -393,5 +491,6 @@ pub fn hdr_log(
         )
         .map_err(|e| format!("{e:?}"))?;
     }
-    Ok(())
+    drop(w);
+    Ok(file)
 }

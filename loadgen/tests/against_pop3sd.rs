@@ -2,6 +2,7 @@
 //! process from the demo set-up), every scenario bounded in count and time,
 //! checking that it reports what happened and that nothing failed.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -218,24 +219,25 @@ fn a_wrong_password_is_counted_not_hidden() {
     assert_eq!(r["errors"]["login"], 2);
 }
 
-/// Two seconds of `-s handshake` with `--chart` and what follows it.
-fn short_handshake_run(s: &Server, chart_and_more: &[&std::path::Path]) -> std::process::Output {
+/// `pop3-loadgen -s handshake` against the test server with `args`.
+fn handshake_run(s: &Server, args: &[&OsStr]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
         .arg("--demo-json")
         .arg(&s.json)
-        .args([
-            "--quiet",
-            "-s",
-            "handshake",
-            "--duration",
-            "2",
-            "-c",
-            "2",
-            "--chart",
-        ])
-        .args(chart_and_more)
+        .args(["--quiet", "-s", "handshake"])
+        .args(args)
         .output()
         .unwrap()
+}
+
+/// Two seconds of `-s handshake` with `--chart` and what follows it.
+fn short_handshake_run(s: &Server, chart_and_more: &[&Path]) -> std::process::Output {
+    let mut args: Vec<&OsStr> = ["--duration", "2", "-c", "2", "--chart"]
+        .iter()
+        .map(OsStr::new)
+        .collect();
+    args.extend(chart_and_more.iter().map(|p| p.as_os_str()));
+    handshake_run(s, &args)
 }
 
 #[test]
@@ -279,13 +281,13 @@ fn unknown_chart_format_is_refused_before_the_run() {
     let s = server();
     let chart = d.path().join("c.jpg");
     let t = std::time::Instant::now();
-    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
-        .arg("--demo-json")
-        .arg(&s.json)
-        .args(["--quiet", "-s", "handshake", "--duration", "5", "--chart"])
-        .arg(&chart)
-        .output()
-        .unwrap();
+    let args = [
+        "--duration".as_ref(),
+        "5".as_ref(),
+        "--chart".as_ref(),
+        chart.as_os_str(),
+    ];
+    let o = handshake_run(s, &args);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("must end in .svg or .png"), "{err}");
@@ -294,4 +296,48 @@ fn unknown_chart_format_is_refused_before_the_run() {
         "it ran first"
     );
     assert!(!chart.exists());
+}
+
+#[test]
+fn unwritable_outputs_are_refused_before_the_run() {
+    let d = tempfile::tempdir().unwrap();
+    let s = server();
+    let missing = d.path().join("no-such-dir");
+    for (flag, file) in [
+        ("--json", "r.json"),
+        ("--hdr-log", "r.hlog"),
+        ("--chart", "c.svg"),
+    ] {
+        let path = missing.join(file);
+        let t = std::time::Instant::now();
+        let args = [
+            "--duration".as_ref(),
+            "5".as_ref(),
+            flag.as_ref(),
+            path.as_os_str(),
+        ];
+        let o = handshake_run(s, &args);
+        assert!(!o.status.success(), "{flag}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&*path.to_string_lossy()) && err.contains("No such file"),
+            "{flag}: {err}"
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{flag}: it ran first"
+        );
+    }
+}
+
+#[test]
+fn json_report_goes_to_stdout_with_a_dash() {
+    let s = server();
+    let args = ["--count", "20", "-c", "2", "--json", "-"].map(OsStr::new);
+    let o = handshake_run(s, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("stdout is the JSON report");
+    assert_eq!(r["ops"], 20);
+    assert_eq!(r["error_total"], 0);
 }
