@@ -11,6 +11,8 @@
 #   SC=retr USERS=16 MESSAGES=4 MESSAGE_SIZE=1048576 CONCURRENCY=8 bench/ab.sh
 # SERVER_LOG: where the server's log goes (default /dev/null; a file makes
 # logging cost what it costs in production).
+# RATE: open loop at that many operations per second instead of CONCURRENCY
+# in flight (the low-load regime, where wake-ups dominate).
 # A_SET and B_SET: space-separated `--set` values for each side, to compare
 # two settings of one binary:
 #   A=target/release/pop3sd B=target/release/pop3sd A_SET=runtime.tcp_congestion=bbr \
@@ -40,7 +42,8 @@ for round in $(seq 1 "$ROUNDS"); do
     PID=$!
     for _ in $(seq 1 300); do [ -s "$W/demo.json" ] && break; sleep 0.1; done
     s0=$(segs)
-    taskset -c "$GEN_CPU" "$LOADGEN" -s "$SC" --demo-json "$W/demo.json" --threads 1 -c "$CONCURRENCY" \
+    load=(-c "$CONCURRENCY"); [ -n "${RATE:-}" ] && load=(--rate "$RATE")
+    taskset -c "$GEN_CPU" "$LOADGEN" -s "$SC" --demo-json "$W/demo.json" --threads 1 "${load[@]}" \
       -d "$DURATION" --server-pid "$PID" --quiet --json "$W/r.json" >/dev/null 2>&1
     s1=$(segs)
     python3 - "$W/r.json" "$side" "$round" "$s0" "$s1" <<'PY'
