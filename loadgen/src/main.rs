@@ -14,6 +14,7 @@ mod report;
 mod scenario;
 mod stats;
 mod tls_stream;
+mod trust;
 mod users;
 
 use std::cell::RefCell;
@@ -25,14 +26,13 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 
 use pop3::LoginMethod;
 use report::{IdleMemory, Point, Report};
 use scenario::{Op, Rng, Scenario, Target};
 use stats::Stats;
+use trust::Trust;
 use users::User;
 
 #[global_allocator]
@@ -54,9 +54,15 @@ struct Args {
     /// Server address (IP:port); default from --demo-json.
     #[arg(long)]
     target: Option<SocketAddr>,
-    /// CA file to verify the server's certificate; default from --demo-json.
-    #[arg(long)]
+    /// CA file to verify the server's certificate; default from
+    /// --demo-json, else the system's trust store.
+    #[arg(long, conflicts_with = "insecure")]
     ca: Option<PathBuf>,
+    /// Accept any server certificate (test servers with throwaway
+    /// certificates). The handshake's signature is still checked, so the
+    /// client's TLS work stays the same; the report says it was not verified.
+    #[arg(long, short = 'k')]
+    insecure: bool,
     /// SNI name to send; default: each user's domain.
     #[arg(long)]
     sni: Option<String>,
@@ -158,14 +164,7 @@ enum Msg {
     Tls(String, String),
 }
 
-fn build_config(args: &Args, ca: &PathBuf, resume: bool) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-    for c in certs {
-        roots
-            .add(c.map_err(|e| format!("{}: {e}", ca.display()))?)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
-    }
+fn build_config(args: &Args, trust: &Trust, resume: bool) -> Result<Arc<ClientConfig>, String> {
     let mut provider = rustls::crypto::ring::default_provider();
     if let Some(name) = &args.cipher {
         provider
@@ -191,11 +190,17 @@ fn build_config(args: &Args, ca: &PathBuf, resume: bool) -> Result<Arc<ClientCon
         "any" => &[&rustls::version::TLS13, &rustls::version::TLS12],
         other => return Err(format!("--tls-version {other}: use 1.2, 1.3 or any")),
     };
-    let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider))
+    let provider = Arc::new(provider);
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| e.to_string())?;
+    let mut cfg = match trust {
+        Trust::Roots { roots, .. } => builder.with_root_certificates(roots.clone()),
+        Trust::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(trust::AnyCertificate::new(provider))),
+    }
+    .with_no_client_auth();
     cfg.resumption = if resume {
         rustls::client::Resumption::store(tls_stream::CountingStore::new(4096))
     } else {
@@ -368,7 +373,7 @@ struct Shared {
     args: Args,
     users: Vec<User>,
     addr: SocketAddr,
-    ca: PathBuf,
+    trust: Trust,
     mix: Vec<(Op, u32)>,
     idle_ready: AtomicUsize,
     idle_held: AtomicUsize,
@@ -408,11 +413,13 @@ fn run() -> Result<bool, String> {
             .map_err(|e| format!("demo pop3s address: {e}"))?,
         (None, None) => return Err("give --target or --demo-json".into()),
     };
-    let ca = match (&args.ca, &demo) {
-        (Some(c), _) => c.clone(),
-        (None, Some(d)) => PathBuf::from(&d.ca_file),
-        (None, None) => return Err("give --ca or --demo-json".into()),
+    let trust = match (&args.ca, &demo) {
+        _ if args.insecure => Trust::Insecure,
+        (Some(c), _) => Trust::ca_file(c)?,
+        (None, Some(d)) => Trust::ca_file(std::path::Path::new(&d.ca_file))?,
+        (None, None) => Trust::system()?,
     };
+    let certificate = trust.describe();
     let users = if let Some(f) = &args.users_file {
         users::from_file(f)?
     } else if let Some(p) = &args.user_pattern {
@@ -424,7 +431,7 @@ fn run() -> Result<bool, String> {
     };
     let mix = scenario::parse_mix(&args.mix)?;
     // Build the configs once here to report errors before starting threads.
-    build_config(&args, &ca, false)?;
+    build_config(&args, &trust, false)?;
     // Output files that cannot be written are reported now, not after the run.
     let outputs = report::Outputs::create(
         args.json.as_deref(),
@@ -435,11 +442,17 @@ fn run() -> Result<bool, String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    // In closed loop a thread without a connection of its own would hold
+    // its share of --count and never use it.
+    let threads = match (args.scenario, args.rate) {
+        (Scenario::Idle, _) | (_, Some(_)) => threads,
+        (_, None) => threads.min(args.concurrency.max(1)),
+    };
     let shared = Arc::new(Shared {
         args: args.clone(),
         users,
         addr,
-        ca,
+        trust,
         mix,
         idle_ready: AtomicUsize::new(0),
         idle_held: AtomicUsize::new(0),
@@ -579,6 +592,7 @@ fn run() -> Result<bool, String> {
         elapsed,
         &total,
         tls,
+        certificate,
         client_cpu,
         (server_cpu, server_process_cpu),
         idle_mem,
@@ -625,8 +639,8 @@ fn share(total: usize, parts: usize, i: usize) -> usize {
 async fn worker(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<Msg>) {
     let args = &shared.args;
     let target = match (
-        build_config(args, &shared.ca, false),
-        build_config(args, &shared.ca, true),
+        build_config(args, &shared.trust, false),
+        build_config(args, &shared.trust, true),
     ) {
         (Ok(full), Ok(resuming)) => Rc::new(Target {
             addr: shared.addr,

@@ -61,6 +61,8 @@ pub struct Report {
     pub latency_us: Latency,
     pub tls_version: String,
     pub cipher_suite: String,
+    /// Whether and against what the server's certificate was verified.
+    pub certificate: String,
     pub client_cpu_s: f64,
     pub client_cpu_us_per_op: f64,
     pub server_cpu_s: Option<f64>,
@@ -85,6 +87,7 @@ impl Report {
         elapsed_s: f64,
         total: &Stats,
         tls: (String, String),
+        certificate: String,
         client_cpu_s: f64,
         (server_cpu_s, server_process_cpu_s): (Option<f64>, Option<f64>),
         idle: Option<IdleMemory>,
@@ -133,6 +136,7 @@ impl Report {
             },
             tls_version: tls.0,
             cipher_suite: tls.1,
+            certificate,
             client_cpu_s,
             client_cpu_us_per_op: client_cpu_s * 1e6 / ops,
             server_cpu_s,
@@ -153,7 +157,7 @@ impl Report {
              latency µs p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.0})\n\
              handshakes {:>12}   resumed {} ({:.1}%; {:.1}% of {} attempts)\n\
              payload    {:>12} B ({:.1} MB/s)\n\
-             tls        {} {}\n\
+             tls        {} {}, certificate {}\n\
              client CPU {:.3} s ({:.1} µs/op)",
             self.scenario,
             self.target,
@@ -183,6 +187,7 @@ impl Report {
             self.payload_mb_per_s,
             self.tls_version,
             self.cipher_suite,
+            self.certificate,
             self.client_cpu_s,
             self.client_cpu_us_per_op,
         );

@@ -341,3 +341,76 @@ fn json_report_goes_to_stdout_with_a_dash() {
     assert_eq!(r["ops"], 20);
     assert_eq!(r["error_total"], 0);
 }
+
+/// The test server's POP3S address and a users file for alice, for runs
+/// that do not take their target and CA from the demo's JSON.
+fn target_and_users(dir: &Path) -> (String, PathBuf) {
+    let s = server();
+    let demo: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&s.json).unwrap()).unwrap();
+    let users = dir.join("users");
+    std::fs::write(&users, "alice@example.com alice-com-secret\n").unwrap();
+    (demo["pop3s"].as_str().unwrap().to_string(), users)
+}
+
+fn run_without_demo(args: &[&OsStr]) -> (std::process::Output, serde_json::Value) {
+    let d = tempfile::tempdir().unwrap();
+    let (target, users) = target_and_users(d.path());
+    let out = d.path().join("r.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+        .args(["--quiet", "-s", "session", "--count", "4", "-c", "1"])
+        .args(["--sni", "example.com", "--target", &target, "--users-file"])
+        .arg(&users)
+        .arg("--json")
+        .arg(&out)
+        .args(args)
+        .output()
+        .unwrap();
+    let r = std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (o, r)
+}
+
+#[test]
+fn certificates_are_checked_against_the_system_store_by_default() {
+    // The demo's CA is in no system store: every handshake must fail, and
+    // be counted.
+    let (o, r) = run_without_demo(&[]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(r["errors"]["tls"], 4, "{r}");
+    assert_eq!(r["ops"], 0);
+    assert_eq!(
+        r["certificate"], "verified against the system trust store",
+        "{r}"
+    );
+}
+
+#[test]
+fn insecure_accepts_any_certificate_and_says_so() {
+    let (o, r) = run_without_demo(&["--insecure".as_ref()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(r["ops"], 4);
+    assert_eq!(r["error_total"], 0);
+    assert_eq!(r["certificate"], "NOT verified (--insecure)");
+    let (o, _) = run_without_demo(&["--insecure".as_ref(), "--ca".as_ref(), "/x.pem".as_ref()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be used with"));
+}
+
+#[test]
+fn count_is_exact_with_fewer_connections_than_threads() {
+    let d = tempfile::tempdir().unwrap();
+    let r = loadgen(
+        &["-s", "handshake", "--count", "5", "-c", "1"],
+        &d.path().join("c.json"),
+    );
+    assert_eq!(r["ops"], 5, "{r}");
+    assert_eq!(r["threads"], 1);
+}
