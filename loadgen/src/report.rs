@@ -223,7 +223,6 @@ pub struct Point {
     pub p99_ms: f64,
 }
 
-/// Draws throughput and p99 over time into an SVG file.
 /// What `--chart` writes, from the file name's extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChartFormat {
@@ -285,7 +284,7 @@ pub fn png_fonts() -> Result<resvg::usvg::fontdb::Database, String> {
         }
         None => Err(
             "a PNG chart needs a TrueType or OpenType font on this machine \
-                     (e.g. apt-get install fonts-dejavu-core), or write the chart as .svg"
+             (e.g. apt-get install fonts-dejavu-core), or write the chart as .svg"
                 .into(),
         ),
     }
@@ -480,12 +479,12 @@ fn draw_chart(out: &mut String, title: &str, points: &[Point]) -> Result<(), Str
 fn hdr_log_bytes(start_unix: f64, intervals: &[(f64, f64, Stats)]) -> Result<Vec<u8>, String> {
     use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
     use hdrhistogram::serialization::V2Serializer;
-    let mut file = Vec::new();
+    let mut bytes = Vec::new();
     let mut ser = V2Serializer::new();
     let mut w = IntervalLogWriterBuilder::new()
         .with_base_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(start_unix))
         .with_start_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(start_unix))
-        .begin_log_with(&mut file, &mut ser)
+        .begin_log_with(&mut bytes, &mut ser)
         .map_err(|e| e.to_string())?;
     for (t, dur, s) in intervals {
         w.write_histogram(
@@ -497,5 +496,5 @@ fn hdr_log_bytes(start_unix: f64, intervals: &[(f64, f64, Stats)]) -> Result<Vec
         .map_err(|e| format!("{e:?}"))?;
     }
     drop(w);
-    Ok(file)
+    Ok(bytes)
 }
