@@ -216,20 +216,11 @@ impl Pop3 {
         Ok(sizes)
     }
 
-    /// UIDL: number of entries (each checked to be 1-70 printable octets).
+    /// UIDL: number of entries (see [`check_uidl_listing`]).
     pub async fn uidl(&mut self) -> Result<usize, OpError> {
         self.command("UIDL", "UIDL\r\n").await?;
         let (_, lines) = self.body(true).await?;
-        for l in &lines {
-            let uid = l
-                .split(|&b| b == b' ')
-                .nth(1)
-                .ok_or(OpError::Malformed("UIDL"))?;
-            if uid.is_empty() || uid.len() > 70 || !uid.iter().all(|b| (0x21..=0x7e).contains(b)) {
-                return Err(OpError::Malformed("UIDL value"));
-            }
-        }
-        Ok(lines.len())
+        check_uidl_listing(&lines)
     }
 
     /// RETR n, checking the octet count against LIST's size. Returns bytes.
@@ -250,5 +241,62 @@ impl Pop3 {
     /// QUIT, requiring +OK.
     pub async fn quit(&mut self) -> Result<(), OpError> {
         self.command("QUIT", "QUIT\r\n").await.map(|_| ())
+    }
+}
+
+/// Checks a UIDL listing as RFC 1939 defines it: "n uid" lines numbered
+/// 1, 2, ... in order, each uid 1-70 octets of 0x21-0x7E, and no uid
+/// twice in one maildrop (a client keyed on UIDs would lose mail).
+pub fn check_uidl_listing(lines: &[Vec<u8>]) -> Result<usize, OpError> {
+    let mut seen = std::collections::HashSet::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        let mut f = l.split(|&b| b == b' ');
+        let n = f
+            .next()
+            .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
+        let uid = f.next().ok_or(OpError::Malformed("UIDL"))?;
+        if n != Some(i + 1) || f.next().is_some() {
+            return Err(OpError::Malformed("UIDL"));
+        }
+        if uid.is_empty() || uid.len() > 70 || !uid.iter().all(|b| (0x21..=0x7e).contains(b)) {
+            return Err(OpError::Malformed("UIDL value"));
+        }
+        if !seen.insert(uid) {
+            return Err(OpError::Malformed("UIDL value repeated"));
+        }
+    }
+    Ok(lines.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(lines: &[&str]) -> Vec<Vec<u8>> {
+        lines.iter().map(|l| l.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn uidl_listings_are_checked() {
+        assert_eq!(check_uidl_listing(&listing(&["1 a", "2 b"])).unwrap(), 2);
+        assert_eq!(check_uidl_listing(&[]).unwrap(), 0);
+        let long = format!("1 {}", "x".repeat(71));
+        for (bad, why) in [
+            (listing(&["1 a", "2 a"]), "UIDL value repeated"),
+            (listing(&["2 a"]), "UIDL"),
+            (listing(&["1 a", "3 b"]), "UIDL"),
+            (listing(&["1"]), "UIDL"),
+            (listing(&["1 a b"]), "UIDL"),
+            (listing(&["x a"]), "UIDL"),
+            (listing(&["1 \x7f"]), "UIDL value"),
+            (listing(&[long.as_str()]), "UIDL value"),
+        ] {
+            match check_uidl_listing(&bad) {
+                Err(OpError::Malformed(w)) => assert_eq!(w, why, "{bad:?}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let max = format!("1 {}", "x".repeat(70));
+        assert_eq!(check_uidl_listing(&listing(&[max.as_str()])).unwrap(), 1);
     }
 }
