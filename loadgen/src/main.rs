@@ -85,7 +85,8 @@ struct Args {
     /// Login command.
     #[arg(long, value_enum, default_value_t = LoginMethod::Plain)]
     login: LoginMethod,
-    /// Worker threads (one io_uring runtime each); 0 = one per CPU.
+    /// Worker threads (one io_uring runtime each); 0 = one per CPU. A
+    /// closed-loop run uses at most --concurrency of them.
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Closed loop: operations in flight at once.

@@ -244,15 +244,18 @@ impl Pop3 {
     }
 }
 
-/// Checks a UIDL listing as RFC 1939 defines it: "n uid" lines numbered
-/// 1, 2, ... in order, each uid 1-70 octets of 0x21-0x7E, and no uid
-/// twice in one maildrop (a client keyed on UIDs would lose mail).
+/// Checks a UIDL listing: "n uid" lines, each uid 1-70 octets of
+/// 0x21-0x7E (RFC 1939), and no uid twice in one maildrop (a client keyed
+/// on UIDs would lose mail). Numbered 1, 2, ... without gaps because the
+/// load generator never deletes in the session (RFC 1939 leaves messages
+/// marked deleted out of the listing).
 pub fn check_uidl_listing(lines: &[Vec<u8>]) -> Result<usize, OpError> {
     let mut seen = std::collections::HashSet::with_capacity(lines.len());
     for (i, l) in lines.iter().enumerate() {
         let mut f = l.split(|&b| b == b' ');
         let n = f
             .next()
+            .filter(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
             .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
         let uid = f.next().ok_or(OpError::Malformed("UIDL"))?;
         if n != Some(i + 1) || f.next().is_some() {
@@ -288,6 +291,7 @@ mod tests {
             (listing(&["1"]), "UIDL"),
             (listing(&["1 a b"]), "UIDL"),
             (listing(&["x a"]), "UIDL"),
+            (listing(&["+1 a"]), "UIDL"),
             (listing(&["1 \x7f"]), "UIDL value"),
             (listing(&[long.as_str()]), "UIDL value"),
         ] {

@@ -272,18 +272,24 @@ pub fn png_fonts() -> Result<resvg::usvg::fontdb::Database, String> {
         .faces()
         .flat_map(|f| f.families.iter().map(|(name, _)| name.clone()))
         .collect();
+    // Failing a known family, any other sans family (not a symbol or
+    // emoji font, whose text would come out blank).
     let family = SANS_FAMILIES
         .iter()
         .find(|want| all.iter().any(|n| n == *want))
         .map(|s| s.to_string())
-        .or_else(|| all.first().cloned());
+        .or_else(|| {
+            all.iter()
+                .find(|n| n.contains("Sans") && !n.contains("Symbol") && !n.contains("Emoji"))
+                .cloned()
+        });
     match family {
         Some(f) => {
             db.set_sans_serif_family(f);
             Ok(db)
         }
         None => Err(
-            "a PNG chart needs a TrueType or OpenType font on this machine \
+            "a PNG chart needs a sans-serif TrueType or OpenType font on this machine \
              (e.g. apt-get install fonts-dejavu-core), or write the chart as .svg"
                 .into(),
         ),
@@ -299,33 +305,59 @@ pub struct Outputs {
     hdr_log: Option<Output>,
 }
 
-/// One output: standard output ("-", JSON only) or a created file.
+/// One output: standard output ("-", JSON only) or a file opened for
+/// writing. An existing file is not emptied until the run has its results,
+/// so a run stopped early leaves the previous results in place.
 struct Output {
     path: PathBuf,
     file: Option<File>,
+    /// Made by this run and not written yet: removed if the run fails.
+    created_empty: bool,
 }
 
 impl Output {
-    fn create(path: &Path, dash_is_stdout: bool) -> Result<Self, String> {
-        let file = if dash_is_stdout && path.as_os_str() == "-" {
-            None
-        } else {
-            Some(File::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
-        };
+    fn open(path: &Path, dash_is_stdout: bool) -> Result<Self, String> {
+        if dash_is_stdout && path.as_os_str() == "-" {
+            return Ok(Output {
+                path: path.to_path_buf(),
+                file: None,
+                created_empty: false,
+            });
+        }
+        let existed = path.exists();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Output {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
+            created_empty: !existed,
         })
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.created_empty = false;
         let r = match &mut self.file {
-            Some(f) => f.write_all(bytes).and_then(|()| f.flush()),
+            Some(f) => f
+                .set_len(0)
+                .and_then(|()| f.write_all(bytes))
+                .and_then(|()| f.flush()),
             None => std::io::stdout()
                 .write_all(bytes)
                 .and_then(|()| std::io::stdout().flush()),
         };
         r.map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if self.created_empty {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -337,6 +369,19 @@ impl Outputs {
         chart: Option<&Path>,
         hdr_log: Option<&Path>,
     ) -> Result<Self, String> {
+        let named: Vec<(&str, &Path)> =
+            [("--json", json), ("--chart", chart), ("--hdr-log", hdr_log)]
+                .into_iter()
+                .filter_map(|(flag, p)| Some((flag, p?)))
+                .filter(|(_, p)| p.as_os_str() != "-")
+                .collect();
+        for (i, (a, pa)) in named.iter().enumerate() {
+            for (b, pb) in &named[i + 1..] {
+                if std::path::absolute(pa).ok() == std::path::absolute(pb).ok() {
+                    return Err(format!("{a} and {b} name the same file, {}", pa.display()));
+                }
+            }
+        }
         let chart = match chart {
             Some(path) => {
                 let format = ChartFormat::of(path)?;
@@ -344,14 +389,21 @@ impl Outputs {
                     ChartFormat::Png => Some(png_fonts()?),
                     ChartFormat::Svg => None,
                 };
-                Some((Output::create(path, false)?, format, fonts))
+                Some((format, fonts, path))
             }
             None => None,
         };
+        // Any failure from here drops (and so removes) what was made.
+        let json = json.map(|p| Output::open(p, true)).transpose()?;
+        let hdr_log = hdr_log.map(|p| Output::open(p, false)).transpose()?;
+        let chart = match chart {
+            Some((format, fonts, path)) => Some((Output::open(path, false)?, format, fonts)),
+            None => None,
+        };
         Ok(Outputs {
-            json: json.map(|p| Output::create(p, true)).transpose()?,
+            json,
             chart,
-            hdr_log: hdr_log.map(|p| Output::create(p, false)).transpose()?,
+            hdr_log,
         })
     }
 

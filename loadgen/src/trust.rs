@@ -50,12 +50,13 @@ impl Trust {
     pub fn system() -> Result<Self, String> {
         let found = rustls_native_certs::load_native_certs();
         let mut roots = RootCertStore::empty();
-        let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+        let (added, unparsable) = roots.add_parsable_certificates(found.certs);
         if added == 0 {
-            let why = found
-                .errors
-                .first()
-                .map_or_else(|| "it is empty".to_string(), |e| e.to_string());
+            let why = match (found.errors.first(), unparsable) {
+                (Some(e), _) => e.to_string(),
+                (None, 0) => "it is empty".to_string(),
+                (None, n) => format!("none of its {n} certificates could be parsed"),
+            };
             return Err(format!(
                 "no CA certificates in the system trust store ({why}): give --ca FILE, \
                  --demo-json, or --insecure for a test server"

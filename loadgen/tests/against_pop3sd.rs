@@ -258,6 +258,12 @@ fn chart_and_hdr_log_are_written() {
 fn png_chart_has_its_text_drawn() {
     let d = tempfile::tempdir().unwrap();
     let s = server();
+    let mut fonts = resvg::usvg::fontdb::Database::new();
+    fonts.load_system_fonts();
+    assert!(
+        !fonts.is_empty(),
+        "this test needs a system font: apt-get install fonts-dejavu-core (.ci/run does)"
+    );
     let chart = d.path().join("c.png");
     let o = short_handshake_run(s, &[&chart]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -375,6 +381,10 @@ fn run_without_demo(args: &[&OsStr]) -> (std::process::Output, serde_json::Value
 
 #[test]
 fn certificates_are_checked_against_the_system_store_by_default() {
+    assert!(
+        !rustls_native_certs::load_native_certs().certs.is_empty(),
+        "this test needs a system trust store: apt-get install ca-certificates (.ci/run does)"
+    );
     // The demo's CA is in no system store: every handshake must fail, and
     // be counted.
     let (o, r) = run_without_demo(&[]);
@@ -413,4 +423,76 @@ fn count_is_exact_with_fewer_connections_than_threads() {
     );
     assert_eq!(r["ops"], 5, "{r}");
     assert_eq!(r["threads"], 1);
+}
+
+#[test]
+fn a_stopped_run_keeps_the_previous_report() {
+    let d = tempfile::tempdir().unwrap();
+    let s = server();
+    let json = d.path().join("r.json");
+    std::fs::write(&json, "previous results\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+        .arg("--demo-json")
+        .arg(&s.json)
+        .args([
+            "--quiet",
+            "-s",
+            "handshake",
+            "-c",
+            "1",
+            "--duration",
+            "30",
+            "--json",
+        ])
+        .arg(&json)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Well past start-up (a few milliseconds), so the outputs are open.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert_eq!(
+        std::fs::read_to_string(&json).unwrap(),
+        "previous results\n"
+    );
+}
+
+#[test]
+fn outputs_are_all_or_nothing_before_the_run() {
+    let d = tempfile::tempdir().unwrap();
+    let s = server();
+    let json = d.path().join("new.json");
+    let bad = d.path().join("no-such-dir").join("h.hlog");
+    let args = [
+        "--duration".as_ref(),
+        "5".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        "--hdr-log".as_ref(),
+        bad.as_os_str(),
+    ];
+    let o = handshake_run(s, &args);
+    assert!(!o.status.success());
+    assert!(
+        !json.exists(),
+        "the JSON file made for the run was left behind"
+    );
+    let same = d.path().join("same");
+    let args = [
+        "--json".as_ref(),
+        same.as_os_str(),
+        "--hdr-log".as_ref(),
+        same.as_os_str(),
+    ];
+    let o = handshake_run(s, &args);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--json and --hdr-log name the same file"),
+        "{err}"
+    );
+    assert!(!same.exists());
 }
