@@ -9,6 +9,7 @@
 //! (no coordinated omission). Every run is bounded by --duration and/or
 //! --count.
 
+mod interrupt;
 mod pop3;
 mod report;
 mod scenario;
@@ -383,13 +384,8 @@ struct Shared {
 
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(clean) => {
-            if clean {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::from(2)
-            }
-        }
+        Ok(0) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("pop3-loadgen: {e}");
             std::process::ExitCode::FAILURE
@@ -397,8 +393,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Runs the whole load test; Ok(false) when operations failed.
-fn run() -> Result<bool, String> {
+/// Runs the whole load test. The exit status: 0 when every operation
+/// succeeded, 2 when some failed, 130 when a signal ended the run early
+/// (its report is written all the same).
+fn run() -> Result<u8, String> {
     let args = Args::parse();
     raise_nofile();
     let demo = args
@@ -477,16 +475,20 @@ fn run() -> Result<bool, String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let mut handles = Vec::new();
-    for w in 0..threads {
-        let shared = shared.clone();
-        let tx = tx.clone();
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("loadgen-{w}"))
-                .spawn(move || worker_thread(w, threads, shared, tx))
-                .map_err(|e| e.to_string())?,
-        );
-    }
+    interrupt::install();
+    interrupt::with_signals_blocked(|| -> Result<(), String> {
+        for w in 0..threads {
+            let shared = shared.clone();
+            let tx = tx.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("loadgen-{w}"))
+                    .spawn(move || worker_thread(w, threads, shared, tx))
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(())
+    })?;
     drop(tx);
 
     let progress = if args.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -514,6 +516,11 @@ fn run() -> Result<bool, String> {
             Ok(Msg::Tls(v, c)) => tls = (v, c),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if interrupt::requested() && !shared.idle_release.load(Ordering::Acquire) {
+            // Workers stop taking new operations; idle ones let go now.
+            progress.set_message("interrupted: finishing operations in flight");
+            shared.idle_release.store(true, Ordering::Release);
         }
         let now = start.elapsed().as_secs_f64();
         if now - second_start >= 1.0 {
@@ -557,7 +564,10 @@ fn run() -> Result<bool, String> {
                 });
             }
             progress.set_message(format!("{held} connections held"));
-            std::thread::sleep(idle_deadline.saturating_sub(Duration::from_secs(1)));
+            let until = Instant::now() + idle_deadline.saturating_sub(Duration::from_secs(1));
+            while Instant::now() < until && !interrupt::requested() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             shared.idle_release.store(true, Ordering::Release);
         }
     }
@@ -583,7 +593,7 @@ fn run() -> Result<bool, String> {
         Some(r) => ("open".to_string(), None, Some(r)),
         None => ("closed".to_string(), Some(args.concurrency), None),
     };
-    let report = Report::new(
+    let mut report = Report::new(
         format!("{:?}", args.scenario).to_lowercase(),
         addr.to_string(),
         mode,
@@ -598,9 +608,16 @@ fn run() -> Result<bool, String> {
         (server_cpu, server_process_cpu),
         idle_mem,
     );
+    report.interrupted = interrupt::requested();
     eprintln!("{}", report.table());
     outputs.write(&report, &points, start_unix, &intervals)?;
-    Ok(report.error_total == 0 && report.ops > 0)
+    Ok(if report.interrupted {
+        130
+    } else if report.error_total == 0 && report.ops > 0 {
+        0
+    } else {
+        2
+    })
 }
 
 fn worker_thread(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<Msg>) {
@@ -823,6 +840,9 @@ async fn one_op(
 }
 
 fn take_budget(budget: &std::cell::Cell<u64>) -> bool {
+    if interrupt::requested() {
+        return false;
+    }
     match budget.get() {
         0 => false,
         n => {

@@ -72,6 +72,8 @@ pub struct Report {
     pub server_process_cpu_s: Option<f64>,
     pub server_process_cpu_us_per_op: Option<f64>,
     pub idle: Option<IdleMemory>,
+    /// A signal ended the run before its duration or count.
+    pub interrupted: bool,
 }
 
 impl Report {
@@ -144,6 +146,7 @@ impl Report {
             server_process_cpu_s,
             server_process_cpu_us_per_op: server_process_cpu_s.map(|s| s * 1e6 / ops),
             idle,
+            interrupted: false,
         }
     }
 
@@ -200,6 +203,9 @@ impl Report {
             s.push_str(&format!(
                 "\nserver processes' own CPU {cpu:.3} s ({per:.1} µs/op)"
             ));
+        }
+        if self.interrupted {
+            s.push_str("\ninterrupted: the run was stopped early by a signal");
         }
         if let Some(i) = &self.idle {
             s.push_str(&format!(

@@ -6,6 +6,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use pop3sd::demo::{self, DemoOptions, DemoScheme};
 
@@ -425,12 +426,11 @@ fn count_is_exact_with_fewer_connections_than_threads() {
     assert_eq!(r["threads"], 1);
 }
 
-#[test]
-fn a_stopped_run_keeps_the_previous_report() {
-    let d = tempfile::tempdir().unwrap();
+/// Starts a 30 s handshake run writing `json`, and sends `signal` once it
+/// is well under way.
+fn signalled_run(json: &Path, signal: libc::c_int) -> (std::process::ExitStatus, Duration) {
     let s = server();
-    let json = d.path().join("r.json");
-    std::fs::write(&json, "previous results\n").unwrap();
+    let t = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
         .arg("--demo-json")
         .arg(&s.json)
@@ -439,25 +439,48 @@ fn a_stopped_run_keeps_the_previous_report() {
             "-s",
             "handshake",
             "-c",
-            "1",
+            "2",
             "--duration",
             "30",
             "--json",
         ])
-        .arg(&json)
+        .arg(json)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     // Well past start-up (a few milliseconds), so the outputs are open.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: kill(2) on our own child's pid, which has not been reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    (child.wait().unwrap(), t.elapsed())
+}
+
+#[test]
+fn a_killed_run_keeps_the_previous_report() {
+    let d = tempfile::tempdir().unwrap();
+    let json = d.path().join("r.json");
+    std::fs::write(&json, "previous results\n").unwrap();
+    let (status, _) = signalled_run(&json, libc::SIGKILL);
     assert!(!status.success());
     assert_eq!(
         std::fs::read_to_string(&json).unwrap(),
         "previous results\n"
     );
+}
+
+#[test]
+fn ctrl_c_ends_the_run_early_with_its_report() {
+    let d = tempfile::tempdir().unwrap();
+    let json = d.path().join("r.json");
+    let (status, took) = signalled_run(&json, libc::SIGINT);
+    assert_eq!(status.code(), Some(130));
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["interrupted"], true, "{r}");
+    assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["error_total"], 0, "{r}");
+    assert!(r["duration_s"].as_f64().unwrap() < 15.0, "{r}");
 }
 
 #[test]
