@@ -43,7 +43,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "pop3-loadgen",
     version,
-    about = "Load generator for POP3S servers"
+    about = "Load generator for POP3S servers",
+    after_help = "Exit status: 0 when every operation succeeded, 2 when some failed, \
+                  130 when Ctrl-C or SIGTERM ended the run early (its report is still written), \
+                  1 when the run could not start."
 )]
 struct Args {
     /// Scenario to run.

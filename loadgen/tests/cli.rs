@@ -36,3 +36,15 @@ fn user_pattern_help_explains_the_placeholder() {
     let c = section(&help, "--user-count");
     assert!(c.contains("How many users --user-pattern makes"), "{c}");
 }
+
+#[test]
+fn help_states_the_exit_statuses() {
+    let help = long_help();
+    for status in [
+        "0 when every operation succeeded",
+        "2 when some failed",
+        "130 when Ctrl-C",
+    ] {
+        assert!(help.contains(status), "{status}: {help}");
+    }
+}
