@@ -229,11 +229,11 @@ pub struct Point {
     pub p99_ms: f64,
 }
 
-/// What `--chart` writes, from the file name's extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChartFormat {
+/// What `--chart` writes, from the file name's extension; a PNG carries
+/// the fonts its text will be drawn with.
+enum ChartFormat {
     Svg,
-    Png,
+    Png(resvg::usvg::fontdb::Database),
 }
 
 /// Chart size in pixels (also the PNG's).
@@ -250,16 +250,16 @@ const SANS_FAMILIES: &[&str] = &[
 ];
 
 impl ChartFormat {
-    /// Picks the format from the extension, so that a typo is reported
-    /// before the run rather than after it.
-    pub fn of(path: &Path) -> Result<Self, String> {
+    /// Picks the format from the extension (and finds a PNG's font), so
+    /// that a typo or a missing font is reported before the run.
+    fn of(path: &Path) -> Result<Self, String> {
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
         match ext.as_deref() {
             Some("svg") => Ok(Self::Svg),
-            Some("png") => Ok(Self::Png),
+            Some("png") => Ok(Self::Png(png_fonts()?)),
             _ => Err(format!(
                 "--chart {}: the file name must end in .svg or .png",
                 path.display()
@@ -271,7 +271,7 @@ impl ChartFormat {
 /// The fonts a PNG chart's text is drawn with: the system's, with a sans
 /// family standing in for "sans-serif". An SVG names its font and leaves
 /// drawing to the viewer, so only PNG needs one here.
-pub fn png_fonts() -> Result<resvg::usvg::fontdb::Database, String> {
+fn png_fonts() -> Result<resvg::usvg::fontdb::Database, String> {
     let mut db = resvg::usvg::fontdb::Database::new();
     db.load_system_fonts();
     let all: Vec<String> = db
@@ -307,7 +307,7 @@ pub fn png_fonts() -> Result<resvg::usvg::fontdb::Database, String> {
 /// of a long run's results after it.
 pub struct Outputs {
     json: Option<Output>,
-    chart: Option<(Output, ChartFormat, Option<resvg::usvg::fontdb::Database>)>,
+    chart: Option<(Output, ChartFormat)>,
     hdr_log: Option<Output>,
 }
 
@@ -388,22 +388,14 @@ impl Outputs {
                 }
             }
         }
-        let chart = match chart {
-            Some(path) => {
-                let format = ChartFormat::of(path)?;
-                let fonts = match format {
-                    ChartFormat::Png => Some(png_fonts()?),
-                    ChartFormat::Svg => None,
-                };
-                Some((format, fonts, path))
-            }
-            None => None,
-        };
+        let chart = chart
+            .map(|path| Ok::<_, String>((ChartFormat::of(path)?, path)))
+            .transpose()?;
         // Any failure from here drops (and so removes) what was made.
         let json = json.map(|p| Output::open(p, true)).transpose()?;
         let hdr_log = hdr_log.map(|p| Output::open(p, false)).transpose()?;
         let chart = match chart {
-            Some((format, fonts, path)) => Some((Output::open(path, false)?, format, fonts)),
+            Some((format, path)) => Some((Output::open(path, false)?, format)),
             None => None,
         };
         Ok(Outputs {
@@ -432,9 +424,9 @@ impl Outputs {
                 });
             errors.extend(r.err());
         }
-        if let Some((out, format, fonts)) = &mut self.chart {
-            let r = chart_bytes(&report.scenario, points, *format, fonts.take())
-                .and_then(|bytes| out.write(&bytes));
+        if let Some((mut out, format)) = self.chart.take() {
+            let r =
+                chart_bytes(&report.scenario, points, format).and_then(|bytes| out.write(&bytes));
             errors.extend(r.err());
         }
         if let Some(out) = &mut self.hdr_log {
@@ -450,18 +442,12 @@ impl Outputs {
 }
 
 /// Throughput and p99 over time, as an SVG document or a PNG image.
-fn chart_bytes(
-    title: &str,
-    points: &[Point],
-    format: ChartFormat,
-    fonts: Option<resvg::usvg::fontdb::Database>,
-) -> Result<Vec<u8>, String> {
+fn chart_bytes(title: &str, points: &[Point], format: ChartFormat) -> Result<Vec<u8>, String> {
     let mut svg = String::new();
     draw_chart(&mut svg, title, points)?;
-    match (format, fonts) {
-        (ChartFormat::Svg, _) => Ok(svg.into_bytes()),
-        (ChartFormat::Png, Some(fonts)) => rasterize(&svg, fonts),
-        (ChartFormat::Png, None) => rasterize(&svg, png_fonts()?),
+    match format {
+        ChartFormat::Svg => Ok(svg.into_bytes()),
+        ChartFormat::Png(fonts) => rasterize(&svg, fonts),
     }
 }
 

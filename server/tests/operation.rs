@@ -298,13 +298,7 @@ s.sendall(b"QUIT\r\n"); assert f.readline().startswith(b"+OK")
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(700));
-    s.signal(libc::SIGHUP);
-    assert!(
-        s.wait_log(Duration::from_secs(5), |l| l
-            .contains("configuration reloaded")),
-        "{}",
-        s.log()
-    );
+    s.reload_ok();
     let second = fingerprint(&s);
     assert_ne!(
         first, second,
@@ -391,13 +385,7 @@ fn refuses_to_serve_as_root_unless_told() {
     cfg.allow_root = false;
     let path = d.path().join("c.toml");
     std::fs::write(&path, cfg.to_toml()).unwrap();
-    let o = std::process::Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to serve as root"));
+    assert!(common::serve_refused(&path).contains("refusing to serve as root"));
     // World-readable mail is refused too.
     cfg.allow_root = true;
     std::fs::write(&path, cfg.to_toml()).unwrap();
@@ -407,17 +395,8 @@ fn refuses_to_serve_as_root_unless_told() {
         .arg(&root)
         .output()
         .unwrap();
-    let o = std::process::Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("accessible by other users"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let err = common::serve_refused(&path);
+    assert!(err.contains("accessible by other users"), "{err}");
 }
 
 #[test]
@@ -485,13 +464,7 @@ fn reload_refuses_runtime_and_listener_socket_changes() {
         std::fs::write(&s.config_path, &original).unwrap();
     }
     // The unchanged file reloads, and the server still serves.
-    s.signal(libc::SIGHUP);
-    assert!(
-        s.wait_log(Duration::from_secs(5), |l| l
-            .contains("configuration reloaded")),
-        "{}",
-        s.log()
-    );
+    s.reload_ok();
     let (user, pw) = s.user(0, 0);
     s.python(&format!(
         r#"

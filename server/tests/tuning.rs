@@ -278,13 +278,7 @@ fn an_unknown_tcp_congestion_control_stops_start_up_clearly() {
     config.runtime.tcp_congestion = Some("nosuchcc".into());
     let path = dir.path().join("root").join("pop3sd.toml");
     std::fs::write(&path, config.to_toml()).unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::serve_refused(&path);
     assert!(
         err.contains("\"nosuchcc\" is not available in this kernel (loaded: ")
             && err.contains("reno"),

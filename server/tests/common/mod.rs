@@ -57,6 +57,22 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_pop3sd")
 }
 
+/// Runs `pop3sd serve --config path`, which must refuse to start; what it
+/// printed on stderr.
+pub fn serve_refused(path: &Path) -> String {
+    let o = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "pop3sd serve started with {}",
+        path.display()
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 impl Demo {
     /// Starts `pop3sd demo --json` with extra arguments and waits until it serves.
     pub fn start(extra: &[&str]) -> Demo {
@@ -356,6 +372,17 @@ impl Served {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGHUP and waits (bounded) for the reload to be logged.
+    pub fn reload_ok(&self) {
+        self.signal(libc::SIGHUP);
+        assert!(
+            self.wait_log(Duration::from_secs(5), |l| l
+                .contains("configuration reloaded")),
+            "{}",
+            self.log()
+        );
     }
 
     pub fn signal(&self, sig: i32) {
