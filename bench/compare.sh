@@ -11,12 +11,21 @@
 # the load generator's own (fair to Dovecot's many processes), so run this on
 # an otherwise idle machine.
 #
-# Writes $OUT/compare.md (a side-by-side table with ratios) and
-# $OUT/compare.json, plus every loadgen report.
+# Every run offers only TLS 1.3, one cipher suite and one key exchange
+# group, so that both servers are measured doing the same cryptography
+# (left to themselves they differ: pop3sd prefers AES-128-GCM, Dovecot
+# follows the client's order and picks AES-256-GCM).
+#
+# Writes $OUT/compare.md (a side-by-side table with ratios; this machine's
+# hardware ceiling from criterion, measured in the same run, with each
+# server's share of it; and the targets of docs/benchmarks.md checked) and
+# $OUT/compare.json, plus every loadgen report and $OUT/run.json (the
+# parameters). bench/compare_report.py makes the tables from those files.
 #
 # Usage: bench/compare.sh            (needs root for apt-get and the vmail user)
 # Knobs: USERS (per tenant, 500) MESSAGES (10) DURATION (s, 10)
 #        CONCURRENCY (32) IDLE (idle connections, at most 2*USERS) OUT (bench/results/<date>)
+#        SUITE (TLS13_AES_256_GCM_SHA384) KX (x25519): what the load generator offers
 #        TCP_CC: a TCP congestion control set machine-wide (sysctl) for the
 #        whole run, for both servers and the load generator alike; the
 #        machine's own is restored at exit. Unset, the machine's is used. It
@@ -29,6 +38,8 @@ USERS=${USERS:-500}
 MESSAGES=${MESSAGES:-10}
 DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-32}
+SUITE=${SUITE:-TLS13_AES_256_GCM_SHA384}
+KX=${KX:-x25519}
 IDLE=${IDLE:-$((2 * USERS))}  # each idle connection holds its own user
 CORES=$(nproc)
 OUT=${OUT:-$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)}
@@ -56,6 +67,17 @@ if ! command -v dovecot >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends dovecot-pop3d >/dev/null
 fi
 id vmail >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin vmail
+
+python3 - "$OUT/run.json" <<PY
+import json, platform, sys, datetime
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "cores": $CORES, "cpu": cpu, "kernel": platform.release(),
+           "tcp_congestion_control": open("$CC_FILE").read().strip(),
+           "users_per_tenant": $USERS, "messages": $MESSAGES, "duration_s": $DURATION,
+           "concurrency": $CONCURRENCY, "idle_connections": $IDLE,
+           "cipher_suite": "$SUITE", "key_exchange": "$KX"}, open(sys.argv[1], "w"), indent=2)
+PY
 
 log "building pop3sd and pop3-loadgen"
 (cd "$ROOT" && cargo build --release -q -p pop3sd -p pop3-loadgen)
@@ -169,7 +191,8 @@ stop_dovecot() {
 run() {
   local server=$1 label=$2 json=$3; shift 3
   log "$server: $label"
-  "$LOADGEN" --demo-json "$json" --quiet --timeout 60 "$@" --json "$OUT/$server-$label.json" \
+  "$LOADGEN" --demo-json "$json" --quiet --timeout 60 --tls-version 1.3 --cipher "$SUITE" --kx "$KX" \
+    "$@" --json "$OUT/$server-$label.json" \
     2>"$OUT/$server-$label.txt" || true
 }
 
@@ -220,67 +243,5 @@ stop_dovecot b
 log "hardware ceiling: criterion (rustls/ring in memory)"
 (cd "$ROOT" && cargo bench -q -p pop3sd-bench --bench tls -- --warm-up-time 1 --measurement-time 3 2>/dev/null) >"$OUT/ceiling.txt" || true
 
-python3 - "$OUT" "$CORES" "$USERS" "$MESSAGES" "$DURATION" "$CONCURRENCY" "$IDLE" "$(cat "$CC_FILE")" <<'PY'
-import json, os, re, sys, datetime, platform
-out, cores, users, messages, duration, conc, idle, cc = sys.argv[1:]
-def load(n):
-    p = os.path.join(out, n + ".json")
-    return json.load(open(p)) if os.path.exists(p) else None
-rows = []
-def row(label, key, fmt, better):
-    a, b = load("pop3sd-" + key), load("dovecot-" + key)
-    if not a or not b:
-        return
-    rows.append((label, a, b, fmt, better))
-lines = ["| scenario | figure | pop3sd | Dovecot | ratio (pop3sd is better by) |", "|---|---|---|---|---|"]
-result = {"machine": {"cores": int(cores), "cpu": platform.processor() or platform.machine(),
-                      "kernel": platform.release(), "tcp_congestion_control": cc},
-          "date": datetime.datetime.utcnow().isoformat() + "Z",
-          "params": {"users_per_tenant": int(users), "messages": int(messages), "duration_s": float(duration),
-                     "concurrency": int(conc), "idle_connections": int(idle)}, "scenarios": {}}
-def add(scn, figure, a, b, higher_better, unit):
-    if a is None or b is None:
-        return
-    ratio = (a / b) if higher_better else (b / a) if a else float("inf")
-    lines.append(f"| {scn} | {figure} | {a:,.1f} {unit} | {b:,.1f} {unit} | {ratio:.2f}× |")
-    result["scenarios"].setdefault(scn, {})[figure] = {"pop3sd": a, "dovecot": b, "ratio": ratio}
-for key in ["handshake", "resume", "session", "session-open", "retr-1mib"]:
-    a, b = load("pop3sd-" + key), load("dovecot-" + key)
-    if not a or not b:
-        continue
-    add(key, "ops/s", a["ops_per_s"], b["ops_per_s"], True, "")
-    add(key, "p50 latency", a["latency_us"]["p50"], b["latency_us"]["p50"], False, "µs")
-    add(key, "p99 latency", a["latency_us"]["p99"], b["latency_us"]["p99"], False, "µs")
-    if a.get("server_cpu_us_per_op") and b.get("server_cpu_us_per_op"):
-        add(key, "server CPU per op", a["server_cpu_us_per_op"], b["server_cpu_us_per_op"], False, "µs")
-    if a.get("server_process_cpu_us_per_op") and b.get("server_process_cpu_us_per_op"):
-        add(key, "server CPU per op, its processes (/proc)", a["server_process_cpu_us_per_op"],
-            b["server_process_cpu_us_per_op"], False, "µs")
-    if key == "resume":
-        add(key, "resumed (of handshakes)", 100 * a["resumed_fraction"], 100 * b["resumed_fraction"], True, "%")
-        add(key, "resumed (of attempts)", 100 * a["attempts_resumed_fraction"], 100 * b["attempts_resumed_fraction"], True, "%")
-    if key == "retr-1mib":
-        add(key, "payload MB/s", a["payload_mb_per_s"], b["payload_mb_per_s"], True, "")
-        if a.get("server_cpu_s") and b.get("server_cpu_s"):
-            per = lambda r: r["server_cpu_s"] * 1e6 / max(r["payload_bytes"] / 1048576, 1e-9)
-            add(key, "server CPU per MiB", per(a), per(b), False, "µs")
-        if a.get("server_process_cpu_s") and b.get("server_process_cpu_s"):
-            per = lambda r: r["server_process_cpu_s"] * 1e6 / max(r["payload_bytes"] / 1048576, 1e-9)
-            add(key, "server CPU per MiB, its processes (/proc)", per(a), per(b), False, "µs")
-    errs = (a["error_total"], b["error_total"])
-    lines.append(f"| {key} | errors | {errs[0]} | {errs[1]} | |")
-a, b = load("pop3sd-idle"), load("dovecot-idle")
-if a and b and a.get("idle") and b.get("idle"):
-    add("idle", "memory per idle logged-in TLS connection", a["idle"]["bytes_per_connection"] / 1024,
-        b["idle"]["bytes_per_connection"] / 1024, False, "KiB")
-    # A server that refuses some of the connections is measured on those it
-    # held; say how many, and the refusals.
-    add("idle", "connections held", a["idle"]["connections"], b["idle"]["connections"], True, "")
-    lines.append(f"| idle | errors | {a['error_total']} | {b['error_total']} | |")
-lines.append("")
-lines.append(f"TCP congestion control: {cc}; kernel {platform.release()}; {cores} CPUs.")
-open(os.path.join(out, "compare.md"), "w").write("\n".join(lines) + "\n")
-json.dump(result, open(os.path.join(out, "compare.json"), "w"), indent=2)
-print("\n".join(lines))
-PY
+python3 "$ROOT/bench/compare_report.py" "$OUT"
 log "results in $OUT"

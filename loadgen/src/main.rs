@@ -166,7 +166,7 @@ struct Args {
 
 enum Msg {
     Interval(Stats),
-    Tls(String, String),
+    Tls(tls_stream::Negotiated),
 }
 
 fn build_config(args: &Args, trust: &Trust, resume: bool) -> Result<Arc<ClientConfig>, String> {
@@ -506,7 +506,7 @@ fn run() -> Result<u8, String> {
     let mut second_start = 0.0f64;
     let mut points = Vec::new();
     let mut intervals: Vec<(f64, f64, Stats)> = Vec::new();
-    let mut tls = (String::new(), String::new());
+    let mut tls = tls_stream::Negotiated::default();
     let mut idle_mem = None;
     let mut idle_measured = false;
     let idle_deadline = Duration::from_secs_f64(args.hold);
@@ -516,7 +516,7 @@ fn run() -> Result<u8, String> {
                 total.merge(&s);
                 second.merge(&s);
             }
-            Ok(Msg::Tls(v, c)) => tls = (v, c),
+            Ok(Msg::Tls(n)) => tls = n,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -708,8 +708,7 @@ async fn worker(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<
             if let Ok(Ok(p)) =
                 monoio::time::timeout(target.timeout, target.connect(u, false, &mut out)).await
             {
-                let d = p.stream.describe();
-                let _ = tx.send(Msg::Tls(d.0, d.1));
+                let _ = tx.send(Msg::Tls(p.stream.describe()));
             }
         }
     }

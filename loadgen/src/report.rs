@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::stats::Stats;
+use crate::tls_stream::Negotiated;
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +62,8 @@ pub struct Report {
     pub latency_us: Latency,
     pub tls_version: String,
     pub cipher_suite: String,
+    /// The key exchange group, e.g. X25519.
+    pub key_exchange: String,
     /// Whether and against what the server's certificate was verified.
     pub certificate: String,
     pub client_cpu_s: f64,
@@ -88,7 +91,7 @@ impl Report {
         rate: Option<f64>,
         elapsed_s: f64,
         total: &Stats,
-        tls: (String, String),
+        tls: Negotiated,
         certificate: String,
         client_cpu_s: f64,
         (server_cpu_s, server_process_cpu_s): (Option<f64>, Option<f64>),
@@ -136,8 +139,9 @@ impl Report {
                 p999: h.value_at_quantile(0.999),
                 max: h.max(),
             },
-            tls_version: tls.0,
-            cipher_suite: tls.1,
+            tls_version: tls.version,
+            cipher_suite: tls.cipher_suite,
+            key_exchange: tls.key_exchange,
             certificate,
             client_cpu_s,
             client_cpu_us_per_op: client_cpu_s * 1e6 / ops,
@@ -160,7 +164,7 @@ impl Report {
              latency µs p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.0})\n\
              handshakes {:>12}   resumed {} ({:.1}%; {:.1}% of {} attempts)\n\
              payload    {:>12} B ({:.1} MB/s)\n\
-             tls        {} {}, certificate {}\n\
+             tls        {} {} {}, certificate {}\n\
              client CPU {:.3} s ({:.1} µs/op)",
             self.scenario,
             self.target,
@@ -190,6 +194,7 @@ impl Report {
             self.payload_mb_per_s,
             self.tls_version,
             self.cipher_suite,
+            self.key_exchange,
             self.certificate,
             self.client_cpu_s,
             self.client_cpu_us_per_op,

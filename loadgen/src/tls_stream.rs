@@ -81,6 +81,15 @@ impl rustls::client::ClientSessionStore for CountingStore {
     }
 }
 
+/// The TLS parameters a handshake settled on.
+#[derive(Debug, Clone, Default)]
+pub struct Negotiated {
+    pub version: String,
+    pub cipher_suite: String,
+    /// The key exchange group (empty for a TLS 1.2 resumption, which has none).
+    pub key_exchange: String,
+}
+
 /// A TLS client stream.
 pub struct TlsStream {
     tcp: TcpStream,
@@ -145,18 +154,27 @@ impl TlsStream {
         self.conn.handshake_kind() == Some(HandshakeKind::Resumed)
     }
 
-    /// Negotiated TLS version and cipher suite, for the report.
-    pub fn describe(&self) -> (String, String) {
-        (
-            self.conn
+    /// What the handshake settled on, so that a report says which TLS was
+    /// measured (two servers compared with different suites or groups are
+    /// not measured alike).
+    pub fn describe(&self) -> Negotiated {
+        Negotiated {
+            version: self
+                .conn
                 .protocol_version()
                 .map(|v| format!("{v:?}"))
                 .unwrap_or_default(),
-            self.conn
+            cipher_suite: self
+                .conn
                 .negotiated_cipher_suite()
                 .map(|s| format!("{:?}", s.suite()))
                 .unwrap_or_default(),
-        )
+            key_exchange: self
+                .conn
+                .negotiated_key_exchange_group()
+                .map(|g| format!("{:?}", g.name()))
+                .unwrap_or_default(),
+        }
     }
 
     async fn flush(&mut self) -> io::Result<()> {

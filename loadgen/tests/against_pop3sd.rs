@@ -184,6 +184,51 @@ fn every_scenario_runs_clean() {
 }
 
 #[test]
+fn chosen_tls_parameters_are_used_and_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            ["1.3", "TLS13_AES_256_GCM_SHA384", "secp256r1"],
+            ["TLSv1_3", "TLS13_AES_256_GCM_SHA384", "secp256r1"],
+        ),
+        (
+            ["1.3", "TLS13_CHACHA20_POLY1305_SHA256", "x25519"],
+            ["TLSv1_3", "TLS13_CHACHA20_POLY1305_SHA256", "X25519"],
+        ),
+        (
+            ["1.2", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "x25519"],
+            [
+                "TLSv1_2",
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                "X25519",
+            ],
+        ),
+    ];
+    for ([version, cipher, kx], want) in cases {
+        let r = loadgen(
+            &[
+                "-s",
+                "session",
+                "--count",
+                "4",
+                "-c",
+                "2",
+                "--tls-version",
+                version,
+                "--cipher",
+                cipher,
+                "--kx",
+                kx,
+            ],
+            &d.path().join("tls.json"),
+        );
+        assert_eq!(r["error_total"], 0, "{r}");
+        let got = [&r["tls_version"], &r["cipher_suite"], &r["key_exchange"]];
+        assert_eq!(got, want.map(serde_json::Value::from).each_ref(), "{r}");
+    }
+}
+
+#[test]
 fn a_wrong_password_is_counted_not_hidden() {
     let d = tempfile::tempdir().unwrap();
     let users = d.path().join("users");

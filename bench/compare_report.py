@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""The tables of a bench/compare.sh run, made from the files it leaves.
+
+Kept apart from compare.sh so that the arithmetic is tested
+(bench/test_compare_report.py, run by scripts/test) and so that a results
+directory can be summarized again after the run:
+
+    python3 bench/compare_report.py bench/results/<run>
+
+Reads <run>/run.json (the parameters), the load generator's reports
+(<server>-<scenario>.json) and criterion's output (ceiling.txt), and writes
+<run>/compare.md and <run>/compare.json with three parts: pop3sd and
+Dovecot side by side; the hardware ceiling measured in the same run, with
+each server's share of it; and the targets of docs/benchmarks.md checked
+against this run's figures.
+"""
+
+import json
+import os
+import re
+import sys
+
+SERVERS = ("pop3sd", "dovecot")
+SCENARIOS = ("handshake", "resume", "session", "session-open", "retr-1mib")
+MIB = 1 << 20
+
+# The machine the targets were set on (docs/benchmarks.md, "Targets"): its
+# in-memory rustls/ring server handshake and its AES-256-GCM rate per core.
+# Absolute targets are also shown scaled by this machine's figures, as an
+# estimate of what they mean here.
+REFERENCE_HANDSHAKE_US = 82.0
+REFERENCE_AES256_BYTES_PER_S = 9.8e9
+
+TIME_UNITS = {"ps": 1e-6, "ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}
+RATE_UNITS = {"B/s": 1, "KiB/s": 1 << 10, "MiB/s": 1 << 20, "GiB/s": 1 << 30, "TiB/s": 1 << 40}
+NUM = r"([0-9.]+)\s*(ps|ns|µs|us|ms|s)"
+RATE = r"([0-9.]+)\s*(B/s|KiB/s|MiB/s|GiB/s|TiB/s)"
+
+
+def parse_criterion(text):
+    """Benchmark name -> {"us": median estimate, "bytes_per_s": or None}.
+
+    criterion prints the name on its own line when it is long and on the
+    time's line when it is short; its "change:" lines (percentages) are not
+    estimates and are skipped.
+    """
+    estimate = r"time:\s+\[" + NUM + r"\s+" + NUM + r"\s+" + NUM + r"\]"
+    results = {}
+    name = None
+    for line in text.splitlines():
+        m = re.match(r"^(\S+)\s+" + estimate, line) or re.match(r"^()\s+" + estimate, line)
+        if m:
+            name = m.group(1) or name
+            if name is not None and name not in results:
+                results[name] = {"us": float(m.group(4)) * TIME_UNITS[m.group(5)], "bytes_per_s": None}
+            continue
+        m = re.match(r"^\s+thrpt:\s+\[" + RATE + r"\s+" + RATE + r"\s+" + RATE + r"\]", line)
+        if m:
+            if name in results and results[name]["bytes_per_s"] is None:
+                results[name]["bytes_per_s"] = float(m.group(3)) * RATE_UNITS[m.group(4)]
+            continue
+        m = re.match(r"^([A-Za-z0-9_]+(?:/[A-Za-z0-9_.-]+)+)\s*$", line)
+        if m:
+            name = m.group(1)
+    return results
+
+
+def load(out, name):
+    path = os.path.join(out, name + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def per_mib(report, key):
+    """CPU seconds in report[key] per MiB of payload, in µs."""
+    if report.get(key) is None or not report.get("payload_bytes"):
+        return None
+    return report[key] * 1e6 / (report["payload_bytes"] / MIB)
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "not measured"
+    text = f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.1f}" if abs(v) >= 10 else f"{v:,.2f}"
+    return f"{text} {unit}".rstrip()
+
+
+class Report:
+    """Everything one compare.sh run left, and the tables made of it."""
+
+    def __init__(self, out):
+        self.out = out
+        self.run = load(out, "run") or {}
+        self.r = {(s, k): load(out, f"{s}-{k}") for s in SERVERS for k in SCENARIOS + ("idle",)}
+        self.crit = {}
+        path = os.path.join(out, "ceiling.txt")
+        if os.path.exists(path):
+            with open(path) as f:
+                self.crit = parse_criterion(f.read())
+
+    def get(self, server, scenario, *keys):
+        v = self.r.get((server, scenario))
+        for k in keys:
+            if v is None:
+                return None
+            v = v.get(k)
+        return v
+
+    # --- side by side -------------------------------------------------
+
+    def side_by_side(self):
+        lines = ["| scenario | figure | pop3sd | Dovecot | ratio (pop3sd is better by) |", "|---|---|---|---|---|"]
+        data = {}
+
+        def add(scn, figure, a, b, higher_better, unit):
+            if a is None or b is None:
+                return
+            ratio = (a / b if b else float("inf")) if higher_better else (b / a if a else float("inf"))
+            lines.append(f"| {scn} | {figure} | {a:,.1f} {unit} | {b:,.1f} {unit} | {ratio:.2f}× |")
+            data.setdefault(scn, {})[figure] = {"pop3sd": a, "dovecot": b, "ratio": ratio}
+
+        for key in SCENARIOS:
+            a, b = self.r[("pop3sd", key)], self.r[("dovecot", key)]
+            if not a or not b:
+                lines.append(f"| {key} | missing | {'ok' if a else 'no report'} | {'ok' if b else 'no report'} | |")
+                continue
+            add(key, "ops/s", a["ops_per_s"], b["ops_per_s"], True, "")
+            add(key, "p50 latency", a["latency_us"]["p50"], b["latency_us"]["p50"], False, "µs")
+            add(key, "p99 latency", a["latency_us"]["p99"], b["latency_us"]["p99"], False, "µs")
+            add(key, "server CPU per op", a.get("server_cpu_us_per_op"), b.get("server_cpu_us_per_op"), False, "µs")
+            add(key, "server CPU per op, its processes (/proc)", a.get("server_process_cpu_us_per_op"),
+                b.get("server_process_cpu_us_per_op"), False, "µs")
+            if key == "resume":
+                add(key, "resumed (of handshakes)", 100 * a["resumed_fraction"], 100 * b["resumed_fraction"], True, "%")
+                add(key, "resumed (of attempts)", 100 * a["attempts_resumed_fraction"],
+                    100 * b["attempts_resumed_fraction"], True, "%")
+            if key == "retr-1mib":
+                add(key, "payload MB/s", a["payload_mb_per_s"], b["payload_mb_per_s"], True, "")
+                add(key, "server CPU per MiB", per_mib(a, "server_cpu_s"), per_mib(b, "server_cpu_s"), False, "µs")
+                add(key, "server CPU per MiB, its processes (/proc)", per_mib(a, "server_process_cpu_s"),
+                    per_mib(b, "server_process_cpu_s"), False, "µs")
+            lines.append(f"| {key} | errors | {a['error_total']} | {b['error_total']} | |")
+            data.setdefault(key, {})["errors"] = {"pop3sd": a["error_total"], "dovecot": b["error_total"]}
+        a, b = self.r[("pop3sd", "idle")], self.r[("dovecot", "idle")]
+        if a and b and a.get("idle") and b.get("idle"):
+            add("idle", "memory per idle logged-in TLS connection", a["idle"]["bytes_per_connection"] / 1024,
+                b["idle"]["bytes_per_connection"] / 1024, False, "KiB")
+            # A server that refuses some of the connections is measured on
+            # those it held; say how many, and the refusals.
+            add("idle", "connections held", a["idle"]["connections"], b["idle"]["connections"], True, "")
+            lines.append(f"| idle | errors | {a['error_total']} | {b['error_total']} | |")
+            data.setdefault("idle", {})["errors"] = {"pop3sd": a["error_total"], "dovecot": b["error_total"]}
+        tls = sorted({(r["tls_version"], r["cipher_suite"], r.get("key_exchange") or "not recorded")
+                      for r in self.r.values() if r and r.get("cipher_suite")})
+        lines.append("")
+        lines.append("TLS measured: " + "; ".join(" ".join(t) for t in tls) + "." if tls else "TLS measured: unknown.")
+        return lines, data
+
+    # --- hardware ceiling ---------------------------------------------
+
+    def crit_us(self, name):
+        v = self.crit.get(name)
+        return v["us"] if v else None
+
+    def kx_us(self):
+        """ring's cost of the key exchange this run used."""
+        kx = (self.run.get("key_exchange") or "x25519").lower()
+        return self.crit_us("handshake/p256_keygen_and_agree" if kx == "secp256r1" else "handshake/x25519_keygen_and_agree")
+
+    def aes_per_mib_us(self, suite):
+        """Encryption alone of 1 MiB with the suite's AEAD, one core, in µs."""
+        name = ("record_encrypt_16k/ring_seal_in_place/aes256gcm" if "AES_256_GCM" in (suite or "")
+                else "record_encrypt_16k/ring_seal_in_place/aes128gcm" if "AES_128_GCM" in (suite or "") else None)
+        v = self.crit.get(name) if name else None
+        if not v or not v.get("bytes_per_s"):
+            return None, name
+        return MIB / v["bytes_per_s"] * 1e6, name
+
+    def ceiling(self):
+        rows, data = [], {}
+        hs = self.crit_us("handshake/server_full_tls13_ecdsa_p256")
+        kx, sign = self.kx_us(), self.crit_us("handshake/ecdsa_p256_sign")
+        crypto = kx + sign if kx is not None and sign is not None else None
+
+        def row(figure, ceiling_us, scenario, key, per=None):
+            cells, entry = [], {"ceiling_us": ceiling_us}
+            for s in SERVERS:
+                rep = self.r[(s, scenario)]
+                if per:
+                    cost, ceil = per(rep)
+                else:
+                    cost, ceil = (rep.get(key) if rep else None), ceiling_us
+                if cost is None or ceil is None:
+                    cells.append("not measured")
+                    continue
+                entry[s] = {"cpu_us": cost, "times_ceiling": cost / ceil, "share_of_ceiling": ceil / cost}
+                cells.append(f"{cost:,.0f} µs: {cost / ceil:.2f}× the ceiling ({100 * ceil / cost:.0f} %)")
+            ceiling_text = "not measured" if ceiling_us is None else f"{ceiling_us:,.1f} µs"
+            rows.append(f"| {figure} | {ceiling_text} | {cells[0]} | {cells[1]} |")
+            data[figure] = entry
+
+        row("full TLS 1.3 handshake: rustls + ring, in memory", hs, "handshake", "server_cpu_us_per_op")
+        row("full handshake: ring's key exchange + ECDSA P-256 signature", crypto, "handshake", "server_cpu_us_per_op")
+        row("resumed handshake: ring's key exchange", kx, "resume", "server_cpu_us_per_op")
+
+        def retr(rep):
+            if not rep:
+                return None, None
+            aes, _ = self.aes_per_mib_us(rep.get("cipher_suite"))
+            return per_mib(rep, "server_cpu_s"), aes
+
+        # Each server is held to the suite it negotiated (compare.sh offers
+        # one, so they agree unless a run was made otherwise).
+        suites = sorted({r.get("cipher_suite") for (s, k), r in self.r.items() if k == "retr-1mib" and r})
+        costs = [(s, self.aes_per_mib_us(s)[0]) for s in suites]
+        aes = costs[0][1] if len(costs) == 1 else None
+        row("1 MiB of RETR: the negotiated suite's encryption alone (ring, one core)", aes, "retr-1mib", None, retr)
+        if len(costs) > 1:
+            rows[-1] = rows[-1].replace("| not measured |", "| " + "; ".join(
+                f"{s}: {fmt(c, 'µs')}" for s, c in costs) + " |", 1)
+        lines = ["| figure | ceiling (criterion, this run) | pop3sd | Dovecot |", "|---|---|---|---|"] + rows
+        lines.append("")
+        lines.append("Server CPU is machine-wide (all CPU but the load generator's), as a multiple of the "
+                     "ceiling; the percentage is the ceiling's share of it.")
+        return lines, data
+
+    # --- targets ------------------------------------------------------
+
+    def targets(self):
+        rows, data = [], []
+
+        def check(target, measured, met, note=""):
+            status = "not measured" if met is None else "met" if met else "missed"
+            rows.append(f"| {target} | {measured} | **{status}** | {note} |")
+            data.append({"target": target, "measured": measured, "met": met, "note": note})
+
+        hs = self.crit_us("handshake/server_full_tls13_ecdsa_p256")
+        cpu = self.get("pop3sd", "handshake", "server_cpu_us_per_op")
+        own = self.get("pop3sd", "handshake", "server_process_cpu_us_per_op")
+        if cpu is not None and hs:
+            note = f"its processes alone: {own / hs:.2f}×" if own is not None else ""
+            check("full handshake: server CPU at most 1.3× the in-memory handshake",
+                  f"{cpu:,.0f} µs against {hs:,.0f} µs: {cpu / hs:.2f}×", cpu <= 1.3 * hs, note)
+        else:
+            check("full handshake: server CPU at most 1.3× the in-memory handshake", fmt(cpu, "µs"), None)
+
+        cpu = self.get("pop3sd", "session", "server_cpu_us_per_op")
+        note = ""
+        if cpu is not None and hs:
+            scaled = 270 * hs / REFERENCE_HANDSHAKE_US
+            note = (f"scaled by this machine's in-memory handshake ({hs:,.0f} against {REFERENCE_HANDSHAKE_US:.0f} µs): "
+                    f"{scaled:,.0f} µs, {'met' if cpu <= scaled else 'missed'} (an estimate)")
+        check("session: server CPU at most 270 µs (reference machine)", fmt(cpu, "µs"),
+              None if cpu is None else cpu <= 270, note)
+
+        a, b = self.get("pop3sd", "session", "ops_per_s"), self.get("dovecot", "session", "ops_per_s")
+        check("sessions/s at least 3× Dovecot's", f"{a / b:.2f}×" if a and b else "not measured",
+              a / b >= 3 if a and b else None)
+
+        rep = self.r[("pop3sd", "retr-1mib")]
+        cpu = per_mib(rep, "server_cpu_s") if rep else None
+        note = ""
+        aes256 = self.crit.get("record_encrypt_16k/ring_seal_in_place/aes256gcm")
+        if cpu is not None and aes256 and aes256.get("bytes_per_s"):
+            scaled = 600 * REFERENCE_AES256_BYTES_PER_S / aes256["bytes_per_s"]
+            note = (f"scaled by this machine's AES-256-GCM rate ({aes256['bytes_per_s'] / 1e9:.1f} against "
+                    f"{REFERENCE_AES256_BYTES_PER_S / 1e9:.1f} GB/s): {scaled:,.0f} µs, "
+                    f"{'met' if cpu <= scaled else 'missed'} (an estimate)")
+        check("RETR: server CPU per MiB at most 600 µs (reference machine)", fmt(cpu, "µs"),
+              None if cpu is None else cpu <= 600, note)
+
+        a, b = self.get("pop3sd", "retr-1mib", "payload_mb_per_s"), self.get("dovecot", "retr-1mib", "payload_mb_per_s")
+        check("RETR payload MB/s at least 3× Dovecot's", f"{a / b:.2f}×" if a and b else "not measured",
+              a / b >= 3 if a and b else None)
+
+        frac = self.get("pop3sd", "resume", "attempts_resumed_fraction")
+        attempts = self.get("pop3sd", "resume", "resumption_attempts")
+        check("resumption: 100 % of attempts resumed",
+              "not measured" if frac is None else f"{100 * frac:.1f} % of {attempts:,}",
+              None if frac is None or not attempts else frac == 1.0)
+
+        idle = self.get("pop3sd", "idle", "idle")
+        check("memory per idle logged-in TLS connection at most 16 KiB",
+              "not measured" if not idle else f"{idle['bytes_per_connection'] / 1024:.1f} KiB",
+              None if not idle else idle["bytes_per_connection"] <= 16 * 1024,
+              "" if not idle else f"{idle['connections']:,} connections held (the target names 10,000)")
+
+        a = self.get("pop3sd", "session-open", "latency_us", "p99")
+        b = self.get("dovecot", "session-open", "latency_us", "p99")
+        rate = self.get("pop3sd", "session-open", "rate")
+        check("open loop at half Dovecot's peak session rate: p99 below Dovecot's",
+              "not measured" if a is None or b is None else f"{a / 1000:.1f} against {b / 1000:.1f} ms",
+              None if a is None or b is None else a < b, "" if not rate else f"{rate:,.0f} sessions/s")
+
+        runs = [(k, r["error_total"]) for (s, k), r in self.r.items() if s == "pop3sd" and r]
+        missing = [k for (s, k), r in self.r.items() if s == "pop3sd" and not r]
+        errs = sum(e for _, e in runs)
+        check("zero errors in every run", f"{errs} in {len(runs)} runs" + (f"; no report: {', '.join(missing)}" if missing else ""),
+              None if not runs else errs == 0 and not missing,
+              ", ".join(f"{k}: {e}" for k, e in runs if e))
+        lines = ["| target | pop3sd in this run | | note |", "|---|---|---|---|"] + rows
+        return lines, data
+
+    def write(self):
+        sbs, sbs_data = self.side_by_side()
+        ceil, ceil_data = self.ceiling()
+        tgt, tgt_data = self.targets()
+        run = self.run
+        head = (f"{run.get('cores', '?')} CPUs ({run.get('cpu', 'unknown CPU')}), kernel {run.get('kernel', '?')}, "
+                f"TCP congestion control {run.get('tcp_congestion_control', '?')}; {run.get('date', 'undated')}. "
+                f"{run.get('users_per_tenant', '?')} users per tenant, {run.get('concurrency', '?')} in flight, "
+                f"{run.get('duration_s', '?')} s per scenario; offered: TLS 1.3, "
+                f"{run.get('cipher_suite', '?')}, {run.get('key_exchange', '?')}.")
+        lines = ["# pop3sd against Dovecot", "", head, ""] + sbs
+        lines += ["", "## Hardware ceiling (criterion, same run)", ""]
+        lines += ceil if self.crit else ["ceiling.txt is missing or has no estimates."]
+        lines += ["", "## Targets (docs/benchmarks.md)", ""] + tgt
+        md = "\n".join(lines) + "\n"
+        result = {"run": run, "scenarios": sbs_data, "ceiling": ceil_data, "targets": tgt_data,
+                  "criterion": self.crit}
+        with open(os.path.join(self.out, "compare.md"), "w") as f:
+            f.write(md)
+        with open(os.path.join(self.out, "compare.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        return md
+
+
+def main(argv):
+    if len(argv) != 2 or not os.path.isdir(argv[1]):
+        print("usage: compare_report.py RESULTS-DIRECTORY", file=sys.stderr)
+        return 2
+    sys.stdout.write(Report(argv[1]).write())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
