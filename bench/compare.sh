@@ -25,7 +25,8 @@
 # Usage: bench/compare.sh            (needs root for apt-get and the vmail user)
 # Knobs: USERS (per tenant, 500) MESSAGES (10) DURATION (s, 10)
 #        CONCURRENCY (32) IDLE (idle connections, at most 2*USERS) OUT (bench/results/<date>)
-#        SUITE (TLS13_AES_256_GCM_SHA384) KX (x25519): what the load generator offers
+#        SUITE (TLS13_AES_128_GCM_SHA256, pop3sd's preference) KX (x25519): what the
+#        load generator offers
 #        TCP_CC: a TCP congestion control set machine-wide (sysctl) for the
 #        whole run, for both servers and the load generator alike; the
 #        machine's own is restored at exit. Unset, the machine's is used. It
@@ -38,7 +39,7 @@ USERS=${USERS:-500}
 MESSAGES=${MESSAGES:-10}
 DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-32}
-SUITE=${SUITE:-TLS13_AES_256_GCM_SHA384}
+SUITE=${SUITE:-TLS13_AES_128_GCM_SHA256}
 KX=${KX:-x25519}
 IDLE=${IDLE:-$((2 * USERS))}  # each idle connection holds its own user
 CORES=$(nproc)

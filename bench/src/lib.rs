@@ -54,7 +54,21 @@ impl TestPki {
     }
 
     pub fn client_config(&self) -> Arc<ClientConfig> {
-        let mut c = ClientConfig::builder_with_provider(pop3sd::tls::provider())
+        self.client_with_provider(pop3sd::tls::provider())
+    }
+
+    /// A client offering one cipher suite only, to measure that suite.
+    pub fn client_config_with_suite(
+        &self,
+        suite: rustls::SupportedCipherSuite,
+    ) -> Arc<ClientConfig> {
+        let mut p = (*pop3sd::tls::provider()).clone();
+        p.cipher_suites.retain(|s| s.suite() == suite.suite());
+        self.client_with_provider(Arc::new(p))
+    }
+
+    fn client_with_provider(&self, p: Arc<rustls::crypto::CryptoProvider>) -> Arc<ClientConfig> {
+        let mut c = ClientConfig::builder_with_provider(p)
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(self.roots.clone())
