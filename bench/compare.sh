@@ -27,6 +27,7 @@
 #        CONCURRENCY (32) IDLE (idle connections, at most 2*USERS) OUT (bench/results/<date>)
 #        SUITE (TLS13_AES_128_GCM_SHA256, pop3sd's preference) KX (x25519): what the
 #        load generator offers
+#        KEEP_WORK: keep the work directory (data sets, logs) instead of removing it
 #        TCP_CC: a TCP congestion control set machine-wide (sysctl) for the
 #        whole run, for both servers and the load generator alike; the
 #        machine's own is restored at exit. Unset, the machine's is used. It
@@ -41,6 +42,14 @@ DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-32}
 SUITE=${SUITE:-TLS13_AES_128_GCM_SHA256}
 KX=${KX:-x25519}
+case $SUITE in
+  TLS13_AES_128_GCM_SHA256 | TLS13_AES_256_GCM_SHA384 | TLS13_CHACHA20_POLY1305_SHA256) ;;
+  *) echo "SUITE=$SUITE: the comparison is TLS 1.3; use TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384 or TLS13_CHACHA20_POLY1305_SHA256" >&2; exit 2 ;;
+esac
+case $KX in
+  x25519 | secp256r1 | secp384r1) ;;
+  *) echo "KX=$KX: use x25519, secp256r1 or secp384r1" >&2; exit 2 ;;
+esac
 IDLE=${IDLE:-$((2 * USERS))}  # each idle connection holds its own user
 CORES=$(nproc)
 OUT=${OUT:-$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)}
@@ -51,10 +60,14 @@ log() { printf '== %s\n' "$*" >&2; }
 PIDS=()
 CC_FILE=/proc/sys/net/ipv4/tcp_congestion_control
 MACHINE_CC=$(cat "$CC_FILE")
+# The work directory holds both data sets (about 2 GB with USERS=2000): it
+# goes at exit, unless KEEP_WORK is set.
 cleanup() {
   for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
   if [ -f "$W/dovecot/dovecot.conf" ]; then doveadm -c "$W/dovecot/dovecot.conf" stop 2>/dev/null || true; fi
+  wait 2>/dev/null || true
   if [ "$(cat "$CC_FILE")" != "$MACHINE_CC" ]; then echo "$MACHINE_CC" >"$CC_FILE"; fi
+  if [ -n "${KEEP_WORK:-}" ]; then log "work files kept in $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 if [ -n "${TCP_CC:-}" ]; then
