@@ -196,7 +196,9 @@ PY
 stop_dovecot() {
   doveadm -c "$W/dovecot/dovecot.conf" stop 2>/dev/null || true; sleep 1
   sed -E 's/^[A-Z][a-z]{2} [ 0-9]{2} [0-9:]{8} //; s/\((client-)?pid=[^)]*\)//;
-          s/(fd|pid|mpid)=[0-9]+/\1=N/g; s/user=<[^>]*>/user=<…>/; s/session=<[^>]*>/session=<…>/' \
+          s/(fd|pid|mpid)=[0-9]+/\1=N/g; s/user=<[^>]*>/user=<…>/; s/session=<[^>]*>/session=<…>/;
+          s/^(pop3|imap)\([^)]*\)(<[0-9]+>)?(<[^>]*>)?/\1(…)/; s/(top|retr|del)=[0-9]+\/[0-9]+/\1=N\/N/g;
+          s/size=[0-9]+/size=N/' \
     "$W/dovecot/dovecot.log" 2>/dev/null | sort | uniq -c | sort -rn >"$OUT/dovecot-$1-log.txt" || true
   rm -rf "$W/dovecot"
 }
