@@ -9,7 +9,8 @@
 # one per core), reused pop3 processes, an auth cache. The same pop3-loadgen
 # scenarios run against each; server CPU is all CPU used on the machine minus
 # the load generator's own (fair to Dovecot's many processes), so run this on
-# an otherwise idle machine.
+# an otherwise idle machine. Both servers are up together (the one not being
+# measured is idle) and take turns, scenario by scenario.
 #
 # Every run offers only TLS 1.3, one cipher suite and one key exchange
 # group, so that both servers are measured doing the same cryptography
@@ -25,6 +26,10 @@
 # Usage: bench/compare.sh            (needs root for apt-get and the vmail user)
 # Knobs: USERS (per tenant, 500) MESSAGES (10) DURATION (s, 10)
 #        CONCURRENCY (32) IDLE (idle connections, at most 2*USERS) OUT (bench/results/<date>)
+#        ROUNDS (3): each scenario runs this many times against each server, the
+#        two alternating, and the tables give medians and spreads; this
+#        machine's speed drifts by 10-20 % over minutes, which one run each
+#        would charge to whichever server ran at the worse moment
 #        SUITE (TLS13_AES_128_GCM_SHA256, pop3sd's preference) KX (x25519): what the
 #        load generator offers
 #        KEEP_WORK: keep the work directory (data sets, logs) instead of removing it
@@ -40,11 +45,15 @@ USERS=${USERS:-500}
 MESSAGES=${MESSAGES:-10}
 DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-32}
+ROUNDS=${ROUNDS:-3}
 SUITE=${SUITE:-TLS13_AES_128_GCM_SHA256}
 KX=${KX:-x25519}
 case $SUITE in
   TLS13_AES_128_GCM_SHA256 | TLS13_AES_256_GCM_SHA384 | TLS13_CHACHA20_POLY1305_SHA256) ;;
   *) echo "SUITE=$SUITE: the comparison is TLS 1.3; use TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384 or TLS13_CHACHA20_POLY1305_SHA256" >&2; exit 2 ;;
+esac
+case $ROUNDS in
+  '' | *[!0-9]* | 0) echo "ROUNDS=$ROUNDS: a positive number" >&2; exit 2 ;;
 esac
 case $KX in
   x25519 | secp256r1 | secp384r1) ;;
@@ -89,7 +98,7 @@ json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timesp
            "cores": $CORES, "cpu": cpu, "kernel": platform.release(),
            "tcp_congestion_control": open("$CC_FILE").read().strip(),
            "users_per_tenant": $USERS, "messages": $MESSAGES, "duration_s": $DURATION,
-           "concurrency": $CONCURRENCY, "idle_connections": $IDLE,
+           "concurrency": $CONCURRENCY, "idle_connections": $IDLE, "rounds": $ROUNDS,
            "cipher_suite": "$SUITE", "key_exchange": "$KX"}, open(sys.argv[1], "w"), indent=2)
 PY
 
@@ -214,47 +223,67 @@ run() {
 
 DOVECOT_COMMS=dovecot,pop3-login,pop3,auth,anvil,log,config,stats,imap-login
 
+# pair LABEL ROUND LOADGEN-ARGS... : one round of a scenario against both
+# servers (both are up), one after the other, the order alternating with the
+# round so that neither always runs on a warmer or cooler machine. Server CPU
+# is counted machine-wide (all CPU but the load generator's), and also as
+# the server's own processes' CPU from /proc, which leaves out kernel work
+# done in other contexts; both are reported.
+pair() {
+  local label=$1 round=$2; shift 2
+  local order=(pop3sd dovecot)
+  [ $((round % 2)) = 0 ] && order=(dovecot pop3sd)
+  for who in "${order[@]}"; do
+    if [ "$who" = dovecot ]; then
+      run dovecot "$label-$round" "$DJSON" "$@" --server-cpu-from-system --server-comm "$DOVECOT_COMMS"
+    else
+      run pop3sd "$label-$round" "$PJSON" "$@" --server-cpu-from-system --server-pid "$PID"
+    fi
+  done
+}
+
 log "data set A: $USERS users per tenant, $MESSAGES mixed-size messages each"
 mkdir -p "$W/a"
 pop3sd_up a --users "$USERS" --messages "$MESSAGES"
-DPORT=$(free_port)
-# Server CPU is counted machine-wide (all CPU but the load generator's),
-# and also as the server's own processes' CPU from /proc (PROCS), which
-# leaves out kernel work done in other contexts; both are reported.
-for who in pop3sd dovecot; do
-  if [ "$who" = dovecot ]; then
-    kill "$PID"; start_dovecot a "$DPORT"; JSON=$W/a/dovecot.json; PROCS=(--server-comm "$DOVECOT_COMMS")
-  else
-    JSON=$W/a/pop3sd.json; PROCS=(--server-pid "$PID")
-  fi
-  run "$who" handshake "$JSON" -s handshake -c "$CONCURRENCY" -d "$DURATION" --server-cpu-from-system "${PROCS[@]}"
-  run "$who" resume "$JSON" -s resume -c "$CONCURRENCY" -d "$DURATION" --server-cpu-from-system "${PROCS[@]}"
-  run "$who" session "$JSON" -s session -c "$CONCURRENCY" -d "$DURATION" --server-cpu-from-system "${PROCS[@]}"
+start_dovecot a "$(free_port)"
+PJSON=$W/a/pop3sd.json; DJSON=$W/a/dovecot.json
+for round in $(seq 1 "$ROUNDS"); do
+  pair handshake "$round" -s handshake -c "$CONCURRENCY" -d "$DURATION"
+  pair resume "$round" -s resume -c "$CONCURRENCY" -d "$DURATION"
+  pair session "$round" -s session -c "$CONCURRENCY" -d "$DURATION"
 done
-# Open loop at half of Dovecot's peak session rate, against both.
-RATE=$(python3 -c "import json; print(max(1.0, json.load(open('$OUT/dovecot-session.json'))['ops_per_s'] / 2))")
-run dovecot session-open "$W/a/dovecot.json" -s session --rate "$RATE" -d "$DURATION" --server-cpu-from-system --server-comm "$DOVECOT_COMMS"
-run dovecot idle "$W/a/dovecot.json" -s idle --connections "$IDLE" --hold 5 --server-comm "$DOVECOT_COMMS"
+# Open loop at half of Dovecot's peak session rate (its median over the
+# rounds), against both.
+RATE=$(python3 - "$OUT" <<'PY'
+import glob, json, statistics, sys
+rates = [json.load(open(p))["ops_per_s"] for p in glob.glob(sys.argv[1] + "/dovecot-session-[0-9]*.json")]
+print(max(1.0, statistics.median(rates) / 2) if rates else 10.0)
+PY
+)
+for round in $(seq 1 "$ROUNDS"); do
+  pair session-open "$round" -s session --rate "$RATE" -d "$DURATION"
+done
+run dovecot idle "$DJSON" -s idle --connections "$IDLE" --hold 5 --server-comm "$DOVECOT_COMMS"
 stop_dovecot a
-pop3sd_up a --users "$USERS" --messages "$MESSAGES"
-run pop3sd session-open "$W/a/pop3sd.json" -s session --rate "$RATE" -d "$DURATION" --server-cpu-from-system --server-pid "$PID"
 kill "$PID"; sleep 1
 # A fresh `pop3sd serve` for the memory figure: no allocator history from
 # the demo's mail generation or from earlier runs.
 "$POP3SD" serve --config "$W/a/root/pop3sd.toml" 2>"$W/a/serve.log" &
 PID=$!; PIDS+=("$PID")
 for _ in $(seq 1 100); do grep -q serving "$W/a/serve.log" 2>/dev/null && break; sleep 0.1; done
-run pop3sd idle "$W/a/pop3sd.json" -s idle --connections "$IDLE" --hold 5 --server-pid "$PID"
+run pop3sd idle "$PJSON" -s idle --connections "$IDLE" --hold 5 --server-pid "$PID"
 kill "$PID"; sleep 1
 
 log "data set B: 1 MiB messages"
 mkdir -p "$W/b"
 pop3sd_up b --users 16 --messages 4 --message-size 1048576
-run pop3sd retr-1mib "$W/b/pop3sd.json" -s retr -c 8 -d "$DURATION" --server-cpu-from-system --server-pid "$PID"
-kill "$PID"; sleep 1
 start_dovecot b "$(free_port)"
-run dovecot retr-1mib "$W/b/dovecot.json" -s retr -c 8 -d "$DURATION" --server-cpu-from-system --server-comm "$DOVECOT_COMMS"
+PJSON=$W/b/pop3sd.json; DJSON=$W/b/dovecot.json
+for round in $(seq 1 "$ROUNDS"); do
+  pair retr-1mib "$round" -s retr -c 8 -d "$DURATION"
+done
 stop_dovecot b
+kill "$PID"; sleep 1
 
 log "hardware ceiling: criterion (rustls/ring in memory)"
 (cd "$ROOT" && cargo bench -q -p pop3sd-bench --bench tls -- --warm-up-time 1 --measurement-time 3 2>/dev/null) >"$OUT/ceiling.txt" || true

@@ -87,75 +87,140 @@ def fmt(v, unit=""):
     return f"{text} {unit}".rstrip()
 
 
+def median(values):
+    v = sorted(values)
+    n = len(v)
+    if n == 0:
+        return None
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def field(*keys):
+    """A figure read from a report by its keys (None where absent)."""
+    def f(rep):
+        for k in keys:
+            if not isinstance(rep, dict):
+                return None
+            rep = rep.get(k)
+        return rep
+    return f
+
+
 class Report:
-    """Everything one compare.sh run left, and the tables made of it."""
+    """Everything one compare.sh run left, and the tables made of it.
+
+    A scenario may have been run in several rounds, alternating the two
+    servers (`<server>-<scenario>-<round>.json`; runs before rounds have
+    one `<server>-<scenario>.json`). Each figure is the median over the
+    rounds, with its spread shown; errors and resumptions are summed.
+    """
 
     def __init__(self, out):
         self.out = out
         self.run = load(out, "run") or {}
-        self.r = {(s, k): load(out, f"{s}-{k}") for s in SERVERS for k in SCENARIOS + ("idle",)}
+        self.runs = {(s, k): [] for s in SERVERS for k in SCENARIOS + ("idle",)}
+        pattern = re.compile(r"^(%s)-(%s)(?:-(\d+))?\.json$" % (
+            "|".join(SERVERS), "|".join(re.escape(k) for k in SCENARIOS + ("idle",))))
+        found = []
+        for name in os.listdir(out):
+            m = pattern.match(name)
+            if m:
+                found.append((int(m.group(3) or 0), m.group(1), m.group(2), name))
+        for _, server, scenario, name in sorted(found):
+            with open(os.path.join(out, name)) as f:
+                self.runs[(server, scenario)].append(json.load(f))
         self.crit = {}
         path = os.path.join(out, "ceiling.txt")
         if os.path.exists(path):
             with open(path) as f:
                 self.crit = parse_criterion(f.read())
 
-    def get(self, server, scenario, *keys):
-        v = self.r.get((server, scenario))
-        for k in keys:
-            if v is None:
-                return None
-            v = v.get(k)
-        return v
+    def rounds(self):
+        return max((len(v) for v in self.runs.values()), default=0)
+
+    def first(self, server, scenario):
+        runs = self.runs[(server, scenario)]
+        return runs[0] if runs else None
+
+    def values(self, server, scenario, f):
+        return [v for v in (f(r) for r in self.runs[(server, scenario)]) if v is not None]
+
+    def med(self, server, scenario, f):
+        return median(self.values(server, scenario, f))
+
+    def spread(self, server, scenario, f, unit):
+        v = self.values(server, scenario, f)
+        if len(v) < 2:
+            return ""
+        return f"{fmt(min(v))}–{fmt(max(v), unit)}"
+
+    def total(self, server, scenario, key):
+        return sum(r.get(key) or 0 for r in self.runs[(server, scenario)])
 
     # --- side by side -------------------------------------------------
 
     def side_by_side(self):
-        lines = ["| scenario | figure | pop3sd | Dovecot | ratio (pop3sd is better by) |", "|---|---|---|---|---|"]
-        data = {}
+        many = self.rounds() > 1
+        head = "| scenario | figure | pop3sd | Dovecot | ratio (pop3sd is better by) |"
+        rule = "|---|---|---|---|---|"
+        if many:
+            head += " spread over rounds: pop3sd; Dovecot |"
+            rule += "---|"
+        lines, data = [head, rule], {}
 
-        def add(scn, figure, a, b, higher_better, unit):
+        def add(scn, figure, f, higher_better, unit):
+            a, b = self.med("pop3sd", scn, f), self.med("dovecot", scn, f)
             if a is None or b is None:
                 return
             ratio = (a / b if b else float("inf")) if higher_better else (b / a if a else float("inf"))
-            lines.append(f"| {scn} | {figure} | {a:,.1f} {unit} | {b:,.1f} {unit} | {ratio:.2f}× |")
-            data.setdefault(scn, {})[figure] = {"pop3sd": a, "dovecot": b, "ratio": ratio}
+            line = f"| {scn} | {figure} | {a:,.1f} {unit} | {b:,.1f} {unit} | {ratio:.2f}× |"
+            entry = {"pop3sd": a, "dovecot": b, "ratio": ratio}
+            if many:
+                sa, sb = self.spread("pop3sd", scn, f, unit), self.spread("dovecot", scn, f, unit)
+                line += f" {sa or '—'}; {sb or '—'} |"
+                entry["rounds"] = {"pop3sd": self.values("pop3sd", scn, f), "dovecot": self.values("dovecot", scn, f)}
+            lines.append(line)
+            data.setdefault(scn, {})[figure] = entry
+
+        def errors(scn):
+            a, b = self.total("pop3sd", scn, "error_total"), self.total("dovecot", scn, "error_total")
+            lines.append(f"| {scn} | errors | {a} | {b} | |" + (" |" if many else ""))
+            data.setdefault(scn, {})["errors"] = {"pop3sd": a, "dovecot": b}
 
         for key in SCENARIOS:
-            a, b = self.r[("pop3sd", key)], self.r[("dovecot", key)]
+            a, b = self.runs[("pop3sd", key)], self.runs[("dovecot", key)]
             if not a or not b:
-                lines.append(f"| {key} | missing | {'ok' if a else 'no report'} | {'ok' if b else 'no report'} | |")
+                lines.append(f"| {key} | missing | {'ok' if a else 'no report'} | {'ok' if b else 'no report'} | |"
+                             + (" |" if many else ""))
                 continue
-            add(key, "ops/s", a["ops_per_s"], b["ops_per_s"], True, "")
-            add(key, "p50 latency", a["latency_us"]["p50"], b["latency_us"]["p50"], False, "µs")
-            add(key, "p99 latency", a["latency_us"]["p99"], b["latency_us"]["p99"], False, "µs")
-            add(key, "server CPU per op", a.get("server_cpu_us_per_op"), b.get("server_cpu_us_per_op"), False, "µs")
-            add(key, "server CPU per op, its processes (/proc)", a.get("server_process_cpu_us_per_op"),
-                b.get("server_process_cpu_us_per_op"), False, "µs")
+            add(key, "ops/s", field("ops_per_s"), True, "")
+            add(key, "p50 latency", field("latency_us", "p50"), False, "µs")
+            add(key, "p99 latency", field("latency_us", "p99"), False, "µs")
+            add(key, "server CPU per op", field("server_cpu_us_per_op"), False, "µs")
+            add(key, "server CPU per op, its processes (/proc)", field("server_process_cpu_us_per_op"), False, "µs")
             if key == "resume":
-                add(key, "resumed (of handshakes)", 100 * a["resumed_fraction"], 100 * b["resumed_fraction"], True, "%")
-                add(key, "resumed (of attempts)", 100 * a["attempts_resumed_fraction"],
-                    100 * b["attempts_resumed_fraction"], True, "%")
+                add(key, "resumed (of handshakes)", lambda r: 100 * r["resumed_fraction"], True, "%")
+                add(key, "resumed (of attempts)", lambda r: 100 * r["attempts_resumed_fraction"], True, "%")
             if key == "retr-1mib":
-                add(key, "payload MB/s", a["payload_mb_per_s"], b["payload_mb_per_s"], True, "")
-                add(key, "server CPU per MiB", per_mib(a, "server_cpu_s"), per_mib(b, "server_cpu_s"), False, "µs")
-                add(key, "server CPU per MiB, its processes (/proc)", per_mib(a, "server_process_cpu_s"),
-                    per_mib(b, "server_process_cpu_s"), False, "µs")
-            lines.append(f"| {key} | errors | {a['error_total']} | {b['error_total']} | |")
-            data.setdefault(key, {})["errors"] = {"pop3sd": a["error_total"], "dovecot": b["error_total"]}
-        a, b = self.r[("pop3sd", "idle")], self.r[("dovecot", "idle")]
-        if a and b and a.get("idle") and b.get("idle"):
-            add("idle", "memory per idle logged-in TLS connection", a["idle"]["bytes_per_connection"] / 1024,
-                b["idle"]["bytes_per_connection"] / 1024, False, "KiB")
+                add(key, "payload MB/s", field("payload_mb_per_s"), True, "")
+                add(key, "server CPU per MiB", lambda r: per_mib(r, "server_cpu_s"), False, "µs")
+                add(key, "server CPU per MiB, its processes (/proc)", lambda r: per_mib(r, "server_process_cpu_s"),
+                    False, "µs")
+            errors(key)
+        if self.first("pop3sd", "idle") and self.first("dovecot", "idle"):
+            add("idle", "memory per idle logged-in TLS connection",
+                lambda r: r["idle"]["bytes_per_connection"] / 1024 if r.get("idle") else None, False, "KiB")
             # A server that refuses some of the connections is measured on
             # those it held; say how many, and the refusals.
-            add("idle", "connections held", a["idle"]["connections"], b["idle"]["connections"], True, "")
-            lines.append(f"| idle | errors | {a['error_total']} | {b['error_total']} | |")
-            data.setdefault("idle", {})["errors"] = {"pop3sd": a["error_total"], "dovecot": b["error_total"]}
+            add("idle", "connections held", lambda r: r["idle"]["connections"] if r.get("idle") else None, True, "")
+            errors("idle")
         tls = sorted({(r["tls_version"], r["cipher_suite"], r.get("key_exchange") or "not recorded")
-                      for r in self.r.values() if r and r.get("cipher_suite")})
+                      for runs in self.runs.values() for r in runs if r.get("cipher_suite")})
         lines.append("")
         lines.append("TLS measured: " + "; ".join(" ".join(t) for t in tls) + "." if tls else "TLS measured: unknown.")
+        if many:
+            lines.append(f"Medians of {self.rounds()} rounds; in each round the two servers ran one after the other, "
+                         "in alternating order.")
         return lines, data
 
     # --- hardware ceiling ---------------------------------------------
@@ -202,8 +267,8 @@ class Report:
             run was made otherwise)."""
             cells, entry, ceilings = [], {}, {}
             for s in SERVERS:
-                rep = self.r[(s, scenario)]
-                cost = cost_of(rep) if rep else None
+                rep = self.first(s, scenario)
+                cost = self.med(s, scenario, cost_of)
                 ceil = ceiling_for(rep) if rep else None
                 if rep and ceil is not None:
                     ceilings[rep.get("cipher_suite") or "?"] = ceil
@@ -223,8 +288,7 @@ class Report:
             rows.append(f"| {figure} | {text} | {cells[0]} | {cells[1]} |")
             data[figure] = entry
 
-        def cpu(rep):
-            return rep.get("server_cpu_us_per_op")
+        cpu = field("server_cpu_us_per_op")
 
         row("full TLS 1.3 handshake: rustls + ring, in memory, same suite", "handshake",
             lambda rep: self.handshake_us(rep.get("cipher_suite")), cpu)
@@ -248,9 +312,9 @@ class Report:
             rows.append(f"| {target} | {measured} | **{status}** | {note} |")
             data.append({"target": target, "measured": measured, "met": met, "note": note})
 
-        hs = self.handshake_us(self.get("pop3sd", "handshake", "cipher_suite"))
-        cpu = self.get("pop3sd", "handshake", "server_cpu_us_per_op")
-        own = self.get("pop3sd", "handshake", "server_process_cpu_us_per_op")
+        hs = self.handshake_us((self.first("pop3sd", "handshake") or {}).get("cipher_suite"))
+        cpu = self.med("pop3sd", "handshake", field("server_cpu_us_per_op"))
+        own = self.med("pop3sd", "handshake", field("server_process_cpu_us_per_op"))
         if cpu is not None and hs:
             note = f"its processes alone: {own / hs:.2f}×" if own is not None else ""
             check("full handshake: server CPU at most 1.3× the in-memory handshake",
@@ -258,7 +322,7 @@ class Report:
         else:
             check("full handshake: server CPU at most 1.3× the in-memory handshake", fmt(cpu, "µs"), None)
 
-        cpu = self.get("pop3sd", "session", "server_cpu_us_per_op")
+        cpu = self.med("pop3sd", "session", field("server_cpu_us_per_op"))
         note = ""
         # For scaling, any suite's in-memory handshake will do (an estimate).
         hs = hs or self.crit_us("handshake/server_full_tls13_ecdsa_p256")
@@ -269,12 +333,11 @@ class Report:
         check("session: server CPU at most 270 µs (reference machine)", fmt(cpu, "µs"),
               None if cpu is None else cpu <= 270, note)
 
-        a, b = self.get("pop3sd", "session", "ops_per_s"), self.get("dovecot", "session", "ops_per_s")
+        a, b = self.med("pop3sd", "session", field("ops_per_s")), self.med("dovecot", "session", field("ops_per_s"))
         check("sessions/s at least 3× Dovecot's", f"{a / b:.2f}×" if a and b else "not measured",
               a / b >= 3 if a and b else None)
 
-        rep = self.r[("pop3sd", "retr-1mib")]
-        cpu = per_mib(rep, "server_cpu_s") if rep else None
+        cpu = self.med("pop3sd", "retr-1mib", lambda r: per_mib(r, "server_cpu_s"))
         note = ""
         aes256 = self.crit.get("record_encrypt_16k/ring_seal_in_place/aes256gcm")
         if cpu is not None and aes256 and aes256.get("bytes_per_s"):
@@ -285,35 +348,41 @@ class Report:
         check("RETR: server CPU per MiB at most 600 µs (reference machine)", fmt(cpu, "µs"),
               None if cpu is None else cpu <= 600, note)
 
-        a, b = self.get("pop3sd", "retr-1mib", "payload_mb_per_s"), self.get("dovecot", "retr-1mib", "payload_mb_per_s")
+        a = self.med("pop3sd", "retr-1mib", field("payload_mb_per_s"))
+        b = self.med("dovecot", "retr-1mib", field("payload_mb_per_s"))
         check("RETR payload MB/s at least 3× Dovecot's", f"{a / b:.2f}×" if a and b else "not measured",
               a / b >= 3 if a and b else None)
 
-        frac = self.get("pop3sd", "resume", "attempts_resumed_fraction")
-        attempts = self.get("pop3sd", "resume", "resumption_attempts")
+        # Over every round: each attempt counts.
+        attempts = self.total("pop3sd", "resume", "resumption_attempts")
+        frac = self.total("pop3sd", "resume", "resumed") / attempts if attempts else None
         check("resumption: 100 % of attempts resumed",
               "not measured" if frac is None else f"{100 * frac:.1f} % of {attempts:,}",
               None if frac is None or not attempts else frac == 1.0)
 
-        idle = self.get("pop3sd", "idle", "idle")
+        idle = (self.first("pop3sd", "idle") or {}).get("idle")
         check("memory per idle logged-in TLS connection at most 16 KiB",
               "not measured" if not idle else f"{idle['bytes_per_connection'] / 1024:.1f} KiB",
               None if not idle else idle["bytes_per_connection"] <= 16 * 1024,
               "" if not idle else f"{idle['connections']:,} connections held (the target names 10,000)")
 
-        a = self.get("pop3sd", "session-open", "latency_us", "p99")
-        b = self.get("dovecot", "session-open", "latency_us", "p99")
-        rate = self.get("pop3sd", "session-open", "rate")
+        a = self.med("pop3sd", "session-open", field("latency_us", "p99"))
+        b = self.med("dovecot", "session-open", field("latency_us", "p99"))
+        rate = self.med("pop3sd", "session-open", field("rate"))
         check("open loop at half Dovecot's peak session rate: p99 below Dovecot's",
               "not measured" if a is None or b is None else f"{a / 1000:.1f} against {b / 1000:.1f} ms",
               None if a is None or b is None else a < b, "" if not rate else f"{rate:,.0f} sessions/s")
 
-        runs = [(k, r["error_total"]) for (s, k), r in self.r.items() if s == "pop3sd" and r]
-        missing = [k for (s, k), r in self.r.items() if s == "pop3sd" and not r]
+        runs = [(k, r["error_total"]) for (s, k), rs in self.runs.items() if s == "pop3sd" for r in rs]
+        missing = [k for (s, k), rs in self.runs.items() if s == "pop3sd" and not rs]
         errs = sum(e for _, e in runs)
-        check("zero errors in every run", f"{errs} in {len(runs)} runs" + (f"; no report: {', '.join(missing)}" if missing else ""),
+        by_scenario = {}
+        for k, e in runs:
+            by_scenario[k] = by_scenario.get(k, 0) + e
+        check("zero errors in every run",
+              f"{errs} in {len(runs)} runs" + (f"; no report: {', '.join(missing)}" if missing else ""),
               None if not runs else errs == 0 and not missing,
-              ", ".join(f"{k}: {e}" for k, e in runs if e))
+              ", ".join(f"{k}: {e}" for k, e in by_scenario.items() if e))
         lines = ["| target | pop3sd in this run | | note |", "|---|---|---|---|"] + rows
         return lines, data
 
@@ -325,7 +394,7 @@ class Report:
         head = (f"{run.get('cores', '?')} CPUs ({run.get('cpu', 'unknown CPU')}), kernel {run.get('kernel', '?')}, "
                 f"TCP congestion control {run.get('tcp_congestion_control', '?')}; {run.get('date', 'undated')}. "
                 f"{run.get('users_per_tenant', '?')} users per tenant, {run.get('concurrency', '?')} in flight, "
-                f"{run.get('duration_s', '?')} s per scenario; offered: TLS 1.3, "
+                f"{run.get('duration_s', '?')} s per scenario, {max(self.rounds(), 1)} round(s); offered: TLS 1.3, "
                 f"{run.get('cipher_suite', '?')}, {run.get('key_exchange', '?')}.")
         lines = ["# pop3sd against Dovecot", "", head, ""] + sbs
         lines += ["", "## Hardware ceiling (criterion, same run)", ""]

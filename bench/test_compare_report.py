@@ -177,6 +177,38 @@ class Partial(unittest.TestCase):
         # The same p99 is not below.
         self.assertFalse(by["open loop at half Dovecot's peak session rate: p99 below Dovecot's"]["met"])
 
+    def test_rounds_give_medians_spreads_and_totals(self):
+        with open(os.path.join(self.dir, "ceiling.txt"), "w") as f:
+            f.write(CRITERION)
+        cpu = {1: 300.0, 2: 200.0, 3: 250.0}
+        for n in (1, 2, 3):
+            self.put(f"pop3sd-handshake-{n}", report("handshake", cipher_suite="TLS13_AES_128_GCM_SHA256",
+                                                    server_cpu_us_per_op=cpu[n]))
+            self.put(f"dovecot-handshake-{n}", report("handshake", server_cpu_us_per_op=900.0 + n))
+            # One attempt in the second round did not resume: the median
+            # round is 100 %, but the target counts every attempt.
+            self.put(f"pop3sd-resume-{n}", report("resume", resumption_attempts=100,
+                                                 resumed=99 if n == 2 else 100,
+                                                 attempts_resumed_fraction=0.99 if n == 2 else 1.0,
+                                                 error_total=1 if n == 3 else 0))
+            self.put(f"dovecot-resume-{n}", report("resume"))
+        # "session-open-1" is a round of session-open, not of session.
+        self.put("pop3sd-session-open-1", report("session-open", ops_per_s=7.0))
+        md, j = self.write()
+        hs = j["scenarios"]["handshake"]["server CPU per op"]
+        self.assertEqual(hs["pop3sd"], 250.0)
+        self.assertEqual(hs["rounds"]["pop3sd"], [300.0, 200.0, 250.0])
+        self.assertAlmostEqual(hs["ratio"], 902.0 / 250.0)
+        self.assertIn("200–300 µs; 901–903 µs", md)
+        self.assertIn("Medians of 3 rounds", md)
+        self.assertEqual(j["scenarios"]["resume"]["errors"]["pop3sd"], 1)
+        self.assertNotIn("session", j["scenarios"])
+        by = {t["target"]: t for t in j["targets"]}
+        self.assertFalse(by["resumption: 100 % of attempts resumed"]["met"])
+        self.assertIn("99.7 % of 300", by["resumption: 100 % of attempts resumed"]["measured"])
+        self.assertIn("250 µs against 150 µs", by["full handshake: server CPU at most 1.3× the in-memory handshake"]["measured"])
+        self.assertIn("resume: 1", by["zero errors in every run"]["note"])
+
     def test_key_exchange_picks_the_matching_ceiling(self):
         text = CRITERION + "handshake/p256_keygen_and_agree\n                        time:   [80 µs 87.0 µs 90 µs]\n"
         with open(os.path.join(self.dir, "ceiling.txt"), "w") as f:
