@@ -128,6 +128,11 @@ class Run12(unittest.TestCase):
         self.assertFalse(retr["met"])
         self.assertIn("estimate", retr["note"])
 
+    def test_a_run_before_session_50k_is_checked_on_session_and_says_so(self):
+        self.assertNotIn("session-50k", self.md)
+        self.assertIn("not the target's shape", self.target("session: server CPU")["note"])
+        self.assertIn("not the target's shape", self.target("sessions/s")["note"])
+
 
 class Partial(unittest.TestCase):
     def setUp(self):
@@ -208,6 +213,26 @@ class Partial(unittest.TestCase):
         self.assertIn("99.7 % of 300", by["resumption: 100 % of attempts resumed"]["measured"])
         self.assertIn("250 µs against 150 µs", by["full handshake: server CPU at most 1.3× the in-memory handshake"]["measured"])
         self.assertIn("resume: 1", by["zero errors in every run"]["note"])
+
+    def test_the_session_targets_use_session_50k_when_it_ran(self):
+        self.put("run", {"scenarios": list(cr.SCENARIOS)})
+        for server, cpu, rate in (("pop3sd", 400.0, 900.0), ("dovecot", 3000.0, 200.0)):
+            self.put(f"{server}-session-1", report("session", server_cpu_us_per_op=cpu, ops_per_s=rate))
+            self.put(f"{server}-session-50k-1", report("session-50k", server_cpu_us_per_op=cpu - 150,
+                                                       ops_per_s=rate * 1.1, ops=10, payload_bytes=512340))
+        md, j = self.write()
+        by = {t["target"]: t for t in j["targets"]}
+        session = by["session: server CPU at most 270 µs (reference machine)"]
+        self.assertTrue(session["met"])
+        self.assertEqual(session["measured"], "250 µs")
+        self.assertNotIn("target's shape", session["note"])
+        self.assertEqual(by["sessions/s at least 3× Dovecot's"]["measured"], "4.50×")
+        payload = j["scenarios"]["session-50k"]["RETR payload per session"]
+        self.assertEqual(payload["pop3sd"], 51234.0)
+        self.assertAlmostEqual(payload["ratio"], 1.0)
+        # The run listed its scenarios: those it did not report are lost.
+        self.assertIn("| handshake | missing | no report | no report |", md)
+        self.assertIn("no report: handshake", by["zero errors in every run"]["measured"])
 
     def test_key_exchange_picks_the_matching_ceiling(self):
         text = CRITERION + "handshake/p256_keygen_and_agree\n                        time:   [80 µs 87.0 µs 90 µs]\n"

@@ -111,12 +111,17 @@ struct Args {
     /// Per-operation timeout (seconds).
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
-    /// retr: always retrieve this message number instead of a random one.
-    #[arg(long)]
-    message: Option<usize>,
+    /// retr and session: always retrieve this message number instead of a
+    /// random one (a maildrop with fewer messages gets its last).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    message: Option<u64>,
     /// session: resume TLS sessions (default: full handshakes).
     #[arg(long)]
     resume: bool,
+    /// session: leave UIDL out, for the shape "login, STAT, LIST, RETR,
+    /// QUIT" that some published session figures use.
+    #[arg(long)]
+    no_uidl: bool,
     /// mixed: weights, e.g. "handshake=20,resume=10,session=70".
     #[arg(long, default_value = "handshake=20,resume=10,session=70")]
     mix: String,
@@ -817,7 +822,14 @@ async fn one_op(
         match op {
             Op::Handshake => scenario::handshake(target, user, false).await,
             Op::Resume => scenario::handshake(target, user, true).await,
-            Op::Session => scenario::session(target, user, shared.args.resume, rng).await,
+            Op::Session => {
+                let shape = scenario::SessionShape {
+                    resume: shared.args.resume,
+                    uidl: !shared.args.no_uidl,
+                    message: shared.args.message.map(|m| m as usize),
+                };
+                scenario::session(target, user, shape, rng).await
+            }
         }
     };
     let result = match monoio::time::timeout(target.timeout, fut).await {
@@ -910,7 +922,7 @@ async fn retr_loop(
         let t = Instant::now();
         match monoio::time::timeout(
             target.timeout,
-            scenario::retr_one(c, rng, shared.args.message),
+            scenario::retr_one(c, rng, shared.args.message.map(|m| m as usize)),
         )
         .await
         {

@@ -123,26 +123,43 @@ pub async fn handshake(t: &Target, user: &User, resume: bool) -> Result<Outcome,
     Ok(out)
 }
 
-/// session: login, STAT, LIST, UIDL, RETR random, QUIT — all checked.
+/// What a session does beyond login, STAT, LIST, RETR and QUIT, so that
+/// one scenario can take the shape of a published figure it is compared
+/// with.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionShape {
+    /// Resume a previous TLS session where possible.
+    pub resume: bool,
+    /// Send UIDL after LIST.
+    pub uidl: bool,
+    /// RETR this message (1-based; the last if the maildrop has fewer)
+    /// instead of a random one.
+    pub message: Option<usize>,
+}
+
+/// session: login, STAT, LIST, UIDL, RETR, QUIT — all checked.
 pub async fn session(
     t: &Target,
     user: &User,
-    resume: bool,
+    shape: SessionShape,
     rng: &mut Rng,
 ) -> Result<Outcome, OpError> {
     let mut out = Outcome::default();
-    let mut p = t.connect(user, resume, &mut out).await?;
+    let mut p = t.connect(user, shape.resume, &mut out).await?;
     p.login(t.login, &user.name, &user.password).await?;
     let (count, octets) = p.stat().await?;
     let sizes = p.list().await?;
     if sizes.len() != count || sizes.iter().sum::<u64>() != octets {
         return Err(OpError::Malformed("LIST disagrees with STAT"));
     }
-    if p.uidl().await? != count {
+    if shape.uidl && p.uidl().await? != count {
         return Err(OpError::Malformed("UIDL disagrees with STAT"));
     }
     if count > 0 {
-        let n = rng.below(count) + 1;
+        let n = match shape.message {
+            Some(m) => m.clamp(1, count),
+            None => rng.below(count) + 1,
+        };
         out.payload += p.retr(n, sizes[n - 1]).await?;
     }
     p.quit().await?;
@@ -176,7 +193,7 @@ pub async fn retr_one(
 ) -> Result<Outcome, OpError> {
     let n = fixed
         .unwrap_or_else(|| rng.below(c.sizes.len()) + 1)
-        .min(c.sizes.len());
+        .clamp(1, c.sizes.len());
     let before = c.pop.bytes_in;
     let payload = c.pop.retr(n, c.sizes[n - 1]).await?;
     Ok(Outcome {

@@ -184,6 +184,65 @@ fn every_scenario_runs_clean() {
 }
 
 #[test]
+fn session_shape_can_leave_uidl_out_and_fix_the_message() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str], name: &str| {
+        let mut args = vec![
+            "-s",
+            "session",
+            "--count",
+            "12",
+            "-c",
+            "1",
+            "--message",
+            "4",
+        ];
+        args.extend_from_slice(extra);
+        loadgen(&args, &d.path().join(name))
+    };
+    let with = run(&[], "with.json");
+    let without = run(&["--no-uidl"], "without.json");
+    for r in [&with, &without] {
+        assert_eq!(r["ops"], 12, "{r}");
+        assert_eq!(r["error_total"], 0, "{r}");
+        // The demo's fourth message is about 50 KiB (51,200 bytes and the
+        // rest of its last line), and every session retrieved it.
+        let per = r["payload_bytes"].as_u64().unwrap() / 12;
+        assert!((51_200..51_300).contains(&per), "{per} bytes per RETR: {r}");
+    }
+    // Each UIDL listing (four lines and its terminator) is missing.
+    let (a, b) = (
+        with["bytes_in"].as_u64().unwrap(),
+        without["bytes_in"].as_u64().unwrap(),
+    );
+    assert!(a > b + 12 * 4 * 10, "with UIDL {a} bytes, without {b}");
+    // A message number past the maildrop's end retrieves its last message
+    // rather than failing; 0 is refused before the run.
+    let r = loadgen(
+        &[
+            "-s",
+            "session",
+            "--count",
+            "4",
+            "-c",
+            "1",
+            "--message",
+            "99",
+        ],
+        &d.path().join("last.json"),
+    );
+    assert_eq!(r["error_total"], 0, "{r}");
+    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+        .arg("--demo-json")
+        .arg(&server().json)
+        .args(["-s", "session", "--count", "1", "--message", "0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--message"));
+}
+
+#[test]
 fn chosen_tls_parameters_are_used_and_reported() {
     let d = tempfile::tempdir().unwrap();
     let cases = [

@@ -200,7 +200,7 @@ pub fn demo_message(domain: &str, user: &str, i: usize) -> Vec<u8> {
 
 /// A demo message of about `size` bytes (0: the default mix of sizes).
 pub fn demo_message_sized(domain: &str, user: &str, i: usize, size: usize) -> Vec<u8> {
-    let sizes = [600usize, 3_000, 20_000, 60_000];
+    let sizes = [600usize, 3_000, 20_000, 51_200];
     let target = if size > 0 {
         size
     } else {
