@@ -15,36 +15,49 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-/// One server for all tests of this file (its threads live as long as the process).
+/// One server for most tests of this file (its threads live as long as the process).
 fn server() -> &'static Server {
     static S: OnceLock<Server> = OnceLock::new();
-    S.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = DemoOptions {
-            dir: Some(dir.path().join("root")),
-            port: 0,
-            pop3_port: 0,
-            external_port: 0,
-            users: 20,
-            messages: 4,
-            scheme: DemoScheme::Plain,
-            cores: 2,
-            message_size: 0,
-            maildir: None,
-        };
-        let (config, info) = demo::prepare(&opts).unwrap();
-        let shared = pop3sd::startup::build(config, None).unwrap();
-        let running = pop3sd::runtime::start(shared).unwrap();
-        std::thread::spawn(move || running.join());
-        let json = dir.path().join("demo.json");
-        std::fs::write(&json, serde_json::to_string(&info).unwrap()).unwrap();
-        Server { json, _dir: dir }
-    })
+    S.get_or_init(start_server)
+}
+
+/// A second server, for sessions that must not meet the maildrops that
+/// the idle scenario holds on the first (a held maildrop refuses a second
+/// login with [IN-USE]).
+fn own_server() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(start_server)
+}
+
+fn start_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DemoOptions {
+        dir: Some(dir.path().join("root")),
+        port: 0,
+        pop3_port: 0,
+        external_port: 0,
+        users: 20,
+        messages: 4,
+        scheme: DemoScheme::Plain,
+        cores: 2,
+        message_size: 0,
+        maildir: None,
+    };
+    let (config, info) = demo::prepare(&opts).unwrap();
+    let shared = pop3sd::startup::build(config, None).unwrap();
+    let running = pop3sd::runtime::start(shared).unwrap();
+    std::thread::spawn(move || running.join());
+    let json = dir.path().join("demo.json");
+    std::fs::write(&json, serde_json::to_string(&info).unwrap()).unwrap();
+    Server { json, _dir: dir }
 }
 
 /// Runs the loadgen; every run is bounded by --count or a short --duration.
 fn loadgen(args: &[&str], out: &Path) -> serde_json::Value {
-    let s = server();
+    loadgen_on(server(), args, out)
+}
+
+fn loadgen_on(s: &Server, args: &[&str], out: &Path) -> serde_json::Value {
     let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
         .arg("--demo-json")
         .arg(&s.json)
@@ -198,7 +211,7 @@ fn session_shape_can_leave_uidl_out_and_fix_the_message() {
             "4",
         ];
         args.extend_from_slice(extra);
-        loadgen(&args, &d.path().join(name))
+        loadgen_on(own_server(), &args, &d.path().join(name))
     };
     let with = run(&[], "with.json");
     let without = run(&["--no-uidl"], "without.json");
@@ -218,7 +231,8 @@ fn session_shape_can_leave_uidl_out_and_fix_the_message() {
     assert!(a > b + 12 * 4 * 10, "with UIDL {a} bytes, without {b}");
     // A message number past the maildrop's end retrieves its last message
     // rather than failing; 0 is refused before the run.
-    let r = loadgen(
+    let r = loadgen_on(
+        own_server(),
         &[
             "-s",
             "session",
@@ -234,7 +248,7 @@ fn session_shape_can_leave_uidl_out_and_fix_the_message() {
     assert_eq!(r["error_total"], 0, "{r}");
     let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
         .arg("--demo-json")
-        .arg(&server().json)
+        .arg(&own_server().json)
         .args(["-s", "session", "--count", "1", "--message", "0"])
         .output()
         .unwrap();
@@ -264,7 +278,8 @@ fn chosen_tls_parameters_are_used_and_reported() {
         ),
     ];
     for ([version, cipher, kx], want) in cases {
-        let r = loadgen(
+        let r = loadgen_on(
+            own_server(),
             &[
                 "-s",
                 "session",
