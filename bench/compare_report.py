@@ -350,7 +350,7 @@ class Report:
         if cpu is not None and hs:
             scaled = 270 * hs / REFERENCE_HANDSHAKE_US
             note += (f"scaled by this machine's in-memory handshake ({hs:,.0f} against {REFERENCE_HANDSHAKE_US:.0f} µs): "
-                    f"{scaled:,.0f} µs, {'met' if cpu <= scaled else 'missed'} (an estimate)")
+                     f"{scaled:,.0f} µs, {'met' if cpu <= scaled else 'missed'} (an estimate)")
         check("session: server CPU at most 270 µs (reference machine)", fmt(cpu, "µs"),
               None if cpu is None else cpu <= 270, note)
 
