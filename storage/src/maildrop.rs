@@ -556,6 +556,15 @@ impl Maildrop {
             return Ok(results.into_iter().flatten().collect());
         }
 
+        // A damaged or hand-made header can hold a next uid near the top
+        // of the range; refuse rather than wrap to uids already used.
+        if next_uid.checked_add(accepted.len() as u64).is_none() {
+            return Err(Error::Corrupt {
+                path: self.index_path(),
+                offset: 24,
+                reason: format!("next uid {next_uid} leaves no room for new messages"),
+            });
+        }
         let total: u64 = accepted.iter().map(|&i| batch[i].wire_len()).sum();
         let (seg_id, seg, start) = self.segment_for(total)?;
         let seg_path = segment::path(dir, seg_id);
@@ -649,11 +658,13 @@ impl Maildrop {
         for r in &parsed.records {
             if r.deleted {
                 s.expunged += 1;
-                s.expunged_wire_bytes += r.wire_len;
+                s.expunged_wire_bytes = s.expunged_wire_bytes.saturating_add(r.wire_len);
             } else {
                 s.messages += 1;
-                s.bytes += r.size;
-                s.live_wire_bytes += r.wire_len;
+                // Saturating: records are checked one by one, so a damaged
+                // index can still claim sizes whose sum overflows.
+                s.bytes = s.bytes.saturating_add(r.size);
+                s.live_wire_bytes = s.live_wire_bytes.saturating_add(r.wire_len);
             }
         }
         Ok(s)

@@ -237,7 +237,9 @@ impl<'a> RecordRef<'a> {
         if r.offset() < crate::segment::HEADER_SIZE || r.offset().checked_add(wire_len).is_none() {
             return Err(RecordError::Field("offset"));
         }
-        if r.uid() == 0 {
+        // 0 is never a uid, and u64::MAX would leave no uid for the next
+        // message (the next uid is always the last one plus one).
+        if r.uid() == 0 || r.uid() == u64::MAX {
             return Err(RecordError::Field("uid"));
         }
         Ok(r)
@@ -330,6 +332,15 @@ mod tests {
             Record::decode(&r.encode()),
             Err(RecordError::Field("offset"))
         );
+    }
+
+    #[test]
+    fn a_uid_that_leaves_no_next_uid_is_refused() {
+        let mut r = sample();
+        r.uid = u64::MAX;
+        assert_eq!(Record::decode(&r.encode()), Err(RecordError::Field("uid")));
+        r.uid = u64::MAX - 1;
+        assert!(Record::decode(&r.encode()).is_ok());
     }
 
     #[test]

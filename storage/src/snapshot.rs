@@ -101,7 +101,9 @@ impl Snapshot {
             } else {
                 Uidl::new(r.uidl_bytes()).map(Box::new)
             };
-            total_size += r.size();
+            // Saturating: each record is checked alone, and a damaged index
+            // could claim sizes whose sum overflows.
+            total_size = total_size.saturating_add(r.size());
             messages.push(MessageMeta {
                 uid,
                 segment_ix: segment_ix as u32,

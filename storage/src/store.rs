@@ -158,6 +158,14 @@ impl Store {
             return Err(Error::Exists(addr.to_string()));
         }
         create_dir_durable(&dir)?;
+        // The directories' entries are on disk before any mail is
+        // acknowledged in them, whoever created them: another thread may
+        // still be between its mkdir and its fsync (create_dir_durable
+        // returns at once for a directory that exists), or a crash may have
+        // come between the two.
+        for d in dir.ancestors().skip(1).take(2) {
+            sync_dir(d)?;
+        }
         if !create_files(&dir)? {
             return Err(Error::Exists(addr.to_string()));
         }

@@ -415,3 +415,55 @@ fn racing_first_deliveries_lose_nothing() {
         );
     }
 }
+
+#[test]
+fn a_next_uid_at_the_top_of_the_range_refuses_delivery_instead_of_wrapping() {
+    let (_d, s) = store();
+    let md = s.create_maildrop(&addr("a@x.org")).unwrap();
+    let index = md.dir().join("index");
+    let mut bytes = std::fs::read(&index).unwrap();
+    let mut header =
+        pop3sd_storage::index::parse_header(&bytes[..pop3sd_storage::index::HEADER_SIZE]).unwrap();
+    header.next_uid = u64::MAX - 1;
+    bytes[..pop3sd_storage::index::HEADER_SIZE].copy_from_slice(&header.encode());
+    std::fs::write(&index, &bytes).unwrap();
+    // The last usable uid is u64::MAX - 1.
+    let r = md.append(PreparedMessage::from_raw(&msg(1))).unwrap();
+    assert_eq!(r.uid, u64::MAX - 1);
+    // The next would need u64::MAX, which no record may hold: refused,
+    // and what is there stays readable.
+    match md.append(PreparedMessage::from_raw(&msg(2))) {
+        Err(Error::Corrupt { path, reason, .. }) => {
+            assert_eq!(path, index);
+            assert!(reason.contains("next uid"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let session = md.open_session().unwrap();
+    assert_eq!(session.snapshot().len(), 1);
+    assert_eq!(session.snapshot().message(0).unwrap().uid(), u64::MAX - 1);
+}
+
+#[test]
+fn a_maildrop_directory_left_without_its_index_is_completed() {
+    // A crash between creating the directory and creating its files (or
+    // fsyncing its parent) leaves an empty directory; the next delivery
+    // finishes the job.
+    let (d, s) = store();
+    let a = addr("late@example.com");
+    std::fs::create_dir_all(d.path().join("root/example.com/late")).unwrap();
+    let md = s.ensure_maildrop(&a).unwrap();
+    assert_eq!(
+        md.append(PreparedMessage::from_raw(&msg(1))).unwrap().uid,
+        1
+    );
+    assert_eq!(
+        s.maildrop(&a)
+            .unwrap()
+            .open_session()
+            .unwrap()
+            .snapshot()
+            .len(),
+        1
+    );
+}
