@@ -193,7 +193,17 @@ fn parse_map_file(path: &Path) -> Result<HashMap<String, String>> {
 
 /// Arrival time from a Maildir name (`<secs>.<unique>.<host>`), else the mtime.
 fn arrival_of(path: &Path, base: &str) -> i64 {
-    if let Some(secs) = base.split('.').next().and_then(|s| s.parse::<i64>().ok()) {
+    // A name's time is believed only if it could be a real delivery time:
+    // from 1970 to a day past now. Anything else (a name from another
+    // scheme, or a hand-made one) falls back to the file's mtime, so that
+    // EXPIRE never acts on a made-up age.
+    let plausible = 0..=crate::durable::unix_now().saturating_add(86_400);
+    if let Some(secs) = base
+        .split('.')
+        .next()
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|s| plausible.contains(s))
+    {
         return secs;
     }
     std::fs::metadata(path)

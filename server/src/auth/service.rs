@@ -101,12 +101,16 @@ impl Authenticator {
         cache: &VerifyCache,
         now: Instant,
     ) -> Check {
-        let found = directory.user(&req.address);
-        if let Some(f) = &found {
-            if !req.secure && !f.tenant.policy.allow_cleartext {
-                return Check::Refused(Refusal::CleartextRefused);
-            }
+        // Decided by the domain's tenant, not the user's entry: a refusal
+        // given only to existing users would tell an attacker which exist.
+        if !req.secure
+            && directory
+                .tenant(&req.address.domain)
+                .is_some_and(|t| !t.policy.allow_cleartext)
+        {
+            return Check::Refused(Refusal::CleartextRefused);
         }
+        let found = directory.user(&req.address);
         let target = found.as_ref().map(|f| Verified {
             address: f.address.clone(),
             tenant: f.tenant.clone(),
@@ -311,10 +315,14 @@ mod tests {
         let a = auth(TenantPolicy::default());
         let cache = VerifyCache::new(10, Duration::from_secs(60));
         let now = Instant::now();
-        assert!(matches!(
-            a.check(&req("plain@e.example", "pw", false), &cache, now),
-            Check::Refused(Refusal::CleartextRefused)
-        ));
+        // Known or not, a user of that tenant gets the same refusal: it
+        // does not tell which users exist.
+        for user in ["plain@e.example", "nobody@e.example"] {
+            assert!(matches!(
+                a.check(&req(user, "pw", false), &cache, now),
+                Check::Refused(Refusal::CleartextRefused)
+            ));
+        }
         let a = auth(TenantPolicy {
             login_delay: 60,
             allow_cleartext: true,

@@ -119,9 +119,13 @@ impl<M: Mailbox> Transaction<M> {
                     || match self.policy.expire {
                         Expire::Never => false,
                         Expire::Days(0) => self.retrieved.get(i),
-                        Expire::Days(d) => {
-                            self.mailbox.arrival(i) + i64::from(d) * 86_400 <= self.login_time
-                        }
+                        // An arrival time too large to add to (only a damaged
+                        // or hand-made file holds one) is not old mail.
+                        Expire::Days(d) => self
+                            .mailbox
+                            .arrival(i)
+                            .checked_add(i64::from(d) * 86_400)
+                            .is_some_and(|t| t <= self.login_time),
                     }
             })
             .collect()
@@ -533,7 +537,7 @@ impl<M: Mailbox> Engine<M> {
                     if let State::SaslWait(mech) = self.state {
                         self.sasl_response(mech, line);
                     } else {
-                        self.stats.commands += 1;
+                        self.stats.commands = self.stats.commands.saturating_add(1);
                         match command::parse(line) {
                             Ok(cmd) => self.dispatch(cmd),
                             Err(ParseError::Unknown) => {

@@ -92,6 +92,38 @@ impl Output {
                 }
             }
         }
+        self.compact();
+    }
+
+    /// Drops sent text from the front of the buffer once it is most of it.
+    /// Without this a client that pipelines many commands, each answered
+    /// while earlier answers are still queued, grows the buffer by every
+    /// answer of the batch: the queue never empties, so it is never cleared.
+    fn compact(&mut self) {
+        const MIN_DEAD: usize = 64 * 1024;
+        if self.text.len() < MIN_DEAD {
+            return;
+        }
+        // Text pieces are queued in buffer order: the first one holds the
+        // oldest live byte. With none left, no byte is live.
+        let live = self
+            .pieces
+            .iter()
+            .find_map(|p| match p {
+                Piece::Text { start, .. } => Some(*start),
+                Piece::Mail { .. } => None,
+            })
+            .unwrap_or(self.text.len());
+        if live < MIN_DEAD || live * 2 < self.text.len() {
+            return;
+        }
+        self.text.drain(..live);
+        for p in &mut self.pieces {
+            if let Piece::Text { start, end } = p {
+                *start -= live;
+                *end -= live;
+            }
+        }
     }
 
     /// True when nothing is queued.
@@ -157,6 +189,45 @@ impl Drop for TextWriter<'_> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn sent_text_is_dropped_while_more_keeps_coming() {
+        let mut o = Output::default();
+        o.text(b"first ");
+        let answer = vec![b'x'; 100_000];
+        for i in 0..1_000 {
+            // A new answer joins the queue before the previous one is sent,
+            // as pipelined commands do; a mail piece in between sometimes.
+            o.text(&answer);
+            if i % 3 == 0 {
+                o.mail(i, 0, 10);
+            }
+            while o.backlog() > 50_000 {
+                match o.front() {
+                    Some(Piece::Text { start, end }) => {
+                        let n = (end - start).min(30_000);
+                        o.advance(n);
+                    }
+                    Some(Piece::Mail { start, end, .. }) => o.advance(end - start),
+                    None => break,
+                }
+            }
+            assert!(o.text.len() <= 400_000, "buffer at {} bytes", o.text.len());
+        }
+        // What is still queued is intact.
+        let mut rest = Vec::new();
+        while let Some(p) = o.front() {
+            match p {
+                Piece::Text { start, end } => {
+                    rest.extend_from_slice(o.text_of(start, end));
+                    o.advance(end - start);
+                }
+                Piece::Mail { start, end, .. } => o.advance(end - start),
+            }
+        }
+        assert!(rest.iter().all(|&b| b == b'x'));
+        assert!(o.is_empty());
+    }
 
     #[test]
     fn texts_merge_and_mail_stays_separate() {

@@ -545,6 +545,25 @@ fn expire_days_deletes_old_mail_at_quit() {
 }
 
 #[test]
+fn expire_days_keeps_mail_whose_arrival_cannot_be_added_to() {
+    let mut h = Harness::tls();
+    h.policy = Policy {
+        expire: Expire::Days(30),
+        login_delay: 0,
+    };
+    let mut mb = MemoryMailbox::from_raw(messages());
+    // Wrapping would make these look ancient and delete them unasked.
+    mb.set_arrival(0, i64::MAX);
+    mb.set_arrival(1, i64::MAX - 86_400);
+    mb.set_arrival(2, 1_000_000 - 31 * 86_400);
+    h.mailbox = Some(mb);
+    h.drain();
+    h.login();
+    h.send("QUIT\r\n");
+    assert_eq!(h.commits, vec![vec![2]]);
+}
+
+#[test]
 fn long_lines_and_flooding() {
     let mut h = Harness::tls();
     h.drain();

@@ -248,6 +248,11 @@ impl Session {
     }
 
     fn command(&mut self, line: &str, dir: &dyn Recipients) {
+        // A CR or other control byte inside a command would reach the
+        // stored message through Return-Path and forge header lines.
+        if line.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return self.reply("501 5.5.2 Control characters are not allowed in commands");
+        }
         let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
         let verb = verb.to_ascii_uppercase();
         match verb.as_str() {

@@ -105,6 +105,21 @@ fn byte_at_a_time_gives_the_same_dialogue() {
 }
 
 #[test]
+fn control_bytes_in_a_command_are_refused() {
+    let (out, _) = run(
+        &[b"LHLO x\r\nMAIL FROM:<a\rX-Injected: 1>\r\nMAIL FROM:<a\x00b@c>\r\nMAIL FROM:<a@b>\r\n"],
+        &[],
+    );
+    let codes: Vec<&str> = out.lines().map(|l| &l[..3]).collect();
+    assert_eq!(
+        codes,
+        ["220", "250", "250", "250", "250", "250", "501", "501", "250"],
+        "{out}"
+    );
+    assert!(!out.contains("X-Injected"), "{out}");
+}
+
+#[test]
 fn order_and_syntax_errors() {
     let (out, _) = run(
         &[b"MAIL FROM:<a@b>\r\nHELO x\r\nLHLO\r\nLHLO x\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n\

@@ -310,15 +310,7 @@ impl Conn {
                 .filter(|t| t.policy.allow_bare_user)
                 .map(|t| t.domain.clone()),
             external,
-            apop_banner: apop.then(|| {
-                format!(
-                    "<{}.{}.{}@{}>",
-                    std::process::id(),
-                    self.id,
-                    Instant::now().elapsed().subsec_nanos() ^ (self.id as u32).rotate_left(13),
-                    self.gen.config.hostname
-                )
-            }),
+            apop_banner: apop.then(|| apop_banner(self.id, &self.gen.config.hostname)),
             policy_hint: dir.policy_hint(tenant.as_deref()),
             limits: self.gen.limits,
         }
@@ -1110,4 +1102,40 @@ fn record_remaining(buf: &[u8]) -> usize {
     }
     let len = u16::from_be_bytes([buf[3], buf[4]]) as usize + 5;
     len.saturating_sub(buf.len())
+}
+
+/// An APOP timestamp no greeting ever repeats (RFC 1939 section 7): a
+/// digest captured from one session must not log in again, even after a
+/// restart has reset session numbers and reused the process id. 128 random
+/// bits carry that; the pid and session number only help to read logs.
+fn apop_banner(session: u64, hostname: &str) -> String {
+    let mut nonce = [0u8; 16];
+    // The system's generator does not fail on Linux; if it ever did, the
+    // clock's nanoseconds still differ from one greeting to the next.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        nonce = t.to_le_bytes();
+    }
+    let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    format!("<{}.{session}.{hex}@{hostname}>", std::process::id())
+}
+
+#[cfg(test)]
+mod apop_banner_tests {
+    use super::apop_banner;
+
+    #[test]
+    fn banners_differ_for_the_same_session_number() {
+        let a = apop_banner(7, "mail.example.com");
+        let b = apop_banner(7, "mail.example.com");
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with('<') && a.ends_with("@mail.example.com>"),
+            "{a}"
+        );
+        // RFC 1939: the timestamp is a msg-id, printable and without spaces.
+        assert!(a.bytes().all(|c| (0x21..0x7f).contains(&c)), "{a}");
+    }
 }
