@@ -526,41 +526,42 @@ fn expire_zero_deletes_what_was_retrieved() {
     assert_eq!(h.commits, vec![vec![1]]);
 }
 
-#[test]
-fn expire_days_deletes_old_mail_at_quit() {
+/// What QUIT commits under `EXPIRE days` for messages arriving at these
+/// times (the harness logs in at 1,000,000).
+fn expired_at_quit(days: u32, arrivals: [i64; 3]) -> Vec<Vec<usize>> {
     let mut h = Harness::tls();
     h.policy = Policy {
-        expire: Expire::Days(1),
+        expire: Expire::Days(days),
         login_delay: 0,
     };
     let mut mb = MemoryMailbox::from_raw(messages());
-    mb.set_arrival(0, 1_000_000 - 2 * 86_400);
-    mb.set_arrival(1, 1_000_000 - 3_600);
-    mb.set_arrival(2, 1_000_000);
+    for (i, t) in arrivals.into_iter().enumerate() {
+        mb.set_arrival(i, t);
+    }
     h.mailbox = Some(mb);
     h.drain();
     h.login();
     h.send("QUIT\r\n");
-    assert_eq!(h.commits, vec![vec![0]]);
+    h.commits
+}
+
+#[test]
+fn expire_days_deletes_old_mail_at_quit() {
+    let old = 1_000_000 - 2 * 86_400;
+    assert_eq!(
+        expired_at_quit(1, [old, 1_000_000 - 3_600, 1_000_000]),
+        vec![vec![0]]
+    );
 }
 
 #[test]
 fn expire_days_keeps_mail_whose_arrival_cannot_be_added_to() {
-    let mut h = Harness::tls();
-    h.policy = Policy {
-        expire: Expire::Days(30),
-        login_delay: 0,
-    };
-    let mut mb = MemoryMailbox::from_raw(messages());
-    // Wrapping would make these look ancient and delete them unasked.
-    mb.set_arrival(0, i64::MAX);
-    mb.set_arrival(1, i64::MAX - 86_400);
-    mb.set_arrival(2, 1_000_000 - 31 * 86_400);
-    h.mailbox = Some(mb);
-    h.drain();
-    h.login();
-    h.send("QUIT\r\n");
-    assert_eq!(h.commits, vec![vec![2]]);
+    // Wrapping would make the first two look ancient and delete them unasked.
+    let old = 1_000_000 - 31 * 86_400;
+    assert_eq!(
+        expired_at_quit(30, [i64::MAX, i64::MAX - 86_400, old]),
+        vec![vec![2]]
+    );
 }
 
 #[test]
