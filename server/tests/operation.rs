@@ -476,3 +476,39 @@ assert cmd(s, f, "QUIT").startswith(b"+OK")
 "#
     ));
 }
+
+#[test]
+fn a_refused_login_keeps_neither_a_session_slot_nor_the_login_delay() {
+    let s = Served::start(|c| {
+        c.limits.max_sessions_per_user = 2;
+        c.tenants[0].login_delay = 2;
+    });
+    let (x, xpw) = s.user(0, 0);
+    let (y, ypw) = s.user(0, 1);
+    s.python(&format!(
+        r#"
+def login(s_, f, u, pw):
+    cmd(s_, f, "USER " + u)
+    return cmd(s_, f, "PASS " + pw)
+a, fa = tls(); fa.readline()
+assert login(a, fa, "{x}", "{xpw}").startswith(b"+OK")
+b, fb = tls(); fb.readline()
+line = login(b, fb, "{x}", "{xpw}")
+assert line.startswith(b"-ERR [LOGIN-DELAY]"), line
+time.sleep(2.3)
+# Past the delay the login is admitted, but a's session holds the maildrop.
+line = login(b, fb, "{x}", "{xpw}")
+assert line.startswith(b"-ERR [IN-USE] Maildrop is locked"), line
+c, fc = tls(); fc.readline()
+line = login(c, fc, "{x}", "{xpw}")
+assert line.startswith(b"-ERR [IN-USE] Maildrop is locked"), ("b kept a session slot", line)
+# b may still log in as someone else.
+assert login(b, fb, "{y}", "{ypw}").startswith(b"+OK")
+assert cmd(a, fa, "QUIT").startswith(b"+OK")
+time.sleep(0.2)
+# The refused attempts were not logins: the delay runs from a's.
+line = login(c, fc, "{x}", "{xpw}")
+assert line.startswith(b"+OK"), line
+"#
+    ));
+}

@@ -515,6 +515,12 @@ impl Maildrop {
         Ok((1, segment::create(dir, 1)?, segment::HEADER_SIZE))
     }
 
+    /// Holds off every append (of any process) until dropped: for whole-
+    /// maildrop operations such as deletion that must not race a delivery.
+    pub fn lock_appends(&self) -> Result<FileLock> {
+        FileLock::exclusive(&self.shared.dir.join(APPEND_LOCK))
+    }
+
     fn write_batch_locked(&self, batch: &[&PreparedMessage]) -> Result<Vec<Result<Receipt>>> {
         let dir = &self.shared.dir;
         let _lock = FileLock::exclusive(&dir.join(APPEND_LOCK))?;

@@ -185,15 +185,19 @@ impl Store {
 
     /// Removes a maildrop and all its mail, provided no session holds it.
     /// The directory is first renamed to a dot-name (atomic: the user is gone
-    /// at once), then removed.
+    /// at once), then removed. The rename happens under the append lock, so
+    /// a delivery in progress either completes before it or fails after it
+    /// (its paths are gone); none writes into the directory being removed.
     pub fn delete_maildrop(&self, addr: &Address) -> Result<()> {
         let md = self.maildrop(addr)?;
         let session = md.open_session()?;
+        let appends = md.lock_appends()?;
         let dir = self.maildrop_dir(addr);
         let tenant = self.tenant_dir(&addr.domain);
         let grave = tenant.join(format!(".deleted-{}-{}", addr.local, std::process::id()));
         std::fs::rename(&dir, &grave).at(&dir)?;
         sync_dir(&tenant)?;
+        drop(appends);
         drop(session);
         std::fs::remove_dir_all(&grave).at(&grave)
     }
@@ -202,6 +206,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maildrop::PreparedMessage;
 
     #[test]
     fn layout_and_listing() {
@@ -231,6 +236,32 @@ mod tests {
         s.delete_maildrop(&b).unwrap();
         assert_eq!(s.users(&a.domain).unwrap().len(), 1);
         assert!(matches!(s.maildrop(&b), Err(Error::NoMaildrop(_))));
+    }
+
+    /// Deletion waits for a delivery holding the append lock; the delivery
+    /// after it fails instead of writing into the removed directory.
+    #[test]
+    fn deleting_waits_for_a_delivery_in_progress() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Arc::new(Store::open(d.path().join("root"), StoreOptions::default()).unwrap());
+        let a = Address::parse("alice@example.com").unwrap();
+        let md = s.create_maildrop(&a).unwrap();
+        let held = md.lock_appends().unwrap();
+        let (s2, a2) = (s.clone(), a.clone());
+        let deleter = std::thread::spawn(move || s2.delete_maildrop(&a2));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            !deleter.is_finished(),
+            "deletion did not wait for the append lock"
+        );
+        assert!(d.path().join("root/example.com/alice/index").is_file());
+        drop(held);
+        deleter.join().unwrap().unwrap();
+        assert!(!d.path().join("root/example.com/alice").exists());
+        assert!(md
+            .append(PreparedMessage::from_raw(b"Subject: late\r\n\r\nx\r\n"))
+            .is_err());
+        assert!(!d.path().join("root/example.com/alice").exists());
     }
 
     /// A maildrop made before lock files were created up front (or whose

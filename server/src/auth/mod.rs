@@ -11,5 +11,5 @@ pub mod throttle;
 pub use cache::VerifyCache;
 pub use directory::{Directory, Tenant, TenantPolicy};
 pub use scheme::StoredHash;
-pub use service::{Authenticator, Check, HashJob, HashResult, Refusal, Verified};
+pub use service::{Admission, Authenticator, Check, HashJob, HashResult, Refusal, Verified};
 pub use throttle::ThrottleConfig;

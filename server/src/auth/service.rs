@@ -67,6 +67,15 @@ pub enum Check {
     Hash(HashJob),
 }
 
+/// A login that LOGIN-DELAY admitted, kept until the maildrop opens so that
+/// it can be taken back if it does not.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "revoke an admission whose session did not start"]
+pub struct Admission {
+    recorded: Option<(Address, Instant)>,
+    previous: Option<Instant>,
+}
+
 /// Shared login logic for all cores. The tenant directory is passed in on
 /// each call (it is replaced on reload); the failure counters and login
 /// times live here and survive reloads.
@@ -183,21 +192,50 @@ impl Authenticator {
     }
 
     /// Applies LOGIN-DELAY and records the login. Call after credentials
-    /// are verified.
-    pub fn admit(&self, v: &Verified, now: Instant) -> Result<(), Refusal> {
+    /// are verified. The login counts from now on; should the maildrop then
+    /// fail to open, [`Authenticator::revoke`] takes it back, so a client
+    /// told `[IN-USE]` may retry as soon as the lock is free instead of
+    /// meeting `[LOGIN-DELAY]` for a login that never happened.
+    pub fn admit(&self, v: &Verified, now: Instant) -> Result<Admission, Refusal> {
         self.throttle.success(&v.address);
         let delay = v.policy.login_delay;
         if delay == 0 {
-            return Ok(());
+            return Ok(Admission {
+                recorded: None,
+                previous: None,
+            });
         }
         let mut last = self.last_login.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(prev) = last.get(&v.address) {
-            if now.saturating_duration_since(*prev) < Duration::from_secs(delay.into()) {
+        let previous = last.get(&v.address).copied();
+        if let Some(prev) = previous {
+            if now.saturating_duration_since(prev) < Duration::from_secs(delay.into()) {
                 return Err(Refusal::LoginDelay);
             }
         }
         last.insert(v.address.clone(), now);
-        Ok(())
+        Ok(Admission {
+            recorded: Some((v.address.clone(), now)),
+            previous,
+        })
+    }
+
+    /// Undoes an admission whose session did not start. Only the record
+    /// this admission made is undone: a later login's stays.
+    pub fn revoke(&self, a: Admission) {
+        let Some((address, at)) = a.recorded else {
+            return;
+        };
+        let mut last = self.last_login.lock().unwrap_or_else(|p| p.into_inner());
+        if last.get(&address) == Some(&at) {
+            match a.previous {
+                Some(prev) => {
+                    last.insert(address, prev);
+                }
+                None => {
+                    last.remove(&address);
+                }
+            }
+        }
     }
 
     /// Records a failure; returns the delay before answering it.
@@ -228,7 +266,7 @@ mod tests {
         ) -> Result<Verified, Refusal> {
             self.0.finish_hash(r, cache, now)
         }
-        fn admit(&self, v: &Verified, now: Instant) -> Result<(), Refusal> {
+        fn admit(&self, v: &Verified, now: Instant) -> Result<Admission, Refusal> {
             self.0.admit(v, now)
         }
     }
@@ -331,12 +369,61 @@ mod tests {
         let Check::Verified(v) = a.check(&req("plain@e.example", "pw", false), &cache, now) else {
             panic!("cleartext allowed")
         };
-        assert_eq!(a.admit(&v, now), Ok(()));
+        assert!(a.admit(&v, now).is_ok());
         assert_eq!(
             a.admit(&v, now + Duration::from_secs(30)),
             Err(Refusal::LoginDelay)
         );
-        assert_eq!(a.admit(&v, now + Duration::from_secs(61)), Ok(()));
+        let later = a
+            .admit(&v, now + Duration::from_secs(61))
+            .expect("admitted");
+        assert_eq!(
+            a.admit(&v, now + Duration::from_secs(62)),
+            Err(Refusal::LoginDelay)
+        );
+        // The maildrop did not open: the delay runs from the login before.
+        a.0.revoke(later);
+        assert!(a.admit(&v, now + Duration::from_secs(62)).is_ok());
+    }
+
+    #[test]
+    fn revoking_a_first_login_forgets_it_and_spares_a_later_one() {
+        let a = auth(TenantPolicy {
+            login_delay: 60,
+            allow_cleartext: true,
+            ..TenantPolicy::default()
+        });
+        let now = Instant::now();
+        let cache = VerifyCache::new(16, Duration::from_secs(60));
+        let Check::Verified(v) = a.check(&req("plain@e.example", "pw", false), &cache, now) else {
+            panic!("cleartext allowed")
+        };
+        let first = a.admit(&v, now).expect("admitted");
+        a.0.revoke(first);
+        let second = a
+            .admit(&v, now + Duration::from_secs(1))
+            .expect("forgotten");
+        // A stale admission (its record already replaced) undoes nothing.
+        let stale = Admission {
+            recorded: Some((v.address.clone(), now)),
+            previous: None,
+        };
+        a.0.revoke(stale);
+        assert_eq!(
+            a.admit(&v, now + Duration::from_secs(2)),
+            Err(Refusal::LoginDelay)
+        );
+        let none = auth(TenantPolicy {
+            allow_cleartext: true,
+            ..TenantPolicy::default()
+        });
+        let Check::Verified(v) = none.check(&req("plain@e.example", "pw", false), &cache, now)
+        else {
+            panic!("cleartext allowed")
+        };
+        let free = none.admit(&v, now).expect("no delay");
+        none.0.revoke(free);
+        drop(second);
     }
 
     #[test]

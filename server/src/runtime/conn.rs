@@ -812,19 +812,20 @@ impl Conn {
             Err(Refusal::CleartextRefused) => return AuthOutcome::CleartextRefused,
             Err(Refusal::LoginDelay) => return AuthOutcome::LoginDelay,
         };
-        if shared.auth.admit(&verified, Instant::now()).is_err() {
-            return AuthOutcome::LoginDelay;
-        }
-        if self.user_slot.is_none() {
-            let max = self.gen.config.limits.max_sessions_per_user;
-            match shared.counters.user(&verified.address, max) {
-                Ok(slot) => self.user_slot = Some(slot),
-                Err(_) => {
-                    tracing::info!(session = self.id, user = %verified.address, max, "too many sessions for this user");
-                    return AuthOutcome::TooManySessions;
-                }
+        // The per-user slot and the LOGIN-DELAY record are only kept if
+        // the maildrop opens: a refused attempt must not lock the user out
+        // (of sessions, or of logging in again) while this connection lives.
+        let max = self.gen.config.limits.max_sessions_per_user;
+        let slot = match shared.counters.user(&verified.address, max) {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::info!(session = self.id, user = %verified.address, max, "too many sessions for this user");
+                return AuthOutcome::TooManySessions;
             }
-        }
+        };
+        let Ok(admission) = shared.auth.admit(&verified, Instant::now()) else {
+            return AuthOutcome::LoginDelay;
+        };
         let store = shared.store.clone();
         let address = verified.address.clone();
         let opened = shared
@@ -835,8 +836,13 @@ impl Conn {
                     .and_then(|m| m.open_session())
             })
             .await;
+        if !matches!(opened, Ok(Ok(_))) {
+            // `slot` is dropped at the end of this call, unkept.
+            shared.auth.revoke(admission);
+        }
         match opened {
             Ok(Ok(session)) => {
+                self.user_slot = Some(slot);
                 self.core.metrics.login(
                     &self.tenant_label(&verified.address.domain),
                     true,
