@@ -228,8 +228,8 @@ pub struct TlsConfig {
     /// File with ticket keys shared by several servers (see docs/config.md);
     /// without it, keys are random per process and rotate on their own.
     pub ticket_keys_file: Option<PathBuf>,
-    /// How long one ticket key encrypts new tickets before the next takes
-    /// over; tickets stay valid for one more period.
+    /// How long a ticket stays valid, and how long one ticket key seals new
+    /// tickets before the next takes over (at most seven days).
     pub ticket_key_lifetime_secs: u64,
     /// TLS 1.3 tickets sent after each full handshake.
     pub tls13_tickets: usize,
@@ -605,6 +605,17 @@ impl Config {
         );
         range("runtime.buffer_pool_size", r.buffer_pool_size, 0, 1_000_000);
         range("tls.record_size", self.tls.record_size, 512, 16384);
+        // RFC 8446 §4.6.1: a ticket lifetime of at most seven days.
+        let life = self.tls.ticket_key_lifetime_secs;
+        if !(60..=crate::tls::ticket_keys::MAX_LIFETIME_SECS).contains(&life) {
+            add(
+                "tls.ticket_key_lifetime_secs".into(),
+                format!(
+                    "{life} is outside 60..={} (RFC 8446 allows tickets seven days at most)",
+                    crate::tls::ticket_keys::MAX_LIFETIME_SECS
+                ),
+            );
+        }
         if let Some(name) = &r.tcp_congestion {
             if let Err(e) = crate::runtime::congestion::valid_name(name) {
                 add("runtime.tcp_congestion".into(), e);
@@ -918,7 +929,8 @@ expire = "never"
         let bad = EXAMPLE
             .replace("example.org", "example.com")
             .replace("\"127.0.0.1:110\"", "\"127.0.0.1:995\"")
-            + "\n[limits]\nidle_timeout_secs = 60\n";
+            + "\n[limits]\nidle_timeout_secs = 60\n"
+            + "\n[tls]\nticket_key_lifetime_secs = 864000\n";
         let path = d.path().join("pop3sd.toml");
         std::fs::write(&path, bad).unwrap();
         let err = Config::load(&path).unwrap_err();
@@ -929,6 +941,7 @@ expire = "never"
         assert!(text.contains("listener[1].address"), "{text}");
         assert!(text.contains("also claimed"), "{text}");
         assert!(text.contains("c.pem does not exist"), "{text}");
+        assert!(text.contains("tls.ticket_key_lifetime_secs"), "{text}");
         assert!(problems.len() >= 5, "{text}");
         // A short idle timeout is allowed (tests use one) but warned about.
         let cfg = Config::parse_file(&path).unwrap();

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{expected_message, have, Demo};
+use common::{expected_message, free_port, have, Demo, Served};
 
 #[test]
 fn poplib_full_session_with_exact_bytes() {
@@ -82,6 +82,69 @@ fn every_resumption_succeeds_on_every_core() {
         cores,
         "resumed logins seen on cores {cores_resumed:?}\n{log}"
     );
+}
+
+/// A session made where no certificate was asked for must not resume on a
+/// listener that requires one (nor on one that merely asks): tickets and
+/// cached sessions are scoped by client-certificate mode.
+#[test]
+fn resumption_does_not_cross_client_certificate_modes() {
+    let port = free_port();
+    let s = Served::start(|c| {
+        c.listeners.push(pop3sd::config::ListenerConfig {
+            address: format!("127.0.0.1:{port}").parse().unwrap(),
+            kind: pop3sd::config::ListenerKind::Pop3s,
+            client_certificates: pop3sd::config::ClientCerts::Required,
+            proxy_protocol: false,
+            tcp_congestion: None,
+        })
+    });
+    let optional = s
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.client_certificates == pop3sd::config::ClientCerts::Optional)
+        .expect("the demo's EXTERNAL listener")
+        .address;
+    s.python(&format!(
+        r#"
+REQUIRED = ("127.0.0.1", {port})
+OPTIONAL = ("{oh}", {op})
+def session_from(c, where):
+    s_ = c.wrap_socket(socket.create_connection(where, 10), server_hostname="example.com")
+    f = s_.makefile("rb")
+    assert f.readline().startswith(b"+OK")  # TLS 1.3 tickets arrive before it
+    cmd(s_, f, "QUIT")
+    sess = s_.session
+    s_.close()
+    return sess
+def attempt(c, where, sess):
+    """(resumed, greeting) for a connection offering `sess`; greeting None if refused."""
+    try:
+        s_ = c.wrap_socket(socket.create_connection(where, 10), server_hostname="example.com", session=sess)
+        line = s_.makefile("rb").readline()
+    except (ssl.SSLError, ConnectionError, OSError) as e:
+        return False, None
+    reused = s_.session_reused
+    s_.close()
+    return reused, (line or None)
+for v in [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2]:
+    c = ssl.create_default_context(cafile=INFO["ca"])
+    c.minimum_version = c.maximum_version = v
+    sess = session_from(c, addr("pop3s"))
+    # The control: the same listener kind resumes it.
+    assert attempt(c, addr("pop3s"), sess)[0], (v, "no resumption at all")
+    sess = session_from(c, addr("pop3s"))
+    reused, greeting = attempt(c, REQUIRED, sess)
+    assert not reused and greeting is None, (v, "resumed past a required certificate", reused, greeting)
+    sess = session_from(c, addr("pop3s"))
+    reused, greeting = attempt(c, OPTIONAL, sess)
+    assert not reused and greeting and greeting.startswith(b"+OK"), (v, reused, greeting)
+print("ok")
+"#,
+        oh = optional.ip(),
+        op = optional.port()
+    ));
 }
 
 #[test]

@@ -4,14 +4,17 @@
 //!
 //! A listener without client-certificate configuration gets a ServerConfig
 //! built with `with_no_client_auth()`: rustls then never sends a
-//! CertificateRequest (the pop3-over-tls rule). One ticketer and one
-//! session cache serve every ServerConfig and every core, so any valid
-//! ticket or session id resumes wherever the connection lands.
+//! CertificateRequest (the pop3-over-tls rule). One set of ticket keys and
+//! one session cache serve every core, so a valid ticket or session id
+//! resumes wherever the connection lands; each client-certificate mode sees
+//! them through its own scope, so a session never resumes on a listener
+//! kind that would have refused its handshake.
 
 pub mod certs;
 pub mod client_identity;
 pub mod record_layer;
 pub mod resolver;
+pub mod session_scope;
 pub mod ticket_keys;
 
 use std::collections::HashMap;
@@ -24,6 +27,7 @@ use rustls::{RootCertStore, ServerConfig};
 use crate::config::{ClientCerts, Config, ConfigProblem, RecordLayerMode};
 pub use client_identity::ClientIdentities;
 pub use resolver::SniResolver;
+pub use session_scope::ScopedSessions;
 pub use ticket_keys::TicketKeys;
 
 /// Everything TLS needs at run time, shared by all cores.
@@ -128,6 +132,16 @@ pub fn name_covers(pattern: &str, host: &str) -> bool {
             .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(suffix));
     }
     pattern.eq_ignore_ascii_case(host)
+}
+
+/// The resumption scope of a client-certificate mode: tickets and cached
+/// sessions resume only on listeners of the mode that issued them.
+fn resumption_scope(mode: ClientCerts) -> u8 {
+    match mode {
+        ClientCerts::None => 0,
+        ClientCerts::Optional => 1,
+        ClientCerts::Required => 2,
+    }
 }
 
 /// Builds the TLS context from a configuration, reporting every problem.
@@ -237,7 +251,9 @@ pub fn build(
         Some(p) => p.sessions.clone(),
         None => ServerSessionMemoryCache::new(cfg.tls.session_cache_size.max(1)),
     };
-    let finish = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>| -> Result<Arc<ServerConfig>, String> {
+    let finish = |mode: ClientCerts,
+                  verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>|
+     -> Result<Arc<ServerConfig>, String> {
         let b = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| e.to_string())?;
@@ -246,8 +262,9 @@ pub fn build(
             None => b.with_no_client_auth(),
         };
         let mut sc = b.with_cert_resolver(resolver.clone());
-        sc.ticketer = ticketer.clone();
-        sc.session_storage = cache.clone();
+        let scope = resumption_scope(mode);
+        sc.ticketer = ticketer.scoped(scope);
+        sc.session_storage = ScopedSessions::new(cache.clone(), scope);
         sc.send_tls13_tickets = cfg.tls.tls13_tickets;
         // The server's order (see `provider`) decides, as most servers do.
         sc.ignore_client_order = true;
@@ -259,7 +276,8 @@ pub fn build(
         sc.send_half_rtt_data = cfg.tls.half_rtt_greeting;
         Ok(Arc::new(sc))
     };
-    let no_client_auth = finish(None).map_err(|e| vec![problem("tls".into(), e)])?;
+    let no_client_auth =
+        finish(ClientCerts::None, None).map_err(|e| vec![problem("tls".into(), e)])?;
     let (mut client_optional, mut client_required) = (None, None);
     let wants = |m: ClientCerts| cfg.listeners.iter().any(|l| l.client_certificates == m);
     if !union_roots.is_empty() {
@@ -269,13 +287,19 @@ pub fn build(
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| vec![problem("tls".into(), e)])?;
-            client_optional = Some(finish(Some(v)).map_err(|e| vec![problem("tls".into(), e)])?);
+            client_optional = Some(
+                finish(ClientCerts::Optional, Some(v))
+                    .map_err(|e| vec![problem("tls".into(), e)])?,
+            );
         }
         if wants(ClientCerts::Required) {
             let v = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|e| vec![problem("tls".into(), e)])?;
-            client_required = Some(finish(Some(v)).map_err(|e| vec![problem("tls".into(), e)])?);
+            client_required = Some(
+                finish(ClientCerts::Required, Some(v))
+                    .map_err(|e| vec![problem("tls".into(), e)])?,
+            );
         }
     }
     Ok(TlsContext {
