@@ -152,7 +152,8 @@ fn handshakes_in_flight_are_bounded_per_core() {
     s.python(
         r#"
 import threading
-held = socket.create_connection(addr("pop3s"), 10)   # holds the only handshake place
+held = socket.create_connection(addr("pop3s"), 10)
+held.sendall(b"\x16\x03\x01\x02\x00")   # a ClientHello begun: holds the only handshake place
 done = {}
 def second():
     s_, f = tls()
@@ -511,4 +512,77 @@ line = login(c, fc, "{x}", "{xpw}")
 assert line.startswith(b"+OK"), line
 "#
     ));
+}
+
+/// Clients that stall must not hold the server: silent sockets take none of
+/// a core's handshake places, and at shutdown a client stalled in its STLS
+/// handshake or not reading a RETR is dropped soon after the drain deadline.
+#[test]
+fn stalled_clients_hold_neither_handshake_places_nor_the_shutdown() {
+    let mut s = Served::start_with(1, 6 << 20, |c| {
+        c.limits.drain_timeout_secs = 2;
+        c.limits.max_handshakes_per_core = 2;
+        c.runtime.cores = 1;
+    });
+    let (user, pw) = s.user(0, 0);
+    let mark = s.dir.path().join("ready");
+    let script = format!(
+        r#"
+silent = [socket.create_connection(addr("pop3s"), 10) for _ in range(6)]
+time.sleep(0.3)
+t = time.time()
+a, fa = tls(timeout=5)
+assert fa.readline().startswith(b"+OK"), "silent sockets took the handshake places"
+assert time.time() - t < 3, time.time() - t
+# Stalled in the STLS handshake: asked for TLS, never sends a ClientHello.
+p = socket.create_connection(addr("pop3"), 10)
+pf = p.makefile("rb")
+assert pf.readline().startswith(b"+OK")
+p.sendall(b"STLS\r\n")
+assert pf.readline().startswith(b"+OK")
+# Not reading a 6 MiB RETR.
+cmd(a, fa, "USER {user}")
+assert cmd(a, fa, "PASS {pw}").startswith(b"+OK")
+a.sendall(b"RETR 1\r\n")
+time.sleep(0.5)
+open(os.environ["MARK"], "w").write("ready")
+time.sleep(60)
+"#
+    );
+    let mut client = s
+        .python_command(&script)
+        .env("MARK", &mark)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !mark.exists() && start.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(_)) = client.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !mark.exists() {
+        let _ = client.kill();
+        let o = client.wait_with_output().unwrap();
+        panic!(
+            "client side failed:\n{}\n{}\n--- server log\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            s.log()
+        );
+    }
+    let signalled = std::time::Instant::now();
+    s.signal(libc::SIGTERM);
+    // Drain (2 s), then at most the closing grace for the stalled writer.
+    let status = s.wait_exit(Duration::from_secs(12));
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "server still running {:?} after SIGTERM: {status:?}\n{}",
+        signalled.elapsed(),
+        s.log()
+    );
 }

@@ -42,6 +42,13 @@ use crate::tls::resolver::take_captured_sni;
 /// Largest TLS record on the wire (RFC 8446 section 5.2 plus header).
 const MAX_WIRE_RECORD: usize = 16384 + 2048 + 5;
 
+/// The handshake deadline of a connection refused by a connection limit
+/// (it is told so over TLS, then closed).
+const REFUSED_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a write may still take once the drain deadline has passed.
+const CLOSING_WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -63,6 +70,8 @@ pub enum ConnError {
     Proxy(#[from] proxy::ProxyError),
     #[error("connection closed by the peer before the PROXY header")]
     ProxyEof,
+    #[error("server shutting down before the handshake began")]
+    ShuttingDown,
 }
 
 /// Facts about the TLS session, for logs.
@@ -276,12 +285,32 @@ impl Conn {
         self.id
     }
 
-    /// Begins a TLS handshake, once this core has room for one more.
+    /// Begins a TLS handshake once the client has sent something (its
+    /// ClientHello) and this core has room for one more: a socket that
+    /// stays silent holds none of the core's handshake places.
     async fn start_tls(&mut self) -> Result<(), ConnError> {
-        let deadline = Instant::now() + self.gen.handshake_timeout;
+        let mut timeout = self.gen.handshake_timeout;
+        if self.refusal.is_some() {
+            // Refused by a connection limit, and told so over TLS: a real
+            // client handshakes at once, and the refused hold no slot, so
+            // they may not linger.
+            timeout = timeout.min(REFUSED_HANDSHAKE_TIMEOUT);
+        }
+        let deadline = Instant::now() + timeout;
         self.handshake_deadline = Some(deadline);
+        let at = monoio::time::Instant::from_std(deadline);
+        let pending = self.inbuf.as_ref().is_some_and(|b| !b.is_empty());
+        if !pending {
+            monoio::select! {
+                r = monoio::time::timeout_at(at, self.stream.readable(false)) => match r {
+                    Ok(r) => r?,
+                    Err(_) => return Err(ConnError::HandshakeTimeout),
+                },
+                _ = self.core.phase.reached(Stage::Closing) => return Err(ConnError::ShuttingDown),
+            }
+        }
         let enter = self.core.handshakes.enter();
-        match monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), enter).await {
+        match monoio::time::timeout_at(at, enter).await {
             Ok(pass) => self.handshake_pass = Some(pass),
             Err(_) => return Err(ConnError::HandshakeTimeout),
         }
@@ -641,14 +670,30 @@ impl Conn {
         };
         let filled = self.out.filled;
         self.out.filled = 0;
-        let deadline = monoio::time::Instant::from_std(Instant::now() + self.gen.write_timeout);
-        let (res, slice) =
-            match monoio::time::timeout_at(deadline, self.stream.write_all(buf.slice(0..filled)))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => return Err(ConnError::WriteTimeout),
-            };
+        let now = Instant::now();
+        let deadline = now + self.gen.write_timeout;
+        // Once the drain deadline has passed, a client that does not read
+        // gets a short grace, not the whole write timeout.
+        let grace = |t: Instant| deadline.min(t + CLOSING_WRITE_GRACE);
+        let closing = self.core.phase.get() == Stage::Closing;
+        let first = if closing { grace(now) } else { deadline };
+        let write = self.stream.write_all(buf.slice(0..filled));
+        let mut write = std::pin::pin!(write);
+        let done = monoio::select! {
+            r = monoio::time::timeout_at(monoio::time::Instant::from_std(first), write.as_mut()) => Some(r),
+            _ = self.core.phase.reached(Stage::Closing), if !closing => None,
+        };
+        let done = match done {
+            Some(r) => r,
+            None => {
+                let at = monoio::time::Instant::from_std(grace(Instant::now()));
+                monoio::time::timeout_at(at, write.as_mut()).await
+            }
+        };
+        let (res, slice) = match done {
+            Ok(r) => r,
+            Err(_) => return Err(ConnError::WriteTimeout),
+        };
         let buf = slice.into_inner();
         res?;
         let idle = self.engine.as_ref().is_none_or(|e| !e.has_output());
@@ -730,14 +775,16 @@ impl Conn {
         Ok(())
     }
 
-    /// The drain deadline passed: end the session without committing.
+    /// The drain deadline passed: end the session without committing. The
+    /// client is told why where it can still be told (not in the middle of
+    /// a handshake, not twice); otherwise the connection just ends.
     fn shut_down(&mut self) {
+        let handshaking = self.upgrading || self.tls.as_ref().is_some_and(|t| t.is_handshaking());
         match self.engine.as_mut() {
-            Some(engine) if !engine.is_closed() => {
+            Some(engine) if !engine.is_closed() && !handshaking => {
                 engine.abort("[SYS/TEMP] Server shutting down; please reconnect.")
             }
-            Some(_) => {}
-            None => self.finished = true,
+            _ => self.finished = true,
         }
     }
 

@@ -15,7 +15,8 @@ use super::{Core, Generation};
 use crate::auth::Directory;
 use crate::lmtp::{Action, DeliveryResult, RcptCheck, Recipients, Session};
 
-/// An idle LMTP client is dropped after this long.
+/// An idle LMTP client (or one not reading its replies) is dropped after
+/// this long.
 const IDLE: Duration = Duration::from_secs(300);
 
 /// Recipient checks against a tenant directory.
@@ -55,9 +56,20 @@ pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         if !session.output().is_empty() {
             let out = session.output().to_vec();
             let n = out.len();
-            let (r, _) = stream.write_all(out).await;
-            if r.is_err() {
-                return;
+            // A peer that stops reading is dropped like an idle one, and
+            // does not hold up the shutdown.
+            let deadline = monoio::time::Instant::from_std(Instant::now() + IDLE);
+            let written = monoio::select! {
+                r = monoio::time::timeout_at(deadline, stream.write_all(out)) => r,
+                _ = core.phase.reached(super::local_sync::Stage::Closing) => return,
+            };
+            match written {
+                Ok((Ok(_), _)) => {}
+                Ok((Err(_), _)) => return,
+                Err(_) => {
+                    tracing::info!(peer = %peer, "LMTP client not reading its replies; closed");
+                    return;
+                }
             }
             session.consumed(n);
         }

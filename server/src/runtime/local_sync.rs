@@ -142,9 +142,31 @@ impl Drop for Reached<'_> {
 }
 
 /// A counting semaphore for tasks of one core.
+///
+/// Waiters queue in arrival order and a released place wakes exactly one,
+/// so a long queue (a burst of handshakes) costs one wake-up per place, not
+/// one per waiter. A waiter that gives up (its connection timed out) leaves
+/// the queue, and one that is woken but dropped before it takes the place
+/// hands the wake-up on to the next.
 pub struct Gate {
     free: Cell<usize>,
-    waiters: RefCell<std::collections::VecDeque<Waker>>,
+    waiters: RefCell<std::collections::VecDeque<Rc<Waiter>>>,
+}
+
+/// One waiting [`Enter`], shared with the gate's queue.
+struct Waiter {
+    waker: RefCell<Waker>,
+    state: Cell<WaitState>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WaitState {
+    /// In the queue.
+    Queued,
+    /// Taken off the queue and woken for a free place.
+    Woken,
+    /// Gave up or got a place; the queue drops it when it reaches it.
+    Gone,
 }
 
 impl Gate {
@@ -158,32 +180,97 @@ impl Gate {
 
     /// Waits for a place; the place is given back when the pass is dropped.
     pub fn enter(self: &Rc<Self>) -> Enter {
-        Enter { gate: self.clone() }
+        Enter {
+            gate: self.clone(),
+            waiter: None,
+        }
     }
 
     /// Places free now.
     pub fn free(&self) -> usize {
         self.free.get()
     }
+
+    /// Wakes the first waiter still waiting, if a place is free.
+    fn wake_next(&self) {
+        if self.free.get() == 0 {
+            return;
+        }
+        let next = loop {
+            let Some(w) = self.waiters.borrow_mut().pop_front() else {
+                return;
+            };
+            if w.state.get() == WaitState::Queued {
+                break w;
+            }
+        };
+        next.state.set(WaitState::Woken);
+        // Outside the queue's borrow, as in `Phase::advance`.
+        let waker = next.waker.borrow().clone();
+        waker.wake();
+    }
+
+    /// Waiters in the queue, given-up ones included (for tests).
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.waiters.borrow().len()
+    }
 }
 
 /// Future of [`Gate::enter`].
 pub struct Enter {
     gate: Rc<Gate>,
+    waiter: Option<Rc<Waiter>>,
 }
 
 impl Future for Enter {
     type Output = Pass;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Pass> {
-        let g = &self.gate;
+        let this = self.get_mut();
+        let g = &this.gate;
         if g.free.get() > 0 {
             g.free.set(g.free.get() - 1);
+            if let Some(w) = this.waiter.take() {
+                w.state.set(WaitState::Gone);
+            }
             return Poll::Ready(Pass {
                 gate: Some(g.clone()),
             });
         }
-        g.waiters.borrow_mut().push_back(cx.waker().clone());
+        match &this.waiter {
+            Some(w) => {
+                if !w.waker.borrow().will_wake(cx.waker()) {
+                    *w.waker.borrow_mut() = cx.waker().clone();
+                }
+                if w.state.get() == WaitState::Woken {
+                    // Woken, but another task took the place first: back to
+                    // the front of the queue, not the end.
+                    w.state.set(WaitState::Queued);
+                    g.waiters.borrow_mut().push_front(w.clone());
+                }
+            }
+            None => {
+                let w = Rc::new(Waiter {
+                    waker: RefCell::new(cx.waker().clone()),
+                    state: Cell::new(WaitState::Queued),
+                });
+                g.waiters.borrow_mut().push_back(w.clone());
+                this.waiter = Some(w);
+            }
+        }
         Poll::Pending
+    }
+}
+
+impl Drop for Enter {
+    fn drop(&mut self) {
+        if let Some(w) = self.waiter.take() {
+            let woken = w.state.get() == WaitState::Woken;
+            w.state.set(WaitState::Gone);
+            if woken {
+                self.gate.wake_next();
+            }
+        }
     }
 }
 
@@ -197,12 +284,7 @@ impl Pass {
     pub fn release(&mut self) {
         if let Some(g) = self.gate.take() {
             g.free.set(g.free.get() + 1);
-            // Wake every waiter: one that was cancelled must not strand the
-            // place. (Outside the borrow, as in `Phase::advance`.)
-            let wakers: Vec<Waker> = g.waiters.borrow_mut().drain(..).collect();
-            for w in wakers {
-                w.wake();
-            }
+            g.wake_next();
         }
     }
 }
@@ -254,6 +336,72 @@ mod tests {
         assert!(r.as_mut().poll(&mut cx).is_ready());
         p.advance(Stage::Serving);
         assert_eq!(p.get(), Stage::Closing, "never goes back");
+    }
+
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn counter() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count(0.into()));
+        (c.clone(), Waker::from(c))
+    }
+
+    fn woken(c: &Count) -> usize {
+        c.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A release wakes one waiter, in arrival order; given-up waiters are
+    /// skipped, and a woken waiter that is dropped passes the wake-up on.
+    #[test]
+    fn a_released_place_wakes_one_waiter_in_order() {
+        let (free_c, free_w) = counter();
+        let g = Gate::new(1);
+        let mut pass = match Box::pin(g.enter())
+            .as_mut()
+            .poll(&mut Context::from_waker(&free_w))
+        {
+            Poll::Ready(p) => p,
+            Poll::Pending => panic!("a free place"),
+        };
+        let counters: Vec<_> = (0..5).map(|_| counter()).collect();
+        let mut waiting: Vec<_> = (0..5).map(|_| Box::pin(g.enter())).collect();
+        for (f, (_, w)) in waiting.iter_mut().zip(&counters) {
+            assert!(f.as_mut().poll(&mut Context::from_waker(w)).is_pending());
+            // Polled again (a timer woke its task): still one queue entry.
+            assert!(f.as_mut().poll(&mut Context::from_waker(w)).is_pending());
+        }
+        assert_eq!(g.queued(), 5);
+        // The first gives up; the second is woken, and only the second.
+        drop(waiting.remove(0));
+        pass.release();
+        let wakes: Vec<usize> = counters.iter().map(|(c, _)| woken(c)).collect();
+        assert_eq!(wakes, [0, 1, 0, 0, 0]);
+        // The second is dropped before it runs: the third gets the wake-up.
+        drop(waiting.remove(0));
+        let wakes: Vec<usize> = counters.iter().map(|(c, _)| woken(c)).collect();
+        assert_eq!(wakes, [0, 1, 1, 0, 0]);
+        // A newcomer barges in first; the woken third goes back to the front.
+        let mut barging = Box::pin(g.enter());
+        let Poll::Ready(mut held) = barging.as_mut().poll(&mut Context::from_waker(&free_w)) else {
+            panic!("the place was free")
+        };
+        let third = &counters[2].1;
+        assert!(waiting[0]
+            .as_mut()
+            .poll(&mut Context::from_waker(third))
+            .is_pending());
+        held.release();
+        let wakes: Vec<usize> = counters.iter().map(|(c, _)| woken(c)).collect();
+        assert_eq!(wakes, [0, 1, 2, 0, 0], "the third is first in line again");
+        assert!(waiting[0]
+            .as_mut()
+            .poll(&mut Context::from_waker(third))
+            .is_ready());
+        assert_eq!(woken(&free_c), 0);
     }
 
     /// The leak the soak found: every read waited on the phase with a new
