@@ -129,6 +129,8 @@ pub(crate) struct Conn {
     /// `-ERR` (after the TLS handshake, on an implicit-TLS listener).
     refusal: Option<&'static str>,
     need_read: bool,
+    /// The socket was just seen readable: the next read skips its poll.
+    readable: bool,
     peer_closed: bool,
     close_sent: bool,
     finished: bool,
@@ -273,6 +275,7 @@ impl Conn {
             upgrading: false,
             refusal: None,
             need_read: false,
+            readable: false,
             peer_closed: false,
             close_sent: false,
             finished: false,
@@ -308,6 +311,7 @@ impl Conn {
                 },
                 _ = self.core.phase.reached(Stage::Closing) => return Err(ConnError::ShuttingDown),
             }
+            self.readable = true;
         }
         let enter = self.core.handshakes.enter();
         match monoio::time::timeout_at(at, enter).await {
@@ -731,11 +735,15 @@ impl Conn {
         // Wait for bytes, the connection's deadline, or the core closing.
         let far = Instant::now() + std::time::Duration::from_secs(86_400);
         let deadline = monoio::time::Instant::from_std(self.read_deadline().unwrap_or(far));
-        let ready = monoio::select! {
-            r = monoio::time::timeout_at(deadline, self.stream.readable(false)) => r.ok(),
-            _ = self.core.phase.reached(Stage::Closing) => {
-                self.shut_down();
-                return Ok(());
+        let ready = if std::mem::take(&mut self.readable) {
+            Some(Ok(()))
+        } else {
+            monoio::select! {
+                r = monoio::time::timeout_at(deadline, self.stream.readable(false)) => r.ok(),
+                _ = self.core.phase.reached(Stage::Closing) => {
+                    self.shut_down();
+                    return Ok(());
+                }
             }
         };
         let now = Instant::now();
