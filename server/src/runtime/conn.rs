@@ -508,7 +508,12 @@ impl Conn {
                     hand_over = own_records && produced;
                     if hand_over {
                         // The record layer seals the rest.
-                    } else if engine.is_closed() && !engine.has_output() && !self.close_sent {
+                    } else if !self.close_sent
+                        && ((engine.is_closed() && !engine.has_output())
+                            || (self.peer_closed && !produced))
+                    {
+                        // QUIT answered, or the client's close_notify
+                        // answered with ours once its commands are.
                         self.out
                             .append(&core, |b| wt.queue_close_notify(b), encrypt_err)?;
                         self.close_sent = true;
@@ -546,7 +551,8 @@ impl Conn {
         if self.handshake_open && !still_handshaking && self.engine.is_some() && !self.upgrading {
             self.handshake_complete();
         }
-        if hand_over {
+        let rest = self.inbuf.as_deref().unwrap_or(&[]);
+        if hand_over && unopened_tail(rest) {
             if let Some(tls) = self.tls.take() {
                 self.records = Some(RecordLayer::take_over(tls)?);
             }
@@ -723,6 +729,7 @@ impl Conn {
     async fn read(&mut self) -> Result<(), ConnError> {
         self.need_read = false;
         if self.peer_closed {
+            self.answer_close_notify()?;
             self.finished = true;
             return Ok(());
         }
@@ -779,6 +786,22 @@ impl Conn {
             }
             Ok(_) => {}
             Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// The client sent close_notify and everything it asked for before it
+    /// is answered: close our side too (RFC 8446 section 6.1, RFC 5246
+    /// section 7.2.1). While rustls still has the connection, `tls_step`
+    /// answers it instead.
+    fn answer_close_notify(&mut self) -> Result<(), ConnError> {
+        if self.close_sent {
+            return Ok(());
+        }
+        let core = self.core.clone();
+        if let Some(records) = self.records.as_mut() {
+            self.out.append_record(&core, |b| records.close_notify(b))?;
+            self.close_sent = true;
         }
         Ok(())
     }
@@ -1072,6 +1095,9 @@ impl Conn {
             if self.need_read {
                 self.read().await?;
                 if self.finished {
+                    // A close_notify answering the client's, if any: the
+                    // client may have gone already, which is no error.
+                    let _ = self.flush().await;
                     return Ok(());
                 }
             }
@@ -1165,6 +1191,22 @@ fn record_remaining(buf: &[u8]) -> usize {
     len.saturating_sub(buf.len())
 }
 
+/// Whether what rustls left unprocessed can go to pop3sd's record layer:
+/// nothing, or the beginning of a record not yet opened. rustls reports
+/// traffic only once no whole record is left, but the part of a handshake
+/// message split across records (a KeyUpdate, RFC 8446 section 5.1) it has
+/// already decrypted in place stays in the buffer as plaintext, and the
+/// record layer would take it for a record. rustls then keeps the
+/// connection for another round, until the message is complete.
+fn unopened_tail(buf: &[u8]) -> bool {
+    let header = buf.iter().take(3).enumerate().all(|(i, &b)| match i {
+        0 => (20..=23).contains(&b),
+        1 => b == 3,
+        _ => b <= 4,
+    });
+    buf.is_empty() || (header && (buf.len() < 5 || record_remaining(buf) > 0))
+}
+
 /// An APOP timestamp no greeting ever repeats (RFC 1939 section 7): a
 /// digest captured from one session must not log in again, even after a
 /// restart has reset session numbers and reused the process id. 128 random
@@ -1198,5 +1240,29 @@ mod apop_banner_tests {
         );
         // RFC 1939: the timestamp is a msg-id, printable and without spaces.
         assert!(a.bytes().all(|c| (0x21..0x7f).contains(&c)), "{a}");
+    }
+}
+
+#[cfg(test)]
+mod hand_over_tests {
+    use super::unopened_tail;
+
+    #[test]
+    fn only_unopened_records_go_to_the_record_layer() {
+        assert!(unopened_tail(&[]));
+        // The start of an encrypted record, header whole or not.
+        assert!(unopened_tail(&[23]));
+        assert!(unopened_tail(&[23, 3]));
+        assert!(unopened_tail(&[23, 3, 3, 0]));
+        let mut partial = vec![23, 3, 3, 0, 40];
+        partial.extend_from_slice(&[0xab; 20]);
+        assert!(unopened_tail(&partial));
+        // A whole record left over: rustls keeps it for another round.
+        partial.extend_from_slice(&[0xab; 20]);
+        assert!(!unopened_tail(&partial));
+        // The decrypted head of a KeyUpdate split across records.
+        assert!(!unopened_tail(&[24, 0, 0, 1]));
+        assert!(!unopened_tail(&[24]));
+        assert!(!unopened_tail(&[4, 0, 0, 200, 0, 0]));
     }
 }

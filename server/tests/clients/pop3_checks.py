@@ -191,6 +191,24 @@ def close_notify(info, out):
     # A clean TLS close (close_notify) reads as b""; a bare TCP close would raise SSLEOFError.
     assert f.read() == b""
     s.close()
+    # A client that closes first (close_notify before QUIT) gets the
+    # server's close_notify back: unwrap() sends ours and waits for it.
+    # Right after the greeting rustls still has the connection; after the
+    # first answer pop3sd's record layer has it.
+    for version in [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2]:
+        for command in [None, b"NOOP\r\n"]:
+            c = ctx(info, minimum_version=version, maximum_version=version)
+            raw = socket.create_connection((host, port), 10)
+            s = c.wrap_socket(raw, server_hostname="example.com", suppress_ragged_eofs=False)
+            f = s.makefile("rb")
+            assert f.readline().startswith(b"+OK")
+            if command:
+                s.sendall(command)
+                assert f.readline().startswith(b"-ERR")  # NOOP before login
+            f.close()
+            plain = s.unwrap()
+            assert plain.recv(10) == b"", "the server closes after its close_notify"
+            plain.close()
     print("OK close_notify")
 
 
