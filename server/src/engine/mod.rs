@@ -160,6 +160,9 @@ enum Lookup {
     Invalid,
 }
 
+/// The authorization phase lasts at most this many authorization timeouts.
+const AUTHORIZATION_TIMEOUTS: u32 = 5;
+
 /// One POP3 session. `M` is the mailbox type a successful login yields.
 pub struct Engine<M: Mailbox> {
     ctx: SessionContext,
@@ -168,6 +171,10 @@ pub struct Engine<M: Mailbox> {
     out: Output,
     actions: VecDeque<Action<M>>,
     deadline: Instant,
+    /// The authorization phase ends by then, however active the client:
+    /// commands such as CAPA would otherwise hold a connection forever
+    /// without ever logging in.
+    auth_until: Instant,
     bad_commands: u32,
     auth_failures: u32,
     stats: SessionStats,
@@ -194,6 +201,7 @@ impl<M: Mailbox> Engine<M> {
             None => out.text(b"+OK pop3sd ready.\r\n"),
         }
         let deadline = now + ctx.limits.auth_timeout;
+        let auth_until = now + ctx.limits.auth_timeout * AUTHORIZATION_TIMEOUTS;
         Engine {
             ctx,
             state: State::Authorization { user: None },
@@ -201,6 +209,7 @@ impl<M: Mailbox> Engine<M> {
             out,
             actions: VecDeque::new(),
             deadline,
+            auth_until,
             bad_commands: 0,
             auth_failures: 0,
             stats: SessionStats::default(),
@@ -358,13 +367,19 @@ impl<M: Mailbox> Engine<M> {
         }
     }
 
+    /// When an authorization-phase wait ends: the usual timeout, but never
+    /// past the phase's own end.
+    fn auth_deadline(&self, now: Instant) -> Instant {
+        (now + self.ctx.limits.auth_timeout).min(self.auth_until)
+    }
+
     /// Result of an [`Action::Authenticate`].
     pub fn auth_complete(&mut self, outcome: AuthOutcome<M>, now: Instant) {
         if !matches!(self.state, State::Authenticating) {
             return;
         }
         let pending = self.login.take();
-        self.deadline = now + self.ctx.limits.auth_timeout;
+        self.deadline = self.auth_deadline(now);
         match outcome {
             AuthOutcome::Success {
                 mailbox,
@@ -448,7 +463,7 @@ impl<M: Mailbox> Engine<M> {
             self.ctx.policy_hint = h;
         }
         self.state = State::Authorization { user: None };
-        self.deadline = now + self.ctx.limits.auth_timeout;
+        self.deadline = self.auth_deadline(now);
         self.process(now);
     }
 
@@ -517,12 +532,11 @@ impl<M: Mailbox> Engine<M> {
                     Some(l.len())
                 }
             };
-            self.deadline = now
-                + if matches!(self.state, State::Transaction(_)) {
-                    self.ctx.limits.idle_timeout
-                } else {
-                    self.ctx.limits.auth_timeout
-                };
+            self.deadline = if matches!(self.state, State::Transaction(_)) {
+                now + self.ctx.limits.idle_timeout
+            } else {
+                self.auth_deadline(now)
+            };
             match len {
                 None => {
                     if let State::SaslWait(_) = self.state {

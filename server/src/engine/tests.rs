@@ -753,3 +753,25 @@ fn refused_and_aborted_sessions() {
     assert!(h.closed);
     assert!(h.commits.is_empty(), "an aborted session commits nothing");
 }
+
+#[test]
+fn activity_without_logging_in_does_not_hold_the_connection_forever() {
+    let mut h = Harness::tls();
+    h.drain();
+    let t = Limits::default().auth_timeout;
+    let end = h.now + t * AUTHORIZATION_TIMEOUTS;
+    let mut now = h.now;
+    // CAPA every half timeout: each one resets the inactivity timer...
+    while now + t / 2 < end {
+        now += t / 2;
+        h.engine.handle_timeout(now);
+        assert!(!h.engine.is_closed());
+        h.engine.receive(b"CAPA\r\n", now);
+        assert!(h.run_actions().starts_with("+OK"));
+    }
+    // ...but not past the authorization phase's end.
+    assert_eq!(h.engine.next_deadline(), Some(end));
+    h.engine.handle_timeout(end);
+    assert_eq!(h.run_actions(), "-ERR Disconnected for inactivity.\r\n");
+    assert!(h.closed);
+}

@@ -857,13 +857,19 @@ impl Conn {
         let verdict = match check {
             Check::Verified(v) => Ok(v),
             Check::Refused(r) => Err(r),
-            Check::Hash(job) => match shared.pool.run(move || job.run()).await {
-                Ok(result) => {
-                    let mut cache = self.core.auth_cache.borrow_mut();
-                    shared.auth.finish_hash(result, &mut cache, Instant::now())
+            Check::Hash(job) => {
+                let Some(hashed) = shared.pool.try_run_deferrable(move || job.run()) else {
+                    tracing::info!(session = self.id, client = %self.client.ip(), user = %req.address, "password checks backlogged; login refused for now");
+                    return AuthOutcome::TempFail;
+                };
+                match hashed.await {
+                    Ok(result) => {
+                        let mut cache = self.core.auth_cache.borrow_mut();
+                        shared.auth.finish_hash(result, &mut cache, Instant::now())
+                    }
+                    Err(_) => return AuthOutcome::TempFail,
                 }
-                Err(_) => return AuthOutcome::TempFail,
-            },
+            }
         };
         let verified = match verdict {
             Ok(v) => v,
