@@ -465,11 +465,16 @@ impl Conn {
                 let looks_proxy =
                     inbuf.starts_with(b"PROXY ") || inbuf.starts_with(b"\r\n\r\n\0\r\nQUIT\n");
                 if looks_proxy {
-                    tracing::warn!(
-                        session = self.id,
-                        peer = %self.peer,
+                    let why = if self.listener.proxy_protocol {
                         "PROXY header from an address not in proxy.trusted_networks; refused"
-                    );
+                    } else {
+                        "PROXY header on a listener without proxy_protocol; refused"
+                    };
+                    if self.core.warn_stray_proxy(now) {
+                        tracing::warn!(session = self.id, peer = %self.peer, "{why} (logged once a minute per core)");
+                    } else {
+                        tracing::debug!(session = self.id, peer = %self.peer, "{why}");
+                    }
                 }
                 drop_front(inbuf, discard);
                 self.queue_alert();

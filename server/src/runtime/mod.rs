@@ -145,9 +145,25 @@ pub(crate) struct Core {
     pub phase: Phase,
     pub handshakes: Rc<Gate>,
     next_session: Cell<u64>,
+    /// When this core last logged a stray PROXY header at warning level.
+    stray_proxy_warned: Cell<Option<Instant>>,
 }
 
 impl Core {
+    /// Whether a stray PROXY header should be logged as a warning now: at
+    /// most once a minute per core, so that anyone able to connect cannot
+    /// flood the log (the rest go out at debug level).
+    pub fn warn_stray_proxy(&self, now: Instant) -> bool {
+        let due = self
+            .stray_proxy_warned
+            .get()
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60));
+        if due {
+            self.stray_proxy_warned.set(Some(now));
+        }
+        due
+    }
+
     /// A process-unique session id: core number in the top bits.
     pub fn next_session_id(&self) -> u64 {
         let n = self.next_session.get() + 1;
@@ -590,6 +606,7 @@ async fn serve_core(
         phase: Phase::default(),
         handshakes: Gate::new(cfg.limits.max_handshakes_per_core),
         next_session: Cell::new(0),
+        stray_proxy_warned: Cell::new(None),
         shared: shared.clone(),
     });
     if ready.send(Ok(bound)).is_err() {
