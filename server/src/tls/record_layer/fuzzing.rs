@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use rustls::client::ClientConnection;
+use rustls::client::{ClientConnection, UnbufferedClientConnection};
 use rustls::crypto::ring::cipher_suite as cs;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -116,20 +116,95 @@ pub fn handshake_with(
     panic!("handshake did not finish");
 }
 
+/// The same handshake with rustls's unbuffered client, whose traffic keys
+/// can then be followed through KeyUpdates (`dangerous_into_kernel_connection`).
+pub fn handshake_unbuffered(
+    sc: Arc<ServerConfig>,
+    cc: Arc<ClientConfig>,
+) -> (UnbufferedClientConnection, UnbufferedServerConnection) {
+    let name = "mail.example.com".try_into().expect("name");
+    let mut client = UnbufferedClientConnection::new(cc, name).expect("client");
+    let mut server = UnbufferedServerConnection::new(sc).expect("server");
+    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+    let (mut client_done, mut server_done) = (false, false);
+    for _ in 0..20 {
+        // The client until it waits for the server (or is done).
+        loop {
+            let UnbufferedStatus { discard, state } = client.process_tls_records(&mut to_client);
+            let mut stop = false;
+            match state.expect("client handshake") {
+                ConnectionState::EncodeTlsData(mut e) => {
+                    let mut buf = vec![0; 32768];
+                    let n = e.encode(&mut buf).expect("encode");
+                    to_server.extend_from_slice(&buf[..n]);
+                }
+                ConnectionState::TransmitTlsData(t) => t.done(),
+                ConnectionState::BlockedHandshake => stop = true,
+                ConnectionState::WriteTraffic(_) => {
+                    client_done = true;
+                    stop = true;
+                }
+                ConnectionState::ReadTraffic(mut rt) => {
+                    while let Some(r) = rt.next_record() {
+                        r.expect("client record");
+                    }
+                }
+                other => panic!("unexpected client state during the handshake: {other:?}"),
+            }
+            to_client.drain(..discard);
+            if stop {
+                break;
+            }
+        }
+        // The server likewise.
+        loop {
+            let UnbufferedStatus { discard, state } = server.process_tls_records(&mut to_server);
+            let mut stop = false;
+            match state.expect("server handshake") {
+                ConnectionState::EncodeTlsData(mut e) => {
+                    let mut buf = vec![0; 32768];
+                    let n = e.encode(&mut buf).expect("encode");
+                    to_client.extend_from_slice(&buf[..n]);
+                }
+                ConnectionState::TransmitTlsData(t) => t.done(),
+                ConnectionState::BlockedHandshake => stop = true,
+                ConnectionState::WriteTraffic(_) => {
+                    server_done = true;
+                    stop = true;
+                }
+                other => panic!("unexpected server state during the handshake: {other:?}"),
+            }
+            to_server.drain(..discard);
+            if stop {
+                break;
+            }
+        }
+        if client_done && server_done && to_server.is_empty() {
+            return (client, server);
+        }
+    }
+    panic!("handshake did not finish");
+}
+
 /// Runs one fuzz input. The first byte picks the suite; then operations:
 /// `0`/`1` a sealed record (content type, length, body), `2` raw bytes
-/// (length, bytes), `3` the end of one read. The records are opened read by
-/// read; whatever happens must be an error or data, never a panic, and the
-/// layer must still seal afterwards.
-pub fn run(data: &[u8]) {
+/// (length, bytes), `3` the end of one read, `4` a long sealed record
+/// (content type, 16-bit length, fill byte: up to beyond the limits), `5` a
+/// KeyUpdate (request byte) after which the client seals with its next key,
+/// as a real client does (TLS 1.3). The records are opened read by read;
+/// whatever happens must be an error or data, never a panic, and the layer
+/// must still seal afterwards. Returns the application data opened.
+pub fn run(data: &[u8]) -> Vec<u8> {
     static CONFIGS: OnceLock<Vec<(Arc<ServerConfig>, Arc<ClientConfig>)>> = OnceLock::new();
     let configs = CONFIGS.get_or_init(|| SUITES.iter().map(|s| configs(*s)).collect());
     let Some((&first, mut data)) = data.split_first() else {
-        return;
+        return Vec::new();
     };
     let (sc, cc) = &configs[usize::from(first) % configs.len()];
-    let (client, server) = handshake_with(sc.clone(), cc.clone(), |_| {});
-    let secrets = client.dangerous_extract_secrets().expect("client secrets");
+    let (client, server) = handshake_unbuffered(sc.clone(), cc.clone());
+    let (secrets, mut client) = client
+        .dangerous_into_kernel_connection()
+        .expect("client secrets");
     let mut key = DirectionKey::new(secrets.tx.0, secrets.tx.1).expect("client key");
     let mut layer = RecordLayer::take_over(server).expect("handover");
     let framing = layer.framing;
@@ -138,7 +213,7 @@ pub fn run(data: &[u8]) {
     let mut cuts = Vec::new();
     while let [op, rest @ ..] = data {
         data = rest;
-        match op % 4 {
+        match op % 6 {
             0 | 1 => {
                 let [typ, len, rest @ ..] = data else { break };
                 let n = usize::from(*len).min(rest.len());
@@ -153,17 +228,44 @@ pub fn run(data: &[u8]) {
                 wire.extend_from_slice(&rest[..n]);
                 data = &rest[n..];
             }
-            _ => cuts.push(wire.len()),
+            3 => cuts.push(wire.len()),
+            4 => {
+                let [typ, lo, hi, fill, rest @ ..] = data else {
+                    break;
+                };
+                let n = usize::from(u16::from_le_bytes([*lo, *hi])).min(MAX_PLAINTEXT + 2048);
+                let body = vec![*fill; n];
+                let mut out = vec![0u8; n + 64];
+                let sealed = key.seal(framing, *typ, &body, &mut out).expect("seal");
+                wire.extend_from_slice(&out[..sealed]);
+                data = rest;
+            }
+            _ => {
+                let [request, rest @ ..] = data else { break };
+                let mut out = vec![0u8; 64];
+                let msg = [24, 0, 0, 1, request % 3];
+                let sealed = key.seal(framing, 22, &msg, &mut out).expect("seal");
+                wire.extend_from_slice(&out[..sealed]);
+                // TLS 1.2 has no KeyUpdate: the key stays.
+                if let Ok((seq, next)) = client.update_tx_secret() {
+                    key = DirectionKey::new(seq, next).expect("next client key");
+                }
+                data = rest;
+            }
         }
     }
     cuts.push(wire.len());
     let mut inbuf = Vec::new();
     let mut at = 0;
     let mut out = vec![0u8; 1024];
+    let mut plain = Vec::new();
     for cut in cuts {
         inbuf.extend_from_slice(&wire[at..cut]);
         at = cut;
-        let opened = layer.open(&mut inbuf, |p| assert!(p.len() <= MAX_PLAINTEXT));
+        let opened = layer.open(&mut inbuf, |p| {
+            assert!(p.len() <= MAX_PLAINTEXT);
+            plain.extend_from_slice(p);
+        });
         match opened {
             Ok(o) => {
                 assert!(o.consumed <= inbuf.len());
@@ -171,10 +273,11 @@ pub fn run(data: &[u8]) {
             }
             Err(e) => {
                 layer.error_alert(&e, &mut out).expect("an alert fits");
-                return;
+                return plain;
             }
         }
     }
     layer.write_pending(&mut out).expect("a due KeyUpdate");
     layer.seal(b"+OK\r\n", &mut out).expect("an answer");
+    plain
 }

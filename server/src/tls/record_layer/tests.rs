@@ -672,8 +672,40 @@ fn the_fuzz_harness_runs_what_it_is_given() {
         input.extend([3, 0, CONTENT_HANDSHAKE, 2, HANDSHAKE_KEY_UPDATE, 0, 3]);
         input.extend([1, CONTENT_HANDSHAKE, 3, 0, 1, 1]);
         input.extend([2, 4, 0x17, 3, 3, 0xff]);
-        fuzzing::run(&input);
+        assert!(fuzzing::run(&input).starts_with(b"STAT\r\n"));
     }
     fuzzing::run(&[]);
     fuzzing::run(&[7, 1]);
+}
+
+/// The harness's client follows its own KeyUpdates, so data after them is
+/// opened (TLS 1.3); and records beyond the size limit are reachable.
+#[test]
+fn the_fuzz_harness_reaches_data_after_key_updates_and_oversized_records() {
+    for suite in 0..fuzzing::SUITES.len() as u8 {
+        let tls13 = matches!(
+            fuzzing::SUITES[usize::from(suite)],
+            SupportedCipherSuite::Tls13(_)
+        );
+        let mut input = vec![suite];
+        input.extend([5, 0, 3, 5, 1, 3]);
+        input.extend([0, CONTENT_APPLICATION_DATA, 6]);
+        input.extend(b"NOOP\r\n");
+        let plain = fuzzing::run(&input);
+        if tls13 {
+            assert_eq!(plain, b"NOOP\r\n", "suite {suite}");
+        } else {
+            assert!(plain.is_empty(), "TLS 1.2 refuses a KeyUpdate");
+        }
+        // A record of the largest plaintext opens; one byte more does not.
+        let max = MAX_PLAINTEXT as u16;
+        let mut input = vec![suite, 4, CONTENT_APPLICATION_DATA];
+        input.extend(max.to_le_bytes());
+        input.push(b'x');
+        assert_eq!(fuzzing::run(&input).len(), MAX_PLAINTEXT, "suite {suite}");
+        let mut input = vec![suite, 4, CONTENT_APPLICATION_DATA];
+        input.extend((max + 1).to_le_bytes());
+        input.push(b'x');
+        assert!(fuzzing::run(&input).is_empty(), "suite {suite}");
+    }
 }
