@@ -182,6 +182,18 @@ class Partial(unittest.TestCase):
         # The same p99 is not below.
         self.assertFalse(by["open loop at half Dovecot's peak session rate: p99 below Dovecot's"]["met"])
 
+    def test_errors_in_the_open_loop_void_its_p99_comparison(self):
+        # Dovecot's failed sessions have no latency; its better-looking p99
+        # must not count, and neither may ours beside errors of our own.
+        for srv, p99, errors in (("pop3sd", 9000, 0), ("dovecot", 12000, 5)):
+            self.put(f"{srv}-session-open-1", report("session-open", rate=50.0, error_total=errors,
+                                                    latency_us={"p50": 1000, "p99": p99}))
+        _, j = self.write()
+        t = {t["target"]: t for t in j["targets"]}["open loop at half Dovecot's peak session rate: p99 below Dovecot's"]
+        self.assertFalse(t["met"])
+        self.assertIn("dovecot: 5 errors, p99 not comparable", t["note"])
+        self.assertIn("50 sessions/s", t["note"])
+
     def test_rounds_give_medians_spreads_and_totals(self):
         with open(os.path.join(self.dir, "ceiling.txt"), "w") as f:
             f.write(CRITERION)

@@ -6,8 +6,8 @@
 //! keeps a fixed number of operations in flight; open-loop mode starts
 //! operations at a fixed rate and measures latency from each operation's
 //! intended start, so a slow server cannot hide behind a slow client
-//! (no coordinated omission). Every run is bounded by --duration and/or
-//! --count.
+//! (no coordinated omission); how far the client itself fell behind is
+//! reported beside it. Every run is bounded by --duration and/or --count.
 
 mod interrupt;
 mod pop3;
@@ -310,9 +310,9 @@ fn system_busy_seconds() -> Option<f64> {
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let busy =
-        f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7).unwrap_or(&0.0);
+    // user nice system idle iowait irq softirq steal ...; steal is time the
+    // hypervisor gave to another machine, not work done here.
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
     Some(busy / clock_ticks())
 }
 
@@ -401,6 +401,34 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Refuses what would measure the load generator instead of the server: a
+/// closed loop (or idle set) with more sessions at once than users, whose
+/// extra sessions would only meet locked maildrops (`[IN-USE]`), and an
+/// open-loop retr run, which this generator does not implement (it would
+/// run whole sessions and label them retr).
+fn check_shape(args: &Args, mix: &[(Op, u32)], users: usize) -> Result<(), String> {
+    if args.scenario == Scenario::Retr && args.rate.is_some() {
+        return Err("-s retr measures RETRs on held connections (closed loop, -c); it has no open-loop mode (--rate): use -s session --rate".into());
+    }
+    let logs_in = match args.scenario {
+        Scenario::Session | Scenario::Retr | Scenario::Idle => true,
+        Scenario::Mixed => mix.iter().any(|(op, w)| *op == Op::Session && *w > 0),
+        Scenario::Handshake | Scenario::Resume => false,
+    };
+    let at_once = match (args.scenario, args.rate) {
+        (Scenario::Idle, _) => args.connections,
+        (_, None) => args.concurrency,
+        // The open loop reports sessions that find no free user as errors.
+        (_, Some(_)) => 0,
+    };
+    if logs_in && users < at_once {
+        return Err(format!(
+            "{at_once} sessions at once need {at_once} users (each logs in to a maildrop of its own; a second session on one is refused with [IN-USE]), but only {users} were given: create more (pop3sd demo --users N) or lower -c/--connections"
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the whole load test. The exit status: 0 when every operation
 /// succeeded, 2 when some failed, 130 when a signal ended the run early
 /// (its report is written all the same).
@@ -437,6 +465,7 @@ fn run() -> Result<u8, String> {
         return Err("give --users-file, --user-pattern or --demo-json".into());
     };
     let mix = scenario::parse_mix(&args.mix)?;
+    check_shape(&args, &mix, users.len())?;
     // Build the configs once here to report errors before starting threads.
     build_config(&args, &trust, false)?;
     // Output files that cannot be written are reported now, not after the run.
@@ -682,7 +711,7 @@ async fn worker(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<
         }
     };
     let stats = Rc::new(RefCell::new(Stats::default()));
-    let done = Rc::new(std::cell::Cell::new(false));
+    let stop = Rc::new(Stop::default());
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.duration);
     let budget = Rc::new(std::cell::Cell::new(
@@ -690,16 +719,21 @@ async fn worker(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<
             .map_or(u64::MAX, |c| share(c as usize, threads, w) as u64),
     ));
 
-    // Reporter: ship this thread's counts every 250 ms.
+    // Reporter: ship this thread's counts every 250 ms, and the last ones
+    // as soon as the operations are over (so that the run's duration ends
+    // with its last operation, not up to a period later).
     let reporter = {
         let stats = stats.clone();
-        let done = done.clone();
+        let stop = stop.clone();
         let tx = tx.clone();
         monoio::spawn(async move {
-            while !done.get() {
-                monoio::time::sleep(Duration::from_millis(250)).await;
+            loop {
+                let stopped = monoio::select! {
+                    _ = monoio::time::sleep(Duration::from_millis(250)) => false,
+                    _ = Stopped(&stop) => true,
+                };
                 let s = stats.borrow_mut().take();
-                if tx.send(Msg::Interval(s)).is_err() {
+                if tx.send(Msg::Interval(s)).is_err() || stopped {
                     return;
                 }
             }
@@ -756,10 +790,41 @@ async fn worker(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<
             }
         }
     }
-    done.set(true);
+    stop.fire();
     reporter.await;
-    let s = stats.borrow_mut().take();
-    let _ = tx.send(Msg::Interval(s));
+}
+
+/// Tells a worker's reporter that the operations are over.
+#[derive(Default)]
+struct Stop {
+    fired: std::cell::Cell<bool>,
+    waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl Stop {
+    fn fire(&self) {
+        self.fired.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Resolves once [`Stop::fire`] was called.
+struct Stopped<'a>(&'a Stop);
+
+impl std::future::Future for Stopped<'_> {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0.fired.get() {
+            return std::task::Poll::Ready(());
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
 }
 
 /// This thread's users, handed out so that no two of its operations use the
@@ -782,22 +847,19 @@ impl UserPool {
         }
     }
 
-    /// A user no other operation of this thread is using, if there is one;
-    /// otherwise any (the run then needs more users than concurrency).
-    fn take(&self, shared: &Shared, rng: &mut Rng) -> usize {
+    /// A user no other operation of this thread is using, if there is one.
+    fn take(&self, rng: &mut Rng) -> Option<usize> {
         let mut free = self.free.borrow_mut();
         if free.is_empty() {
-            return rng.below(shared.users.len());
+            return None;
         }
         let i = rng.below(free.len());
-        free.swap_remove_back(i).unwrap_or(0)
+        free.swap_remove_back(i)
     }
 
+    /// Returns a user [`UserPool::take`] gave out.
     fn give_back(&self, u: usize) {
-        let mut free = self.free.borrow_mut();
-        if !free.contains(&u) {
-            free.push_back(u);
-        }
+        self.free.borrow_mut().push_back(u);
     }
 }
 
@@ -810,14 +872,24 @@ async fn one_op(
     rng: &mut Rng,
     started: Instant,
 ) {
-    let ui = pool.take(shared, rng);
-    let user = &shared.users[ui];
     let op = match shared.args.scenario {
         Scenario::Handshake => Op::Handshake,
         Scenario::Resume => Op::Resume,
         Scenario::Mixed => scenario::pick(&shared.mix, rng),
         _ => Op::Session,
     };
+    // A session needs a maildrop nobody else holds; a handshake only needs
+    // a name to offer.
+    let taken = pool.take(rng);
+    let ui = match taken {
+        Some(u) => u,
+        None if op != Op::Session => rng.below(shared.users.len()),
+        None => {
+            stats.borrow_mut().error("no-free-user");
+            return;
+        }
+    };
+    let user = &shared.users[ui];
     let fut = async {
         match op {
             Op::Handshake => scenario::handshake(target, user, false).await,
@@ -836,7 +908,9 @@ async fn one_op(
         Ok(r) => r,
         Err(_) => Err(pop3::OpError::Timeout),
     };
-    pool.give_back(ui);
+    if let Some(u) = taken {
+        pool.give_back(u);
+    }
     let mut s = stats.borrow_mut();
     match result {
         Ok(out) => {
@@ -896,7 +970,10 @@ async fn retr_loop(
 ) {
     let mut conn = None;
     // A retr connection keeps its user for its whole life.
-    let ui = pool.take(shared, rng);
+    let Some(ui) = pool.take(rng) else {
+        stats.borrow_mut().error("no-free-user");
+        return;
+    };
     let user = &shared.users[ui];
     while Instant::now() < deadline && take_budget(budget) {
         if conn.is_none() {
@@ -948,6 +1025,9 @@ async fn retr_loop(
     pool.give_back(ui);
 }
 
+/// The granularity of monoio's timer.
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
 #[allow(clippy::too_many_arguments)]
 async fn open_loop(
     w: usize,
@@ -974,7 +1054,18 @@ async fn open_loop(
         if intended >= deadline || !take_budget(budget) {
             break;
         }
-        monoio::time::sleep_until(monoio::time::Instant::from_std(intended)).await;
+        // monoio's timer wakes up to a millisecond after a deadline (it
+        // counts whole milliseconds): waking a millisecond early and timing
+        // an early start from when it really began keeps that slack out of
+        // the server's latency, while a start that is late because this
+        // client fell behind still counts from its intended time.
+        let wake = intended.checked_sub(TIMER_SLACK).unwrap_or(intended);
+        monoio::time::sleep_until(monoio::time::Instant::from_std(wake)).await;
+        let began = Instant::now();
+        stats
+            .borrow_mut()
+            .began(began.saturating_duration_since(intended).as_micros() as u64);
+        let origin = began.min(intended);
         if inflight.get() >= max {
             stats.borrow_mut().error("overload");
             continue;
@@ -990,7 +1081,7 @@ async fn open_loop(
         tasks.push(monoio::spawn(async move {
             let mut rng = Rng::new(k.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ w as u64);
             // Latency counts from the intended start, not from when we got to it.
-            one_op(&shared, &pool, &target, &stats, &mut rng, intended).await;
+            one_op(&shared, &pool, &target, &stats, &mut rng, origin).await;
             inflight.set(inflight.get() - 1);
         }));
         if tasks.len() > 4096 {
@@ -1029,7 +1120,11 @@ async fn idle(
             tasks.push(monoio::spawn(async move {
                 let mut rng = Rng::new(seed);
                 // Held connections keep their user: an idle test needs at least as many users.
-                let user = shared.users[pool.take(&shared, &mut rng)].clone();
+                let Some(ui) = pool.take(&mut rng) else {
+                    stats.borrow_mut().error("no-free-user");
+                    return;
+                };
+                let user = shared.users[ui].clone();
                 let t = Instant::now();
                 let mut out = scenario::Outcome::default();
                 let r = monoio::time::timeout(target.timeout, async {

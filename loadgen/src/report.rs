@@ -23,6 +23,16 @@ pub struct Latency {
     pub max: u64,
 }
 
+/// How far behind its schedule an open-loop run fell.
+#[derive(Debug, Clone, Serialize)]
+pub struct LateStarts {
+    pub scheduled: u64,
+    pub late: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
 /// Memory figures of the idle scenario (when the server's pid is known).
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleMemory {
@@ -75,6 +85,10 @@ pub struct Report {
     pub server_process_cpu_s: Option<f64>,
     pub server_process_cpu_us_per_op: Option<f64>,
     pub idle: Option<IdleMemory>,
+    /// Open loop: operations that began after their intended start (the
+    /// load generator fell behind; their latency counts from the intended
+    /// start all the same), and how late.
+    pub late_starts: Option<LateStarts>,
     /// A signal ended the run before its duration or count.
     pub interrupted: bool,
 }
@@ -150,6 +164,13 @@ impl Report {
             server_process_cpu_s,
             server_process_cpu_us_per_op: server_process_cpu_s.map(|s| s * 1e6 / ops),
             idle,
+            late_starts: (total.scheduled > 0).then(|| LateStarts {
+                scheduled: total.scheduled,
+                late: total.lag.len(),
+                p50_us: total.lag.value_at_quantile(0.5),
+                p99_us: total.lag.value_at_quantile(0.99),
+                max_us: total.lag.max(),
+            }),
             interrupted: false,
         }
     }
@@ -207,6 +228,12 @@ impl Report {
         {
             s.push_str(&format!(
                 "\nserver processes' own CPU {cpu:.3} s ({per:.1} µs/op)"
+            ));
+        }
+        if let Some(l) = self.late_starts.as_ref().filter(|l| l.late > 0) {
+            s.push_str(&format!(
+                "\nlate starts {} of {} began after their intended start (by p50 {} µs, p99 {} µs, max {} µs; counted from the intended start)",
+                l.late, l.scheduled, l.p50_us, l.p99_us, l.max_us
             ));
         }
         if self.interrupted {

@@ -27,6 +27,10 @@ pub struct Stats {
     pub resumed: u64,
     /// Connections held open (idle scenario).
     pub held: u64,
+    /// Open loop: how late operations began after their intended start
+    /// (µs; the client falling behind), and how many were scheduled.
+    pub lag: Histogram<u64>,
+    pub scheduled: u64,
 }
 
 impl Default for Stats {
@@ -41,6 +45,8 @@ impl Default for Stats {
             attempts: 0,
             resumed: 0,
             held: 0,
+            lag: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds"),
+            scheduled: 0,
         }
     }
 }
@@ -50,6 +56,15 @@ impl Stats {
     pub fn op(&mut self, latency_us: u64) {
         self.ops += 1;
         let _ = self.hist.record(latency_us.clamp(1, MAX_LATENCY_US));
+    }
+
+    /// Records when a scheduled operation began, `late_us` after its
+    /// intended start (0 when on time or early).
+    pub fn began(&mut self, late_us: u64) {
+        self.scheduled += 1;
+        if late_us > 0 {
+            let _ = self.lag.record(late_us.min(MAX_LATENCY_US));
+        }
     }
 
     /// Records one failed operation.
@@ -75,6 +90,8 @@ impl Stats {
         self.attempts += other.attempts;
         self.resumed += other.resumed;
         self.held += other.held;
+        let _ = self.lag.add(&other.lag);
+        self.scheduled += other.scheduled;
     }
 
     /// Takes the counts, leaving this empty (for interval snapshots).
@@ -96,7 +113,10 @@ mod tests {
         b.op(300);
         b.error("io");
         b.error("tls");
+        a.began(0);
+        b.began(2_000);
         a.merge(&b);
+        assert_eq!((a.scheduled, a.lag.len(), a.lag.max()), (2, 1, 2_000));
         assert_eq!(a.ops, 2);
         assert_eq!(a.error_total(), 3);
         assert_eq!(a.errors["io"], 2);

@@ -48,3 +48,33 @@ fn help_states_the_exit_statuses() {
         assert!(help.contains(status), "{status}: {help}");
     }
 }
+
+/// Shapes that would measure the load generator rather than the server are
+/// refused before anything connects (the target here does not exist).
+#[test]
+fn shapes_that_cannot_measure_the_server_are_refused() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+            .args(["--target", "127.0.0.1:9", "--insecure", "--quiet"])
+            .args(["--user-pattern", "u{n}@example.com", "--user-count", "4"])
+            .args(args)
+            .output()
+            .expect("run pop3-loadgen");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // More sessions at once than users: the extra ones would only meet
+    // locked maildrops.
+    let (code, err) = run(&["-s", "session", "-c", "8", "-d", "1"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("8 sessions at once need 8 users"), "{err}");
+    assert!(err.contains("only 4 were given"), "{err}");
+    let (_, err) = run(&["-s", "idle", "--connections", "5", "--hold", "1"]);
+    assert!(err.contains("5 sessions at once need 5 users"), "{err}");
+    // The retr scenario has no open loop.
+    let (code, err) = run(&["-s", "retr", "--rate", "10", "-d", "1"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no open-loop mode"), "{err}");
+}
