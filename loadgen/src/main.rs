@@ -170,7 +170,7 @@ struct Args {
 }
 
 enum Msg {
-    Interval(Stats),
+    Interval(Box<Stats>),
     Tls(tls_stream::Negotiated),
 }
 
@@ -678,7 +678,7 @@ fn worker_thread(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender
             eprintln!("pop3-loadgen: worker {w}: io_uring unavailable: {e}");
             let mut s = Stats::default();
             s.error("io_uring");
-            let _ = tx.send(Msg::Interval(s));
+            let _ = tx.send(Msg::Interval(Box::new(s)));
             shared.idle_ready.fetch_add(1, Ordering::AcqRel);
             return;
         }
@@ -733,7 +733,7 @@ async fn worker(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<
                     _ = Stopped(&stop) => true,
                 };
                 let s = stats.borrow_mut().take();
-                if tx.send(Msg::Interval(s)).is_err() || stopped {
+                if tx.send(Msg::Interval(Box::new(s))).is_err() || stopped {
                     return;
                 }
             }
