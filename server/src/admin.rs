@@ -86,6 +86,31 @@ fn store(cfg: &Config) -> Result<Store, AdminError> {
         .map_err(|e| AdminError::Io(e.to_string()))
 }
 
+/// Run as root, a command makes store files the server (running as the
+/// storage root's owner) could not open: the tenant's directory and the
+/// user's maildrop are handed to that owner after the command wrote them.
+fn hand_over(cfg: &Config, addr: &Address) -> Result<(), AdminError> {
+    if !crate::privileges::is_root() {
+        return Ok(());
+    }
+    let root = cfg.resolve(&cfg.storage_root);
+    let Some(owner) = crate::privileges::store_owner(&root) else {
+        return Ok(());
+    };
+    let tenant = root.join(addr.domain.as_str());
+    let maildrop = tenant.join(addr.local.as_str());
+    for (path, deep) in [(&tenant, false), (&maildrop, true)] {
+        crate::privileges::give_to(owner, path, deep).map_err(|e| {
+            AdminError::Io(format!(
+                "giving {} to uid {}: {e}",
+                path.display(),
+                owner.uid
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Reads a password: the first line of stdin.
 pub fn read_password_stdin() -> Result<String, AdminError> {
     let mut s = String::new();
@@ -134,10 +159,9 @@ fn edit_passwd(
     if !out.is_empty() {
         out.push('\n');
     }
+    // The rewrite keeps the file's owner, group and mode (replace_file):
+    // the service user must still be able to read it on reload.
     pop3sd_storage::durable::replace_file(path, out.as_bytes())
-        .map_err(|e| AdminError::Io(e.to_string()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| AdminError::Io(e.to_string()))
 }
 
@@ -174,12 +198,14 @@ pub fn user_add(config: &Path, user: &str, password: &str) -> Result<String, Adm
         lines.push(format!("{}:{}", addr.local, hash.to_field()));
         Ok(())
     })?;
+    let home = Address::new(
+        addr.local.clone(),
+        Domain::parse(&t.domain).map_err(|e| AdminError::Config(e.to_string()))?,
+    );
     store(&cfg)?
-        .ensure_maildrop(&Address::new(
-            addr.local.clone(),
-            Domain::parse(&t.domain).map_err(|e| AdminError::Config(e.to_string()))?,
-        ))
+        .ensure_maildrop(&home)
         .map_err(|e| AdminError::Io(e.to_string()))?;
+    hand_over(&cfg, &home)?;
     Ok(format!("added {addr}; {RELOAD_HINT}"))
 }
 
@@ -419,7 +445,9 @@ pub fn deliver(config: &Path, user: &str, input: &mut dyn Read) -> Result<String
     }
     let msg = PreparedMessage::from_raw(&raw);
     let store = store(&cfg)?;
-    match delivery::deliver(&store, &dir, &TenantUsage::default(), &found.address, &msg) {
+    let delivered = delivery::deliver(&store, &dir, &TenantUsage::default(), &found.address, &msg);
+    hand_over(&cfg, &found.address)?;
+    match delivered {
         DeliveryResult::Delivered => Ok(format!("delivered to {}", found.address)),
         DeliveryResult::OverQuota { permanent: true } => {
             Err(AdminError::Refused(addr.to_string(), "over quota".into()))
@@ -459,7 +487,9 @@ pub fn import(
     let md = store
         .ensure_maildrop(&found.address)
         .map_err(|e| AdminError::Io(e.to_string()))?;
-    let r = import_maildir(&md, maildir, uidl).map_err(|e| AdminError::Usage(e.to_string()))?;
+    let imported = import_maildir(&md, maildir, uidl);
+    hand_over(&cfg, &found.address)?;
+    let r = imported.map_err(|e| AdminError::Usage(e.to_string()))?;
     let mut out = format!(
         "imported {} message(s) into {} ({} with their old UIDL, {} with a new one)",
         r.imported, found.address, r.kept_uidls, r.new_uidls

@@ -176,6 +176,34 @@ pub fn permissions(cfg: &Config) -> Vec<ConfigProblem> {
     p
 }
 
+/// Gives what root owns at `path` (and, with `deep`, below it) to `id`:
+/// files that root creates in the store (a first start, an operator's
+/// command run as root) must belong to the user the server runs as, or it
+/// cannot open them. Links are changed, never followed.
+pub fn give_to(id: Identity, path: &Path, deep: bool) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.uid() == 0 && id.uid != 0 {
+        std::os::unix::fs::lchown(path, Some(id.uid), Some(id.gid))?;
+    }
+    if deep && meta.file_type().is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            give_to(id, &entry?.path(), true)?;
+        }
+    }
+    Ok(())
+}
+
+/// The owner of the storage root, when it is not root: the user the
+/// server runs as (`check-config` insists), to whom whatever root creates
+/// in the store belongs.
+pub fn store_owner(root: &Path) -> Option<Identity> {
+    let meta = std::fs::metadata(root).ok()?;
+    (meta.uid() != 0).then(|| Identity {
+        uid: meta.uid(),
+        gid: meta.gid(),
+    })
+}
+
 /// Switches the whole process to `id` for good (supplementary groups
 /// cleared, then gid, then uid), and checks root cannot be regained.
 pub fn drop_to(id: Identity) -> Result<(), String> {
@@ -218,5 +246,38 @@ mod tests {
         assert!(lookup_user("no-such-user-pop3sd").is_err());
         assert_eq!(lookup_group("root").unwrap(), 0);
         assert!(lookup_group("no-such-group-pop3sd").is_err());
+    }
+
+    /// What root owns is given away, deeply; a link is changed itself and
+    /// never followed to what it points at.
+    #[test]
+    fn giving_the_store_away_does_not_follow_links() {
+        if !is_root() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, "root's").unwrap();
+        let store = d.path().join("store");
+        std::fs::create_dir_all(store.join("example.com/alice")).unwrap();
+        std::fs::write(store.join("example.com/alice/index"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, store.join("example.com/alice/link")).unwrap();
+        let nobody = Identity {
+            uid: 65534,
+            gid: 65534,
+        };
+        give_to(nobody, &store, true).unwrap();
+        for p in [
+            "",
+            "example.com",
+            "example.com/alice",
+            "example.com/alice/index",
+            "example.com/alice/link",
+        ] {
+            let m = std::fs::symlink_metadata(store.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{p}");
+        }
+        assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0);
+        assert_eq!(store_owner(&store), Some(nobody));
     }
 }

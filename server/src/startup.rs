@@ -177,6 +177,21 @@ pub fn build(cfg: Config, path: Option<PathBuf>) -> Result<Arc<Shared>, Vec<Conf
     let root = cfg.resolve(&cfg.storage_root);
     let store = Store::open(&root, StoreOptions::default())
         .map_err(|e| vec![problem("storage_root", e)])?;
+    // Started as root on a new storage root: root just made it, and the
+    // user the server switches to must own it.
+    let root_owned = crate::privileges::store_owner(&root).is_none();
+    if let (true, true, Ok(Some(id))) = (
+        crate::privileges::is_root(),
+        root_owned,
+        crate::privileges::target(cfg),
+    ) {
+        crate::privileges::give_to(id, &root, true).map_err(|e| {
+            vec![problem(
+                "storage_root",
+                format!("cannot give {} to uid {}: {e}", root.display(), id.uid),
+            )]
+        })?;
+    }
     let pool = BlockingPool::new(cfg.runtime.blocking_threads)
         .map_err(|e| vec![problem("runtime.blocking_threads", e)])?;
     let auth = Authenticator::new(ThrottleConfig {

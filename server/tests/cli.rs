@@ -363,3 +363,84 @@ fn import_keeps_uidls_and_stats_add_up() {
         "unknown tenant",
     );
 }
+
+/// Run as root (as operators do), the commands leave the store and the
+/// passwd file usable by the user the server runs as: new maildrops belong
+/// to the storage root's owner, and a rewritten passwd file keeps its owner,
+/// group and mode.
+#[test]
+fn commands_run_as_root_leave_files_the_server_can_use() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !pop3sd::privileges::is_root() {
+        eprintln!("not root: nothing to check");
+        return;
+    }
+    let s = setup(|_| {});
+    let nobody = 65534;
+    let root = s.cfg.resolve(&s.cfg.storage_root);
+    let chown =
+        |p: &std::path::Path| std::os::unix::fs::lchown(p, Some(nobody), Some(nobody)).unwrap();
+    let walk = |p: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut out = vec![p.to_path_buf()];
+        let mut i = 0;
+        while i < out.len() {
+            if out[i].is_dir() {
+                for e in std::fs::read_dir(&out[i]).unwrap() {
+                    out.push(e.unwrap().path());
+                }
+            }
+            i += 1;
+        }
+        out
+    };
+    for p in walk(&root) {
+        chown(&p);
+    }
+    let passwd = s.cfg.resolve(&s.cfg.tenants[0].passwd_file);
+    chown(&passwd);
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o640)).unwrap();
+    ok(&pop3sd(
+        &["user", "add", "-c", c(&s), "dave@example.com"],
+        b"pw\n",
+    ));
+    let maildrop = root.join("example.com/dave");
+    for p in walk(&maildrop) {
+        assert_eq!(
+            std::fs::symlink_metadata(&p).unwrap().uid(),
+            nobody,
+            "{}",
+            p.display()
+        );
+    }
+    let meta = std::fs::metadata(&passwd).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (nobody, nobody, 0o640)
+    );
+    // A delivery to a user without a maildrop yet, and a new tenant directory.
+    ok(&pop3sd(
+        &["deliver", "-c", c(&s), "dave@example.com"],
+        b"Subject: hi\r\n\r\nx\r\n",
+    ));
+    for p in walk(&maildrop) {
+        assert_eq!(
+            std::fs::symlink_metadata(&p).unwrap().uid(),
+            nobody,
+            "{}",
+            p.display()
+        );
+    }
+    std::fs::remove_dir_all(root.join("example.org")).unwrap();
+    ok(&pop3sd(
+        &["deliver", "-c", c(&s), "bob@example.org"],
+        b"Subject: hi\r\n\r\nx\r\n",
+    ));
+    for p in walk(&root.join("example.org")) {
+        assert_eq!(
+            std::fs::symlink_metadata(&p).unwrap().uid(),
+            nobody,
+            "{}",
+            p.display()
+        );
+    }
+}
