@@ -83,6 +83,9 @@ pub struct Tenant {
     pub policy: TenantPolicy,
     users: HashMap<LocalPart, StoredHash>,
     quotas: HashMap<LocalPart, Quota>,
+    /// One user's hash, which an unknown user's password is checked
+    /// against (see [`Tenant::stand_in`]).
+    stand_in: Option<StoredHash>,
 }
 
 impl Tenant {
@@ -93,13 +96,27 @@ impl Tenant {
         policy: TenantPolicy,
         users: impl IntoIterator<Item = (LocalPart, StoredHash)>,
     ) -> Self {
+        let users: HashMap<LocalPart, StoredHash> = users.into_iter().collect();
+        let stand_in = users
+            .iter()
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(_, h)| h.clone());
         Tenant {
             domain,
             aliases,
             policy,
-            users: users.into_iter().collect(),
+            users,
             quotas: HashMap::new(),
+            stand_in,
         }
+    }
+
+    /// A hash of this tenant's (one of its users'), to check an unknown
+    /// user's password against and ignore the result: a failed login then
+    /// costs the same scheme and work whether or not the user exists, so
+    /// its timing does not tell which users do.
+    pub fn stand_in(&self) -> Option<&StoredHash> {
+        self.stand_in.as_ref()
     }
 
     /// Gives one user a quota of their own (from the passwd-file).
@@ -193,6 +210,17 @@ impl Directory {
             address: Address::new(address.local.clone(), tenant.domain.clone()),
             hash,
         })
+    }
+
+    /// The address as its tenant knows it (an alias's domain replaced by
+    /// the tenant's own), whether or not the user exists; unchanged for an
+    /// unknown domain. Failures are counted under it, so that rotating
+    /// through a tenant's aliases does not multiply the guesses allowed.
+    pub fn canonical(&self, address: &Address) -> Address {
+        match self.tenant(&address.domain) {
+            Some(t) => Address::new(address.local.clone(), t.domain.clone()),
+            None => address.clone(),
+        }
     }
 
     /// What CAPA shows before login: the SNI tenant's policy if known, else

@@ -162,11 +162,23 @@ impl Authenticator {
                         })
                     }
                 }
-                _ => Check::Hash(HashJob {
-                    target: None,
-                    stored: dummy_hash().clone(),
-                    password: pw.clone(),
-                }),
+                // An unknown user: the same check as one of the tenant's
+                // users gets (the same scheme and work, on the core or on
+                // the pool alike), its result ignored.
+                _ => match directory
+                    .tenant(&req.address.domain)
+                    .and_then(|t| t.stand_in())
+                {
+                    Some(h) if !h.is_expensive() => {
+                        let _ = h.verify(pw.expose());
+                        Check::Refused(Refusal::Failed)
+                    }
+                    stand_in => Check::Hash(HashJob {
+                        target: None,
+                        stored: stand_in.unwrap_or_else(|| dummy_hash()).clone(),
+                        password: pw.clone(),
+                    }),
+                },
             },
         }
     }
@@ -346,6 +358,56 @@ mod tests {
                 Refusal::Failed
             );
         }
+    }
+
+    /// An unknown user's password is checked against one of the tenant's
+    /// own hashes: a {PLAIN} tenant refuses it on the core, as it does a
+    /// known user's wrong password, and a hashing tenant hashes it with its
+    /// own scheme and cost; an alias counts failures under the tenant's
+    /// domain.
+    #[test]
+    fn unknown_users_cost_what_the_tenants_users_cost() {
+        let a = auth(TenantPolicy::default());
+        let cache = VerifyCache::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        let Check::Hash(job) = a.check(&req("nobody@e.example", "pw", true), &cache, now) else {
+            panic!("the tenant's stand-in is its argon2 user")
+        };
+        assert!(
+            job.stored
+                == *a
+                    .1
+                    .tenant(&Domain::parse("e.example").unwrap())
+                    .unwrap()
+                    .user(&LocalPart::parse("argon").unwrap())
+                    .unwrap()
+        );
+        let plain = Auth(
+            Authenticator::new(ThrottleConfig::default()),
+            Directory::new(vec![Tenant::new(
+                Domain::parse("p.example").unwrap(),
+                vec![Domain::parse("alias.example").unwrap()],
+                TenantPolicy::default(),
+                [(
+                    LocalPart::parse("known").unwrap(),
+                    StoredHash::parse("{PLAIN}pw").unwrap(),
+                )],
+            )])
+            .unwrap(),
+        );
+        for user in ["known@p.example", "nobody@p.example"] {
+            assert!(
+                matches!(
+                    plain.check(&req(user, "wrong", true), &cache, now),
+                    Check::Refused(Refusal::Failed)
+                ),
+                "{user}: decided on the core"
+            );
+        }
+        let typed = Address::parse("nobody@alias.example").unwrap();
+        assert_eq!(plain.1.canonical(&typed).to_string(), "nobody@p.example");
+        let elsewhere = Address::parse("x@unknown.example").unwrap();
+        assert_eq!(plain.1.canonical(&elsewhere), elsewhere);
     }
 
     #[test]

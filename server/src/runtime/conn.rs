@@ -879,9 +879,10 @@ impl Conn {
         let verified = match verdict {
             Ok(v) => v,
             Err(Refusal::Failed) => {
+                let counted_as = self.gen.directory.canonical(&req.address);
                 let delay = shared
                     .auth
-                    .failure(&req.address, self.client.ip(), Instant::now());
+                    .failure(&counted_as, self.client.ip(), Instant::now());
                 self.core.metrics.login(
                     &self.tenant_label(&req.address.domain),
                     false,
