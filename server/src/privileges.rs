@@ -173,7 +173,56 @@ pub fn permissions(cfg: &Config) -> Vec<ConfigProblem> {
     if let Some(k) = &cfg.tls.ticket_keys_file {
         secret("tls.ticket_keys_file".into(), &cfg.resolve(k));
     }
+    // What the server trusts must not be replaceable by anyone on the
+    // machine: a world-writable client CA, passwd-file or key (or a
+    // directory above one) would let any local user log in as anyone.
+    let mut trusted: Vec<(String, std::path::PathBuf)> =
+        vec![("config".into(), cfg.base_dir.clone())];
+    for (i, t) in cfg.tenants.iter().enumerate() {
+        let loc = |f: &str| format!("tenant[{i}] ({}).{f}", t.domain);
+        trusted.push((loc("certificate"), cfg.resolve(&t.certificate)));
+        trusted.push((loc("private_key"), cfg.resolve(&t.private_key)));
+        trusted.push((loc("passwd_file"), cfg.resolve(&t.passwd_file)));
+        if let Some(ca) = &t.client_ca {
+            trusted.push((loc("client_ca"), cfg.resolve(ca)));
+        }
+    }
+    if let Some(k) = &cfg.tls.ticket_keys_file {
+        trusted.push(("tls.ticket_keys_file".into(), cfg.resolve(k)));
+    }
+    for (location, path) in trusted {
+        if let Some(w) = world_writable(&path) {
+            p.push(problem(
+                &location,
+                format!(
+                    "{} is writable by everyone, so anyone on this machine could replace {}; run: chmod o-w {}",
+                    w.display(),
+                    path.display(),
+                    w.display()
+                ),
+            ));
+        }
+    }
     p
+}
+
+/// The first of `path` and the directories above it that anyone may write
+/// to (a sticky directory such as /tmp excepted: there only an entry's
+/// owner may replace it).
+fn world_writable(path: &Path) -> Option<std::path::PathBuf> {
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut cur = Some(real.as_path());
+    while let Some(p) = cur {
+        if let Ok(meta) = std::fs::metadata(p) {
+            let mode = meta.permissions().mode();
+            let sticky_dir = meta.is_dir() && mode & 0o1000 != 0;
+            if mode & 0o002 != 0 && !sticky_dir {
+                return Some(p.to_path_buf());
+            }
+        }
+        cur = p.parent();
+    }
+    None
 }
 
 /// Gives what root owns at `path` (and, with `deep`, below it) to `id`:
@@ -279,5 +328,29 @@ mod tests {
         }
         assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0);
         assert_eq!(store_owner(&store), Some(nobody));
+    }
+
+    #[test]
+    fn world_writable_files_and_directories_above_them_are_found() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("conf");
+        std::fs::create_dir(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        assert_eq!(world_writable(&ca), None);
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o646)).unwrap();
+        assert_eq!(
+            world_writable(&ca),
+            Some(std::fs::canonicalize(&ca).unwrap())
+        );
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(
+            world_writable(&ca),
+            Some(std::fs::canonicalize(&dir).unwrap())
+        );
+        // Sticky, as /tmp: only an entry's owner may replace it.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(world_writable(&ca), None);
     }
 }

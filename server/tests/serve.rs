@@ -234,6 +234,12 @@ fn check_config_names_every_problem() {
     std::fs::write(&passwd, text).unwrap();
     cfg.tenants[1].private_key = cfg.tenants[0].private_key.clone();
     cfg.tenants[0].client_ca = Some(d.path().join("nope.pem"));
+    // A certificate anyone on the machine could replace.
+    let cert = cfg.resolve(&cfg.tenants[1].certificate);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
     cfg.tenants[0].aliases.push("example.net".into());
     write_config(&cfg, &path);
     let bad = Command::new(common::bin())
@@ -253,6 +259,10 @@ fn check_config_names_every_problem() {
         "{err}"
     );
     assert!(err.contains("tenant[0] (example.com).client_ca"), "{err}");
+    assert!(
+        err.contains("tenant[1] (example.org).certificate") && err.contains("writable by everyone"),
+        "{err}"
+    );
     assert!(
         err.contains("does not cover example.net"),
         "the certificate must name every alias: {err}"
