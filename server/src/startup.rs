@@ -50,6 +50,12 @@ pub fn build_directory(cfg: &Config) -> Result<Directory, Vec<ConfigProblem>> {
         };
         let mut quotas = Vec::new();
         for e in &entries {
+            if let Err(why) = passwd::check_access_fields(e) {
+                problems.push(problem(
+                    loc("passwd_file"),
+                    format!("user {}: {why}", e.user),
+                ));
+            }
             match passwd::quota_of(e) {
                 Ok(Some(q)) => quotas.push((e.user.clone(), q)),
                 Ok(None) => {}

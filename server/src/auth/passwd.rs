@@ -147,6 +147,37 @@ pub fn quota_of(entry: &PasswdEntry) -> Result<Option<super::directory::Quota>, 
     Ok(any.then_some(quota))
 }
 
+/// Dovecot passdb extra fields that restrict or redirect a login. pop3sd
+/// does not implement them; a user carrying one is refused at load rather
+/// than let in where Dovecot would have kept them out.
+const RESTRICTING_FIELDS: [&str; 8] = [
+    "allow_nets",
+    "allow_real_nets",
+    "nologin",
+    "noauthenticate",
+    "deny",
+    "proxy",
+    "proxy_maybe",
+    "host",
+];
+
+/// Refuses an entry whose extra fields would restrict its logins under
+/// Dovecot (see [`RESTRICTING_FIELDS`]), naming the field.
+pub fn check_access_fields(entry: &PasswdEntry) -> Result<(), String> {
+    let Some(extra) = entry.rest.splitn(6, ':').nth(5) else {
+        return Ok(());
+    };
+    for field in extra.split_whitespace() {
+        let key = field.split_once('=').map_or(field, |(k, _)| k);
+        if RESTRICTING_FIELDS.contains(&key) {
+            return Err(format!(
+                "extra field `{field}` restricts or redirects this user's logins under Dovecot, which pop3sd does not implement: remove it (or the user) rather than let the user in where Dovecot would not"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Parses "100", "100B", "64K", "10M", "2G", "1T".
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -217,6 +248,21 @@ mod tests {
         assert!(quota_of(&bad[0]).is_err());
         assert_eq!(parse_size("2G"), Some(2 << 30));
         assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn fields_that_restrict_logins_are_refused_not_ignored() {
+        let text = "a:{PLAIN}x:::::: allow_nets=10.0.0.0/8\nb:{PLAIN}y:::::: nologin reason=moved\nc:{PLAIN}z:::::: userdb_quota_rule=*:storage=1M\nd:{PLAIN}w\ne:{PLAIN}v:::::: userdb_host=x\n";
+        let e = parse(text, &domains()).unwrap();
+        assert!(check_access_fields(&e[0])
+            .unwrap_err()
+            .contains("allow_nets=10.0.0.0/8"));
+        assert!(check_access_fields(&e[1])
+            .unwrap_err()
+            .contains("`nologin`"));
+        for ok in &e[2..] {
+            assert_eq!(check_access_fields(ok), Ok(()), "{}", ok.user);
+        }
     }
 
     #[test]
