@@ -1025,8 +1025,10 @@ async fn retr_loop(
     pool.give_back(ui);
 }
 
-/// The granularity of monoio's timer.
-const TIMER_SLACK: Duration = Duration::from_millis(1);
+/// How late monoio's timer may wake: it rounds a deadline up to the end of
+/// its millisecond, then sleeps whole milliseconds counted from the start
+/// of the current one, so a wake-up lands up to 2 ms after the deadline.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
 
 #[allow(clippy::too_many_arguments)]
 async fn open_loop(
@@ -1054,11 +1056,11 @@ async fn open_loop(
         if intended >= deadline || !take_budget(budget) {
             break;
         }
-        // monoio's timer wakes up to a millisecond after a deadline (it
-        // counts whole milliseconds): waking a millisecond early and timing
-        // an early start from when it really began keeps that slack out of
-        // the server's latency, while a start that is late because this
-        // client fell behind still counts from its intended time.
+        // monoio's timer wakes up to 2 ms after a deadline (it counts whole
+        // milliseconds): waking that much early and timing an early start
+        // from when it really began keeps the slack out of the server's
+        // latency, while a start that is late because this client fell
+        // behind still counts from its intended time.
         let wake = intended.checked_sub(TIMER_SLACK).unwrap_or(intended);
         monoio::time::sleep_until(monoio::time::Instant::from_std(wake)).await;
         let began = Instant::now();
