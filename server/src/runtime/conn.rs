@@ -27,7 +27,7 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 
 use super::buffers::RECORD_OVERHEAD;
 use super::limits::{ConnGuard, UserGuard};
-use super::local_sync::{Pass, Stage};
+use super::local_sync::{Pass, Phase, Stage};
 use super::{Core, Generation};
 use crate::auth::{Check, Refusal};
 use crate::config::{ListenerConfig, ListenerKind, RecordLayerMode};
@@ -685,30 +685,16 @@ impl Conn {
         };
         let filled = self.out.filled;
         self.out.filled = 0;
-        let now = Instant::now();
-        let deadline = now + self.gen.write_timeout;
-        // Once the drain deadline has passed, a client that does not read
-        // gets a short grace, not the whole write timeout.
-        let grace = |t: Instant| deadline.min(t + CLOSING_WRITE_GRACE);
-        let closing = self.core.phase.get() == Stage::Closing;
-        let first = if closing { grace(now) } else { deadline };
-        let write = self.stream.write_all(buf.slice(0..filled));
-        let mut write = std::pin::pin!(write);
-        let done = monoio::select! {
-            r = monoio::time::timeout_at(monoio::time::Instant::from_std(first), write.as_mut()) => Some(r),
-            _ = self.core.phase.reached(Stage::Closing), if !closing => None,
-        };
-        let done = match done {
-            Some(r) => r,
-            None => {
-                let at = monoio::time::Instant::from_std(grace(Instant::now()));
-                monoio::time::timeout_at(at, write.as_mut()).await
-            }
-        };
-        let (res, slice) = match done {
-            Ok(r) => r,
-            Err(_) => return Err(ConnError::WriteTimeout),
-        };
+        // The write and its deadlines live in an allocation of their own:
+        // in the connection's task they would enlarge every connection,
+        // idle ones included, by the largest of them.
+        let write = Box::pin(write_bounded(
+            &mut self.stream,
+            buf.slice(0..filled),
+            &self.core.phase,
+            self.gen.write_timeout,
+        ));
+        let (res, slice) = write.await?;
         let buf = slice.into_inner();
         res?;
         let idle = self.engine.as_ref().is_none_or(|e| !e.has_output());
@@ -1201,6 +1187,35 @@ fn record_remaining(buf: &[u8]) -> usize {
     }
     let len = u16::from_be_bytes([buf[3], buf[4]]) as usize + 5;
     len.saturating_sub(buf.len())
+}
+
+/// Writes all of `data` within `timeout`; once the core's drain deadline
+/// has passed (now or during the write), within a short grace instead, so
+/// that a client that does not read cannot keep the process alive.
+async fn write_bounded(
+    stream: &mut TcpStream,
+    data: monoio::buf::Slice<Vec<u8>>,
+    phase: &Phase,
+    timeout: std::time::Duration,
+) -> Result<(std::io::Result<usize>, monoio::buf::Slice<Vec<u8>>), ConnError> {
+    let now = Instant::now();
+    let deadline = now + timeout;
+    let grace = |t: Instant| deadline.min(t + CLOSING_WRITE_GRACE);
+    let closing = phase.get() == Stage::Closing;
+    let first = if closing { grace(now) } else { deadline };
+    let mut write = std::pin::pin!(stream.write_all(data));
+    let done = monoio::select! {
+        r = monoio::time::timeout_at(monoio::time::Instant::from_std(first), write.as_mut()) => Some(r),
+        _ = phase.reached(Stage::Closing), if !closing => None,
+    };
+    let done = match done {
+        Some(r) => r,
+        None => {
+            let at = monoio::time::Instant::from_std(grace(Instant::now()));
+            monoio::time::timeout_at(at, write.as_mut()).await
+        }
+    };
+    done.map_err(|_| ConnError::WriteTimeout)
 }
 
 /// Whether what rustls left unprocessed can go to pop3sd's record layer:
