@@ -10,7 +10,7 @@
 //! by what other processes (the CLI) deliver within one cache period.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pop3sd_storage::{Address, Domain, PreparedMessage, Store};
@@ -25,9 +25,11 @@ struct Usage {
     bytes: u64,
 }
 
-/// Cached per-tenant usage.
+/// Cached per-tenant usage. Each tenant has a lock of its own: a large
+/// tenant's recount (reading all its indexes) holds up only deliveries to
+/// that tenant.
 pub struct TenantUsage {
-    cache: Mutex<HashMap<Domain, Usage>>,
+    cache: Mutex<HashMap<Domain, Arc<Mutex<Option<Usage>>>>>,
     ttl: Duration,
 }
 
@@ -69,24 +71,23 @@ impl TenantUsage {
             return true;
         }
         let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = cache
-            .get(&tenant.domain)
-            .is_some_and(|u| now.duration_since(u.at) < self.ttl);
+        let entry = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.entry(tenant.domain.clone()).or_default().clone()
+        };
+        let mut usage = entry.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = usage.is_some_and(|u| now.duration_since(u.at) < self.ttl);
         if !fresh {
             // Reading every maildrop of the tenant: this runs on the
             // blocking pool, once per cache period.
             let (messages, bytes) = tenant_usage(store, &tenant.domain);
-            cache.insert(
-                tenant.domain.clone(),
-                Usage {
-                    at: now,
-                    messages,
-                    bytes,
-                },
-            );
+            *usage = Some(Usage {
+                at: now,
+                messages,
+                bytes,
+            });
         }
-        let Some(u) = cache.get_mut(&tenant.domain) else {
+        let Some(u) = usage.as_mut() else {
             return true;
         };
         if quota.exceeded_by(u.messages, u.bytes, size) {
@@ -211,5 +212,53 @@ mod tests {
             DeliveryResult::TooBig
         );
         assert_eq!(store.maildrop(&a).unwrap().stats().unwrap().messages, 2);
+    }
+
+    /// One tenant's recount (its lock held) does not hold up deliveries to
+    /// another tenant.
+    #[test]
+    fn a_tenants_recount_does_not_block_other_tenants() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(d.path(), StoreOptions::default()).unwrap());
+        let h = StoredHash::parse("{PLAIN}x").unwrap();
+        let tenant = |name: &str| {
+            Tenant::new(
+                Domain::parse(name).unwrap(),
+                vec![],
+                TenantPolicy {
+                    tenant_quota: Quota {
+                        messages: 100,
+                        bytes: 0,
+                    },
+                    ..TenantPolicy::default()
+                },
+                [(LocalPart::parse("u").unwrap(), h.clone())],
+            )
+        };
+        let dir =
+            Arc::new(Directory::new(vec![tenant("big.example"), tenant("small.example")]).unwrap());
+        let usage = Arc::new(TenantUsage::default());
+        // The big tenant's recount in progress: its entry locked.
+        let big = {
+            let mut cache = usage.cache.lock().unwrap();
+            cache
+                .entry(Domain::parse("big.example").unwrap())
+                .or_default()
+                .clone()
+        };
+        let held = big.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s2, d2, u2) = (store.clone(), dir.clone(), usage.clone());
+        std::thread::spawn(move || {
+            let to = Address::parse("u@small.example").unwrap();
+            let msg = PreparedMessage::from_raw(b"Subject: s\r\n\r\nx\r\n");
+            let _ = tx.send(deliver(&s2, &d2, &u2, &to, &msg));
+        });
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Ok(DeliveryResult::Delivered),
+            "a delivery to another tenant waited for this one's recount"
+        );
+        drop(held);
     }
 }
