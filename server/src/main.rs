@@ -121,7 +121,7 @@ enum Command {
         /// A file of "filename uidl" lines instead of dovecot-uidlist.
         #[arg(long)]
         uidl_map: Option<PathBuf>,
-        /// Give every message a new pop3sd UIDL (clients download everything again).
+        /// Ignore dovecot-uidlist: every message gets a UIDL new to clients (its Maildir unique name), so they download everything again.
         #[arg(long)]
         new_uidls: bool,
     },

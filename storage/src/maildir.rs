@@ -22,7 +22,10 @@ use crate::record::Uidl;
 /// Where imported messages get their UIDLs.
 #[derive(Debug, Clone)]
 pub enum UidlSource {
-    /// New pop3sd UIDLs (clients will download everything once more).
+    /// UIDLs new to clients (they will download everything once more):
+    /// each file's Maildir unique name, so that a re-run recognises what an
+    /// interrupted one imported; a name that is no valid UIDL gets a
+    /// pop3sd one.
     Native,
     /// `dovecot-uidlist` in the Maildir, with Dovecot's `pop3_uidl_format`
     /// (supported variables: `%u`, `%v`, `%f`, with optional zero-padded
@@ -316,6 +319,14 @@ pub fn import_maildir(
                 None => {
                     tracing::warn!(file = %path.display(), uidl = %w, "UIDL is not valid for POP3 (1-70 printable characters); giving a new one");
                 }
+            }
+        }
+        if !kept {
+            // No UIDL to keep: the file's unique name, the same on every
+            // run, so that a re-run after an interruption skips what is
+            // already imported (pop3sd's own UIDLs would differ each time).
+            if let Some(u) = Uidl::new(base.as_bytes()) {
+                msg = msg.with_uidl(u);
             }
         }
         match maildrop.append(msg) {

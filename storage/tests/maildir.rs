@@ -84,7 +84,7 @@ fn map_file_and_native_sources() {
     let store = Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
     let a = Address::parse("m@example.com").unwrap();
     let md = store.create_maildrop(&a).unwrap();
-    let r = import_maildir(&md, &maildir, &UidlSource::MapFile(map)).unwrap();
+    let r = import_maildir(&md, &maildir, &UidlSource::MapFile(map.clone())).unwrap();
     assert_eq!((r.imported, r.kept_uidls, r.new_uidls), (3, 1, 2));
     assert!(uidls(&store, &a).contains(&"legacy-2".to_string()));
 
@@ -92,6 +92,27 @@ fn map_file_and_native_sources() {
     let md = store.create_maildrop(&b).unwrap();
     let r = import_maildir(&md, &maildir, &UidlSource::Native).unwrap();
     assert_eq!(r.new_uidls, 3);
+    assert_eq!(
+        uidls(&store, &b),
+        [
+            "1500000001.M1P1.host,S=20",
+            "1500000002.M2P2.host",
+            "1500000003.M3P3.host"
+        ]
+    );
+    // Messages that got new UIDLs are recognised when the same import is
+    // run again (as after an interruption), with either source.
+    let again = import_maildir(&md, &maildir, &UidlSource::Native).unwrap();
+    assert_eq!(again.imported, 0);
+    let again = import_maildir(
+        &store.maildrop(&a).unwrap(),
+        &maildir,
+        &UidlSource::MapFile(map),
+    )
+    .unwrap();
+    assert_eq!(again.imported, 0);
+    assert_eq!(store.maildrop(&a).unwrap().stats().unwrap().messages, 3);
+    assert_eq!(store.maildrop(&b).unwrap().stats().unwrap().messages, 3);
 }
 
 #[test]
