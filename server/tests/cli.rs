@@ -393,6 +393,17 @@ fn commands_run_as_root_leave_files_the_server_can_use() {
         }
         out
     };
+    // Everything at and below `dir` belongs to the service user.
+    let owned_by_nobody = |dir: &std::path::Path| {
+        for p in walk(dir) {
+            assert_eq!(
+                std::fs::symlink_metadata(&p).unwrap().uid(),
+                nobody,
+                "{}",
+                p.display()
+            );
+        }
+    };
     for p in walk(&root) {
         chown(&p);
     }
@@ -404,14 +415,7 @@ fn commands_run_as_root_leave_files_the_server_can_use() {
         b"pw\n",
     ));
     let maildrop = root.join("example.com/dave");
-    for p in walk(&maildrop) {
-        assert_eq!(
-            std::fs::symlink_metadata(&p).unwrap().uid(),
-            nobody,
-            "{}",
-            p.display()
-        );
-    }
+    owned_by_nobody(&maildrop);
     let meta = std::fs::metadata(&passwd).unwrap();
     assert_eq!(
         (meta.uid(), meta.gid(), meta.mode() & 0o777),
@@ -422,25 +426,11 @@ fn commands_run_as_root_leave_files_the_server_can_use() {
         &["deliver", "-c", c(&s), "dave@example.com"],
         b"Subject: hi\r\n\r\nx\r\n",
     ));
-    for p in walk(&maildrop) {
-        assert_eq!(
-            std::fs::symlink_metadata(&p).unwrap().uid(),
-            nobody,
-            "{}",
-            p.display()
-        );
-    }
+    owned_by_nobody(&maildrop);
     std::fs::remove_dir_all(root.join("example.org")).unwrap();
     ok(&pop3sd(
         &["deliver", "-c", c(&s), "bob@example.org"],
         b"Subject: hi\r\n\r\nx\r\n",
     ));
-    for p in walk(&root.join("example.org")) {
-        assert_eq!(
-            std::fs::symlink_metadata(&p).unwrap().uid(),
-            nobody,
-            "{}",
-            p.display()
-        );
-    }
+    owned_by_nobody(&root.join("example.org"));
 }

@@ -170,6 +170,37 @@ assert "at" in done and done["at"] - t0 >= 1.0
     );
 }
 
+/// Starts a Python client whose script writes `$MARK` once its sessions
+/// are set up, and waits (bounded) for it; a client that fails or never
+/// gets there fails the test with its output and the server's log.
+fn start_until_ready(s: &Served, script: &str, mark: &std::path::Path) -> std::process::Child {
+    let mut client = s
+        .python_command(script)
+        .env("MARK", mark)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !mark.exists() && start.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(_)) = client.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !mark.exists() {
+        let _ = client.kill();
+        let o = client.wait_with_output().unwrap();
+        panic!(
+            "the client's sessions did not get ready:\n{}\n{}\n--- server log\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            s.log()
+        );
+    }
+    client
+}
+
 #[test]
 fn sigterm_drains_then_closes_without_committing() {
     let mut s = Served::start(|c| c.limits.drain_timeout_secs = 2);
@@ -184,7 +215,7 @@ na = int(cmd(a, fa, "STAT").split()[1]); nb = int(cmd(b, fb, "STAT").split()[1])
 assert cmd(a, fa, "DELE 1").startswith(b"+OK") and cmd(b, fb, "DELE 1").startswith(b"+OK")
 print(na, nb, flush=True)
 sys.stdout.flush()
-open(os.environ.get("MARK", "/dev/null"), "w").write("ready")
+open(os.environ["MARK"], "w").write("ready")
 time.sleep(1.0)   # the test sends SIGTERM now
 # Draining: no new connections, but sessions go on and QUIT commits.
 try:
@@ -199,22 +230,7 @@ line = fb.readline()
 assert line.startswith(b"-ERR [SYS/TEMP] Server shutting down"), line
 "#
     );
-    let client = s
-        .python_command(&script)
-        .env("MARK", &mark)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !mark.exists() && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        mark.exists(),
-        "the sessions did not get ready:\n{}",
-        s.log()
-    );
+    let client = start_until_ready(&s, &script, &mark);
     s.signal(libc::SIGTERM);
     let o = client.wait_with_output().unwrap();
     assert!(
@@ -549,30 +565,7 @@ open(os.environ["MARK"], "w").write("ready")
 time.sleep(60)
 "#
     );
-    let mut client = s
-        .python_command(&script)
-        .env("MARK", &mark)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !mark.exists() && start.elapsed() < Duration::from_secs(20) {
-        if let Ok(Some(_)) = client.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if !mark.exists() {
-        let _ = client.kill();
-        let o = client.wait_with_output().unwrap();
-        panic!(
-            "client side failed:\n{}\n{}\n--- server log\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            s.log()
-        );
-    }
+    let mut client = start_until_ready(&s, &script, &mark);
     let signalled = std::time::Instant::now();
     s.signal(libc::SIGTERM);
     // Drain (2 s), then at most the closing grace for the stalled writer.

@@ -60,6 +60,38 @@ pub fn configs(suite: SupportedCipherSuite) -> (Arc<ServerConfig>, Arc<ClientCon
     (Arc::new(sc), Arc::new(cc))
 }
 
+/// Lets the server take in what the client sent and write its answer,
+/// until it waits for the client; true once it may send traffic.
+fn server_flight(
+    server: &mut UnbufferedServerConnection,
+    to_server: &mut Vec<u8>,
+    to_client: &mut Vec<u8>,
+) -> bool {
+    loop {
+        let UnbufferedStatus { discard, state } = server.process_tls_records(to_server);
+        let mut stop = false;
+        let mut done = false;
+        match state.expect("server handshake") {
+            ConnectionState::EncodeTlsData(mut e) => {
+                let mut buf = vec![0; 32768];
+                let n = e.encode(&mut buf).expect("encode");
+                to_client.extend_from_slice(&buf[..n]);
+            }
+            ConnectionState::TransmitTlsData(t) => t.done(),
+            ConnectionState::BlockedHandshake => stop = true,
+            ConnectionState::WriteTraffic(_) => {
+                done = true;
+                stop = true;
+            }
+            other => panic!("unexpected server state during the handshake: {other:?}"),
+        }
+        to_server.drain(..discard);
+        if stop {
+            return done;
+        }
+    }
+}
+
 /// Runs a full handshake in memory between rustls's client and the
 /// unbuffered server the connection driver uses, up to the server's
 /// WriteTraffic. `last_flight` runs on the client just before its last
@@ -83,26 +115,7 @@ pub fn handshake_with(
             client.write_tls(&mut to_server).expect("client write");
         }
         let mut to_client = Vec::new();
-        let mut done = false;
-        loop {
-            let UnbufferedStatus { discard, state } = server.process_tls_records(&mut to_server);
-            let mut blocked = false;
-            match state.expect("server handshake") {
-                ConnectionState::EncodeTlsData(mut e) => {
-                    let mut buf = vec![0; 32768];
-                    let n = e.encode(&mut buf).expect("encode");
-                    to_client.extend_from_slice(&buf[..n]);
-                }
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                ConnectionState::BlockedHandshake => blocked = true,
-                ConnectionState::WriteTraffic(_) => done = true,
-                other => panic!("unexpected state during the handshake: {other:?}"),
-            }
-            to_server.drain(..discard);
-            if blocked || done {
-                break;
-            }
-        }
+        let done = server_flight(&mut server, &mut to_server, &mut to_client);
         let mut rd = to_client.as_slice();
         while !rd.is_empty() {
             client.read_tls(&mut rd).expect("client read");
@@ -157,28 +170,7 @@ pub fn handshake_unbuffered(
             }
         }
         // The server likewise.
-        loop {
-            let UnbufferedStatus { discard, state } = server.process_tls_records(&mut to_server);
-            let mut stop = false;
-            match state.expect("server handshake") {
-                ConnectionState::EncodeTlsData(mut e) => {
-                    let mut buf = vec![0; 32768];
-                    let n = e.encode(&mut buf).expect("encode");
-                    to_client.extend_from_slice(&buf[..n]);
-                }
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                ConnectionState::BlockedHandshake => stop = true,
-                ConnectionState::WriteTraffic(_) => {
-                    server_done = true;
-                    stop = true;
-                }
-                other => panic!("unexpected server state during the handshake: {other:?}"),
-            }
-            to_server.drain(..discard);
-            if stop {
-                break;
-            }
-        }
+        server_done |= server_flight(&mut server, &mut to_server, &mut to_client);
         if client_done && server_done && to_server.is_empty() {
             return (client, server);
         }
