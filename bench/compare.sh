@@ -38,6 +38,19 @@
 #        machine's own is restored at exit. Unset, the machine's is used. It
 #        matters for RETR: BBR without the fq qdisc (loopback has none) paces
 #        with a timer per burst (docs/benchmarks.md, "TCP congestion control").
+#        FLOOR_HANDSHAKE, FLOOR_SESSION_50K: the exchanges `tcp-floor` plays
+#        for the TCP floor (below); the defaults are the bytes of pop3sd's
+#        handshake and session-50k connections with the demo's certificate,
+#        TLS 1.3 and X25519, in the same turns (read through a logging
+#        loopback proxy, docs/benchmarks.md "TCP floor"). Other key
+#        exchanges send a few bytes more.
+#
+# The TCP floor: after each round of handshake and session-50k, the load
+# generator plays the same connection's bytes, in the same turns, with
+# `tcp-floor` (no TLS, no POP3; one io_uring thread per core like pop3sd), at
+# the rate pop3sd served in that round. Its server CPU is what the kernel and
+# the runtime alone cost for that connection here: with the in-memory TLS
+# work it makes this machine's ceiling for a whole connection.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,6 +81,8 @@ case $KX in
   *) echo "KX=$KX: use x25519, secp256r1 or secp384r1" >&2; exit 2 ;;
 esac
 IDLE=${IDLE:-$((2 * USERS))}  # each idle connection holds its own user
+FLOOR_HANDSHAKE=${FLOOR_HANDSHAKE:-234:770,64:182,28:64}
+FLOOR_SESSION_50K=${FLOOR_SESSION_50K:-234:770,159:220,28:35,28:96,30:51368,28:64}
 CORES=$(nproc)
 OUT=${OUT:-$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)}
 W=$(mktemp -d /tmp/pop3-compare.XXXXXX)
@@ -115,6 +130,7 @@ log "building pop3sd and pop3-loadgen"
 (cd "$ROOT" && cargo build --release -q -p pop3sd -p pop3-loadgen)
 POP3SD=$ROOT/target/release/pop3sd
 LOADGEN=$ROOT/target/release/pop3-loadgen
+TCP_FLOOR=$ROOT/target/release/tcp-floor
 
 wait_json() { for _ in $(seq 1 600); do [ -s "$1" ] && return 0; sleep 0.2; done; echo "timeout waiting for $1" >&2; return 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -251,19 +267,47 @@ pair() {
   done
 }
 
+# floor_up NAME SCRIPT : a tcp-floor server playing SCRIPT; sets FLOOR_PID
+# and FLOOR_ADDR.
+floor_up() {
+  "$TCP_FLOOR" --script "$2" >"$W/floor-$1.json" 2>"$OUT/floor-$1-server.txt" &
+  FLOOR_PID=$!; PIDS+=("$FLOOR_PID")
+  wait_json "$W/floor-$1.json"
+  FLOOR_ADDR=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["addr"])' "$W/floor-$1.json")
+}
+
+# floor_run LABEL ROUND PID ADDR SCRIPT : the TCP floor of a scenario's
+# connection, at the rate pop3sd served it in this round.
+floor_run() {
+  local label=$1 round=$2 fpid=$3 addr=$4 script=$5 rate
+  rate=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["ops_per_s"])' \
+    "$OUT/pop3sd-$label-$round.json" 2>/dev/null) || { log "tcp floor: no pop3sd $label report in round $round"; return 0; }
+  log "tcp floor: $label at ${rate%.*}/s"
+  "$LOADGEN" -s tcp-floor --floor-script "$script" --target "$addr" --quiet --timeout 60 --rate "$rate" \
+    -d "$DURATION" --server-cpu-from-system --server-pid "$fpid" --json "$OUT/floor-$label-$round.json" \
+    2>"$OUT/floor-$label-$round.txt" || true
+}
+
 log "data set A: $USERS users per tenant, $MESSAGES mixed-size messages each"
 mkdir -p "$W/a"
 pop3sd_up a --users "$USERS" --messages "$MESSAGES"
 start_dovecot a "$(free_port)"
+floor_up handshake "$FLOOR_HANDSHAKE"; FLOOR_HS_PID=$FLOOR_PID; FLOOR_HS_ADDR=$FLOOR_ADDR
+floor_up session-50k "$FLOOR_SESSION_50K"; FLOOR_S50_PID=$FLOOR_PID; FLOOR_S50_ADDR=$FLOOR_ADDR
 PJSON=$W/a/pop3sd.json; DJSON=$W/a/dovecot.json
 for round in $(seq 1 "$ROUNDS"); do
   pair handshake "$round" -s handshake -c "$CONCURRENCY" -d "$DURATION"
+  floor_run handshake "$round" "$FLOOR_HS_PID" "$FLOOR_HS_ADDR" "$FLOOR_HANDSHAKE"
   pair resume "$round" -s resume -c "$CONCURRENCY" -d "$DURATION"
   pair session "$round" -s session -c "$CONCURRENCY" -d "$DURATION"
   case " $SCENARIOS " in
-    *" session-50k "*) pair session-50k "$round" -s session --no-uidl --message 4 -c "$CONCURRENCY" -d "$DURATION" ;;
+    *" session-50k "*)
+      pair session-50k "$round" -s session --no-uidl --message 4 -c "$CONCURRENCY" -d "$DURATION"
+      floor_run session-50k "$round" "$FLOOR_S50_PID" "$FLOOR_S50_ADDR" "$FLOOR_SESSION_50K"
+      ;;
   esac
 done
+kill "$FLOOR_HS_PID" "$FLOOR_S50_PID" 2>/dev/null || true
 # Open loop at half of Dovecot's peak session rate (its median over the
 # rounds), against both.
 RATE=$(python3 - "$OUT" <<'PY'

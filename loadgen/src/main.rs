@@ -122,6 +122,10 @@ struct Args {
     /// QUIT" that some published session figures use.
     #[arg(long)]
     no_uidl: bool,
+    /// tcp-floor: the exchange, as CLIENT:SERVER byte counts per turn
+    /// (e.g. "234:770,64:182,28:64"), the same as given to `tcp-floor`.
+    #[arg(long)]
+    floor_script: Option<pop3_loadgen::floor::Script>,
     /// mixed: weights, e.g. "handshake=20,resume=10,session=70".
     #[arg(long, default_value = "handshake=20,resume=10,session=70")]
     mix: String,
@@ -410,10 +414,16 @@ fn check_shape(args: &Args, mix: &[(Op, u32)], users: usize) -> Result<(), Strin
     if args.scenario == Scenario::Retr && args.rate.is_some() {
         return Err("-s retr measures RETRs on held connections (closed loop, -c); it has no open-loop mode (--rate): use -s session --rate".into());
     }
+    if (args.scenario == Scenario::TcpFloor) != args.floor_script.is_some() {
+        return Err(
+            "-s tcp-floor and --floor-script go together: the script is the exchange to play with a `tcp-floor` server"
+                .into(),
+        );
+    }
     let logs_in = match args.scenario {
         Scenario::Session | Scenario::Retr | Scenario::Idle => true,
         Scenario::Mixed => mix.iter().any(|(op, w)| *op == Op::Session && *w > 0),
-        Scenario::Handshake | Scenario::Resume => false,
+        Scenario::Handshake | Scenario::Resume | Scenario::TcpFloor => false,
     };
     let at_once = match (args.scenario, args.rate) {
         (Scenario::Idle, _) => args.connections,
@@ -448,19 +458,27 @@ fn run() -> Result<u8, String> {
             .map_err(|e| format!("demo pop3s address: {e}"))?,
         (None, None) => return Err("give --target or --demo-json".into()),
     };
+    let floor = args.scenario == Scenario::TcpFloor;
     let trust = match (&args.ca, &demo) {
-        _ if args.insecure => Trust::Insecure,
+        // No TLS at all: nothing to verify.
+        _ if args.insecure || floor => Trust::Insecure,
         (Some(c), _) => Trust::ca_file(c)?,
         (None, Some(d)) => Trust::ca_file(std::path::Path::new(&d.ca_file))?,
         (None, None) => Trust::system()?,
     };
-    let certificate = trust.describe();
+    let certificate = if floor {
+        "none (plain TCP, no TLS)".to_string()
+    } else {
+        trust.describe()
+    };
     let users = if let Some(f) = &args.users_file {
         users::from_file(f)?
     } else if let Some(p) = &args.user_pattern {
         users::from_pattern(p, &args.password_pattern, args.user_count)
     } else if let Some(d) = &demo {
         d.users.clone()
+    } else if floor {
+        Vec::new()
     } else {
         return Err("give --users-file, --user-pattern or --demo-json".into());
     };
@@ -631,7 +649,10 @@ fn run() -> Result<u8, String> {
         None => ("closed".to_string(), Some(args.concurrency), None),
     };
     let mut report = Report::new(
-        format!("{:?}", args.scenario).to_lowercase(),
+        clap::ValueEnum::to_possible_value(&args.scenario).map_or_else(
+            || format!("{:?}", args.scenario),
+            |v| v.get_name().to_string(),
+        ),
         addr.to_string(),
         mode,
         threads,
@@ -658,21 +679,7 @@ fn run() -> Result<u8, String> {
 }
 
 fn worker_thread(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<Msg>) {
-    // Deferred task work (Linux 6.1+), as in the server: completions are
-    // collected when the worker waits for them instead of interrupting it,
-    // which leaves more of a shared machine's CPU to the server under test.
-    // Older kernels refuse the flags and get the default ring.
-    let build = |urb: io_uring::Builder| {
-        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(4096)
-            .uring_builder(urb)
-            .enable_timer()
-            .build()
-    };
-    let mut deferred = io_uring::IoUring::builder();
-    deferred.setup_single_issuer().setup_defer_taskrun();
-    let rt = build(deferred).or_else(|_| build(io_uring::IoUring::builder()));
-    let mut rt = match rt {
+    let mut rt = match pop3_loadgen::ring::runtime(4096) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pop3-loadgen: worker {w}: io_uring unavailable: {e}");
@@ -704,6 +711,7 @@ async fn worker(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<
             resuming,
             login: args.login,
             timeout: Duration::from_secs_f64(args.timeout),
+            floor: args.floor_script.clone(),
         }),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("pop3-loadgen: {e}");
@@ -741,7 +749,13 @@ async fn worker(w: usize, threads: usize, shared: Arc<Shared>, tx: mpsc::Sender<
     };
 
     // One TLS description for the report.
-    if w == 0 {
+    if w == 0 && target.floor.is_some() {
+        let _ = tx.send(Msg::Tls(tls_stream::Negotiated {
+            version: "none (plain TCP)".into(),
+            cipher_suite: "-".into(),
+            key_exchange: "-".into(),
+        }));
+    } else if w == 0 {
         if let Some(u) = shared.users.first() {
             let mut out = scenario::Outcome::default();
             if let Ok(Ok(p)) =
@@ -872,6 +886,24 @@ async fn one_op(
     rng: &mut Rng,
     started: Instant,
 ) {
+    // tcp-floor (the only scenario with a script): no user, no TLS.
+    if let Some(script) = &target.floor {
+        let result = monoio::time::timeout(
+            target.timeout,
+            pop3_loadgen::floor::exchange(target.addr, script),
+        )
+        .await;
+        let mut s = stats.borrow_mut();
+        match result {
+            Ok(Ok(bytes)) => {
+                s.op(started.elapsed().as_micros() as u64);
+                s.bytes_in += bytes;
+            }
+            Ok(Err(e)) => s.error(e.kind()),
+            Err(_) => s.error("timeout"),
+        }
+        return;
+    }
     let op = match shared.args.scenario {
         Scenario::Handshake => Op::Handshake,
         Scenario::Resume => Op::Resume,

@@ -26,6 +26,9 @@ pub enum Scenario {
     Idle,
     /// A weighted mix of handshake, resume and session (see --mix).
     Mixed,
+    /// Plain TCP, no TLS: plays --floor-script with a `tcp-floor` server,
+    /// whose CPU per connection is this machine's floor under any server's.
+    TcpFloor,
 }
 
 /// One kind of operation (what mixed chooses among).
@@ -46,6 +49,8 @@ pub struct Target {
     pub resuming: Arc<ClientConfig>,
     pub login: LoginMethod,
     pub timeout: Duration,
+    /// tcp-floor: the exchange to play.
+    pub floor: Option<pop3_loadgen::floor::Script>,
 }
 
 /// What an operation reports besides its latency.

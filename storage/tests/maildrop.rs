@@ -111,6 +111,47 @@ fn second_session_is_in_use_until_first_ends() {
 }
 
 #[test]
+fn a_login_session_opens_an_existing_maildrop_or_creates_a_missing_one() {
+    let (d, s) = store();
+    // No maildrop yet (not even its tenant's directory): the login's
+    // session creates it, empty.
+    let bob = addr("bob@example.org");
+    let session = s.open_session(&bob).unwrap();
+    assert_eq!(session.snapshot().len(), 0);
+    assert!(matches!(s.open_session(&bob), Err(Error::InUse(_))));
+    drop(session);
+
+    // An existing one is opened with its mail, and locked as any session.
+    let alice = addr("alice@example.com");
+    let md = s.create_maildrop(&alice).unwrap();
+    md.append(PreparedMessage::from_raw(&msg(1))).unwrap();
+    let session = s.open_session(&alice).unwrap();
+    assert_eq!(session.snapshot().len(), 1);
+    assert!(matches!(md.open_session(), Err(Error::InUse(_))));
+    drop(session);
+
+    // A directory left without its index by an interrupted creation gets
+    // one, as a delivery would give it.
+    let dir = md.dir().to_path_buf();
+    drop(md);
+    let carol = addr("carol@example.com");
+    let carol_dir = dir.with_file_name("carol");
+    std::fs::create_dir(&carol_dir).unwrap();
+    let session = s.open_session(&carol).unwrap();
+    assert_eq!(session.snapshot().len(), 0);
+    assert!(carol_dir.join("index").is_file());
+    drop(session);
+
+    // What is not a missing maildrop is not papered over by creating one:
+    // an unreadable index is an error, and nothing replaces it.
+    std::fs::remove_file(carol_dir.join("index")).unwrap();
+    std::fs::create_dir(carol_dir.join("index")).unwrap();
+    assert!(s.open_session(&carol).is_err());
+    assert!(carol_dir.join("index").is_dir());
+    drop(d);
+}
+
+#[test]
 fn snapshot_ignores_later_deliveries() {
     let (_d, s) = store();
     let md = s.create_maildrop(&addr("a@x.org")).unwrap();

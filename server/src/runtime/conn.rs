@@ -904,14 +904,7 @@ impl Conn {
         };
         let store = shared.store.clone();
         let address = verified.address.clone();
-        let opened = shared
-            .pool
-            .run(move || {
-                store
-                    .ensure_maildrop(&address)
-                    .and_then(|m| m.open_session())
-            })
-            .await;
+        let opened = shared.pool.run(move || store.open_session(&address)).await;
         if !matches!(opened, Ok(Ok(_))) {
             // `slot` is dropped at the end of this call, unkept.
             shared.auth.revoke(admission);
