@@ -14,6 +14,7 @@ pub mod index;
 pub mod lock;
 pub mod maildir;
 pub mod maildrop;
+pub mod map_arena;
 pub mod name;
 pub mod record;
 pub mod segment;

@@ -15,6 +15,7 @@ use memmap2::Mmap;
 
 use crate::durable::sync_dir;
 use crate::error::{Error, IoContext, Result};
+use crate::map_arena::SegmentMap;
 
 /// Size of the segment header.
 pub const HEADER_SIZE: u64 = 32;
@@ -180,6 +181,33 @@ pub fn map(dir: &Path, id: u32) -> Result<Mmap> {
         reason: e.to_string(),
     })?;
     Ok(m)
+}
+
+/// Maps segment `id` for a POP3 session: in the arena of session maps
+/// ([`crate::map_arena`]), whose unmapping is batched. The header is read
+/// with `pread` rather than through the map, so that a session faults in
+/// only the pages of the messages it sends.
+pub fn map_for_session(dir: &Path, id: u32) -> Result<SegmentMap> {
+    use std::os::unix::fs::FileExt;
+    let p = path(dir, id);
+    let f = File::open(&p).at(&p)?;
+    let corrupt = |reason: String| Error::Corrupt {
+        path: p.clone(),
+        offset: 0,
+        reason,
+    };
+    let len = f.metadata().at(&p)?.len();
+    let mut header = [0u8; HEADER_SIZE as usize];
+    if len < HEADER_SIZE {
+        return Err(corrupt(SegmentError::Short.to_string()));
+    }
+    f.read_exact_at(&mut header, 0).at(&p)?;
+    check_header(&header, id).map_err(|e| corrupt(e.to_string()))?;
+    let len =
+        usize::try_from(len).map_err(|_| corrupt("larger than this machine can map".into()))?;
+    // SAFETY: as in `map`: pop3sd never truncates or writes into the
+    // existing part of a segment, and `len` is its length just read.
+    unsafe { SegmentMap::map(&f, len) }.at(&p)
 }
 
 #[cfg(test)]

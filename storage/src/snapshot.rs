@@ -9,10 +9,9 @@
 use std::cell::OnceCell;
 use std::path::PathBuf;
 
-use memmap2::Mmap;
-
 use crate::error::{Error, Result};
 use crate::index::{self, IndexError, ScanSummary};
+use crate::map_arena::SegmentMap;
 use crate::record::{NativeUidl, Uidl};
 use crate::segment;
 use crate::wire::{top_len, TERMINATOR};
@@ -53,7 +52,7 @@ impl MessageMeta {
 #[derive(Debug)]
 struct SegmentSlot {
     id: u32,
-    map: OnceCell<Mmap>,
+    map: OnceCell<SegmentMap>,
 }
 
 /// A session's fixed view of a maildrop.
@@ -162,12 +161,12 @@ impl Snapshot {
         })
     }
 
-    fn segment_map(&self, ix: usize) -> Result<&Mmap> {
+    fn segment_map(&self, ix: usize) -> Result<&SegmentMap> {
         let slot = &self.segments[ix];
         if let Some(m) = slot.map.get() {
             return Ok(m);
         }
-        let m = segment::map(&self.dir, slot.id)?;
+        let m = segment::map_for_session(&self.dir, slot.id)?;
         Ok(slot.map.get_or_init(|| m))
     }
 

@@ -765,6 +765,10 @@ async fn watch_stage(core: Rc<Core>) {
         if stage != Stage::Serving && core.metrics.connections_open.load(Ordering::Acquire) == 0 {
             return;
         }
+        // Segment maps that ended sessions are done with are unmapped a
+        // batch at a time; at low load, this bounds how long one waits
+        // (and keeps a deleted segment's disk space).
+        pop3sd_storage::map_arena::unmap_released(pop3sd_storage::map_arena::MAX_AGE);
         monoio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,0 +1,573 @@
+//! Where sessions' segment maps live, so that ending a session does not
+//! interrupt every core.
+//!
+//! Unmapping costs a thread-per-core server more than mapping: each
+//! `munmap` takes the process's address-space lock for writing and, once
+//! the map's pages were read, flushes the TLB of every other core running
+//! one of the process's threads with an inter-processor interrupt. One per
+//! session, that was a tenth of a session's CPU on two cores, and it grows
+//! with the cores. So maps are placed in one reserved range of address
+//! space (no memory, only addresses), one after another in the order they
+//! are made. A map a session is done with is only noted; once [`BATCH`]
+//! are noted, or the oldest has waited [`MAX_AGE`], they are all replaced
+//! by the reservation again, in as few calls as they make runs of
+//! neighbours: usually one, so the flush is paid once per batch. Where no
+//! range can be reserved, or the range is full, a map is an ordinary one.
+//!
+//! A noted map keeps its file open until it is replaced, so a segment
+//! deleted meanwhile frees its disk space at most [`MAX_AGE`] later; the
+//! server calls [`unmap_released`] periodically for that.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Address space reserved for maps: 1 TiB (x86-64 user space is 128 TiB).
+/// Reserving it costs no memory; each map takes the pages it spans.
+const RESERVE: usize = 1 << 40;
+/// Maps noted before they are unmapped together.
+pub const BATCH: usize = 32;
+/// Maps this large start on a boundary of this size, as the kernel places
+/// large file maps itself: the page cache's 2 MiB folios can then be mapped
+/// whole, which RETR of large messages measurably needs.
+const LARGE: usize = 2 << 20;
+/// The longest a noted map waits to be unmapped (see the module's doc).
+pub const MAX_AGE: Duration = Duration::from_secs(1);
+
+/// A read-only map of the first `len` bytes of a file.
+#[derive(Debug)]
+pub struct SegmentMap {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    /// In the arena: `span` bytes (whole pages) at `addr`, `len` of them
+    /// the file's.
+    Arena {
+        addr: usize,
+        len: usize,
+        span: usize,
+    },
+    /// An ordinary map of its own.
+    Own(memmap2::Mmap),
+}
+
+impl SegmentMap {
+    /// Maps `len` bytes of `file` read-only; `len` must not exceed the
+    /// file's length (the caller has just read it), and must be non-zero.
+    ///
+    /// # Safety
+    /// The caller promises what `memmap2::Mmap::map` asks: nobody truncates
+    /// or rewrites the mapped part of the file while the map lives (pop3sd
+    /// only appends to a segment, or writes a new one and unlinks the old).
+    pub unsafe fn map(file: &File, len: usize) -> io::Result<SegmentMap> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty file"));
+        }
+        if let Some(arena) = arena() {
+            if let Some(addr) = arena.map(file, len) {
+                let span = page_span(len);
+                return Ok(SegmentMap {
+                    inner: Inner::Arena { addr, len, span },
+                });
+            }
+        }
+        // SAFETY: the caller's promise, passed on.
+        let m = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
+        Ok(SegmentMap {
+            inner: Inner::Own(m),
+        })
+    }
+
+    /// Whether the map lies in the arena (for tests).
+    pub fn in_arena(&self) -> bool {
+        matches!(self.inner, Inner::Arena { .. })
+    }
+}
+
+impl std::ops::Deref for SegmentMap {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.inner {
+            // SAFETY: `addr` holds a read-only shared map of `len` bytes of
+            // the file, made in `Arena::map` and left in place until this
+            // value is dropped: only `drop` hands its range back. The file
+            // is not truncated (the `map` contract), so no access faults.
+            Inner::Arena { addr, len, .. } => unsafe {
+                std::slice::from_raw_parts(*addr as *const u8, *len)
+            },
+            Inner::Own(m) => m,
+        }
+    }
+}
+
+impl Drop for SegmentMap {
+    fn drop(&mut self) {
+        if let (Inner::Arena { addr, span, .. }, Some(arena)) = (&self.inner, arena()) {
+            arena.release(*addr, *span);
+        }
+    }
+}
+
+/// Unmaps the maps sessions are done with if the oldest has waited
+/// `max_age`; returns how many were unmapped.
+pub fn unmap_released(max_age: Duration) -> usize {
+    match ARENA.get() {
+        Some(Some(arena)) => arena.unmap_released(max_age),
+        _ => 0,
+    }
+}
+
+fn page_size() -> usize {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    // SAFETY: sysconf reads a constant of the system; no memory of ours.
+    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    })
+}
+
+/// `len` rounded up to whole pages.
+fn page_span(len: usize) -> usize {
+    let p = page_size();
+    len.div_ceil(p) * p
+}
+
+static ARENA: OnceLock<Option<Arena>> = OnceLock::new();
+
+fn arena() -> Option<&'static Arena> {
+    ARENA.get_or_init(Arena::reserve).as_ref()
+}
+
+struct Arena {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Reserved ranges holding no map: start -> length. Neighbours are
+    /// merged.
+    free: BTreeMap<usize, usize>,
+    /// Where the next map goes (next fit), so that maps made one after the
+    /// other are neighbours.
+    cursor: usize,
+    /// Maps sessions are done with: (start, span).
+    released: Vec<(usize, usize)>,
+    /// When the oldest of `released` was noted.
+    oldest: Option<Instant>,
+    /// Reserved ranges lost to a failed replacement (never reused).
+    lost: usize,
+}
+
+impl Arena {
+    fn reserve() -> Option<Arena> {
+        // SAFETY: a fresh anonymous reservation at an address the kernel
+        // picks: it overlaps nothing of ours, and PROT_NONE with
+        // MAP_NORESERVE commits no memory.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                RESERVE,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            tracing::debug!(
+                error = %io::Error::last_os_error(),
+                "no address range for segment maps; each gets an ordinary map"
+            );
+            return None;
+        }
+        let start = p as usize;
+        let mut state = State {
+            cursor: start,
+            ..State::default()
+        };
+        state.free.insert(start, RESERVE);
+        Some(Arena {
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Maps `file` at a free place of the arena; None when it is full or
+    /// the map fails (the caller then makes an ordinary map).
+    fn map(&self, file: &File, len: usize) -> Option<usize> {
+        let span = page_span(len);
+        let align = if span >= LARGE { LARGE } else { page_size() };
+        let addr = {
+            let mut st = self.lock();
+            match st.carve(span, align) {
+                Some(a) => a,
+                None => {
+                    // Full: what sessions are done with may make room.
+                    let runs = st.take_runs();
+                    drop(st);
+                    self.replace(runs);
+                    self.lock().carve(span, align)?
+                }
+            }
+        };
+        // SAFETY: [addr, addr + span) is a range of the reservation that
+        // this thread alone owns now (carved out under the lock, holding
+        // no map): MAP_FIXED replaces only that reserved range, atomically.
+        // The file is open and `len` bytes long at least (caller).
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED || p as usize != addr {
+            // The range may or may not still be reserved: never reuse it.
+            let mut st = self.lock();
+            st.lost += span;
+            tracing::warn!(
+                error = %io::Error::last_os_error(),
+                lost_bytes = st.lost,
+                "segment map in the reserved range failed; using an ordinary map"
+            );
+            return None;
+        }
+        Some(addr)
+    }
+
+    /// Notes a map a session is done with; unmaps the noted ones once there
+    /// are [`BATCH`] of them or the oldest has waited [`MAX_AGE`].
+    fn release(&self, addr: usize, span: usize) {
+        let mut st = self.lock();
+        st.released.push((addr, span));
+        let now = Instant::now();
+        let oldest = *st.oldest.get_or_insert(now);
+        if st.released.len() < BATCH && now.duration_since(oldest) < MAX_AGE {
+            return;
+        }
+        let runs = st.take_runs();
+        drop(st);
+        self.replace(runs);
+    }
+
+    fn unmap_released(&self, max_age: Duration) -> usize {
+        let mut st = self.lock();
+        match st.oldest {
+            Some(t) if t.elapsed() >= max_age => {}
+            _ => return 0,
+        }
+        let n = st.released.len();
+        let runs = st.take_runs();
+        drop(st);
+        self.replace(runs);
+        n
+    }
+
+    /// Puts the reservation back over runs of released maps (see
+    /// [`State::take_runs`]), one call per run; then their ranges are free
+    /// again.
+    fn replace(&self, runs: Vec<(usize, usize)>) {
+        let mut done = Vec::with_capacity(runs.len());
+        let mut lost = 0;
+        for (a, s) in runs {
+            // SAFETY: [a, a + s) is made only of maps this arena made and
+            // whose owners have dropped them (no reference into them is
+            // left); replacing them with the reservation atomically unmaps
+            // their pages and keeps the range ours.
+            let p = unsafe {
+                libc::mmap(
+                    a as *mut libc::c_void,
+                    s,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED || p as usize != a {
+                // The maps may still be there: leave the range alone for
+                // good (read-only maps of our own files; nothing unsafe).
+                lost += s;
+                tracing::warn!(
+                    error = %io::Error::last_os_error(),
+                    "could not unmap released segment maps; their range is left unused"
+                );
+            } else {
+                done.push((a, s));
+            }
+        }
+        let mut st = self.lock();
+        st.lost += lost;
+        for (a, s) in done {
+            st.give_back(a, s);
+        }
+    }
+}
+
+impl State {
+    /// Takes `span` bytes of free range starting on a multiple of `align`
+    /// (a power of two), next fit from the cursor.
+    fn carve(&mut self, span: usize, align: usize) -> Option<usize> {
+        let fits = |(&s, &l): (&usize, &usize)| {
+            let a = s.checked_add(align - 1)? & !(align - 1);
+            (a.checked_add(span)? <= s + l).then_some((s, l, a))
+        };
+        let (s, l, a) = self
+            .free
+            .range(self.cursor..)
+            .find_map(fits)
+            .or_else(|| self.free.range(..self.cursor).find_map(fits))?;
+        self.free.remove(&s);
+        if a > s {
+            self.free.insert(s, a - s);
+        }
+        if s + l > a + span {
+            self.free.insert(a + span, s + l - (a + span));
+        }
+        self.cursor = a + span;
+        Some(a)
+    }
+
+    /// Returns a range to the free ones, merged with its neighbours.
+    fn give_back(&mut self, mut start: usize, mut len: usize) {
+        if let Some((&ps, &pl)) = self.free.range(..start).next_back() {
+            if ps + pl == start {
+                self.free.remove(&ps);
+                start = ps;
+                len += pl;
+            }
+        }
+        if let Some(nl) = self.free.remove(&(start + len)) {
+            len += nl;
+        }
+        self.free.insert(start, len);
+    }
+
+    /// Takes the released maps as runs to unmap with one call each: maps
+    /// side by side, and maps with only free range between them (an
+    /// alignment gap, or maps released earlier), which is taken out of the
+    /// free ranges until the run is replaced and given back.
+    fn take_runs(&mut self) -> Vec<(usize, usize)> {
+        self.oldest = None;
+        let mut batch = std::mem::take(&mut self.released);
+        batch.sort_unstable();
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (a, s) in batch {
+            if let Some((ra, rs)) = runs.last_mut() {
+                let end = *ra + *rs;
+                if end == a {
+                    *rs += s;
+                    continue;
+                }
+                // Free ranges are merged, so a wholly free gap is one range.
+                if end < a && self.free.get(&end) == Some(&(a - end)) {
+                    self.free.remove(&end);
+                    *rs += (a - end) + s;
+                    continue;
+                }
+            }
+            runs.push((a, s));
+        }
+        runs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_of(bytes: &[u8]) -> (tempfile::NamedTempFile, File) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f.flush().unwrap();
+        let r = File::open(f.path()).unwrap();
+        (f, r)
+    }
+
+    #[test]
+    fn free_ranges_are_carved_next_fit_and_merged_when_given_back() {
+        let mut st = State {
+            cursor: 0x10000,
+            ..State::default()
+        };
+        st.free.insert(0x10000, 0x10000);
+        let a = st.carve(0x1000, 0x1000).unwrap();
+        let b = st.carve(0x2000, 0x1000).unwrap();
+        assert_eq!((a, b), (0x10000, 0x11000), "one after the other");
+        st.give_back(a, 0x1000);
+        // Next fit: the freed range before the cursor waits its turn.
+        assert_eq!(st.carve(0x1000, 0x1000), Some(0x13000));
+        st.give_back(b, 0x2000);
+        st.give_back(0x13000, 0x1000);
+        // Everything merged back into one range again.
+        assert_eq!(st.free.len(), 1, "{:?}", st.free);
+        assert_eq!(st.free.get(&0x10000), Some(&0x10000));
+        // Too large for what is free: none.
+        assert_eq!(st.carve(0x20000, 0x1000), None);
+        // Wrapping: past the cursor nothing fits, before it something does.
+        st.cursor = 0x1f000;
+        assert_eq!(st.carve(0x8000, 0x1000), Some(0x10000));
+        assert_eq!(st.carve(0x1000, 0x1000), Some(0x18000));
+        // Aligned: the range before the boundary stays free.
+        assert_eq!(st.carve(0x1000, 0x4000), Some(0x1c000));
+        assert_eq!(st.free.get(&0x19000), Some(&0x3000));
+        assert_eq!(st.free.get(&0x1d000), Some(&0x3000));
+        // No aligned place large enough: none, and nothing taken.
+        let before = st.free.clone();
+        assert_eq!(st.carve(0x4000, 0x10000), None);
+        assert_eq!(st.free, before);
+    }
+
+    #[test]
+    fn released_maps_with_free_range_between_them_make_one_run() {
+        let mut st = State::default();
+        // Maps at 0x10000 (one page) and 0x20000 (two pages), free range
+        // between them (an alignment gap) and after; a live map at 0x30000
+        // and a released one after it.
+        st.free.insert(0x11000, 0xf000);
+        st.free.insert(0x22000, 0xe000);
+        st.released = vec![(0x31000, 0x1000), (0x20000, 0x2000), (0x10000, 0x1000)];
+        st.oldest = Some(Instant::now());
+        let runs = st.take_runs();
+        assert_eq!(runs, vec![(0x10000, 0x12000), (0x31000, 0x1000)]);
+        // The gap is the run's until it is replaced; the range next to the
+        // live map is not part of any run.
+        assert!(!st.free.contains_key(&0x11000));
+        assert_eq!(st.free.get(&0x22000), Some(&0xe000));
+        assert!(st.released.is_empty() && st.oldest.is_none());
+    }
+
+    /// The line of /proc/self/maps holding `addr`.
+    fn maps_line(addr: usize) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .find(|l| {
+                let range = l.split_whitespace().next().unwrap();
+                let (a, b) = range.split_once('-').unwrap();
+                let (a, b) = (
+                    usize::from_str_radix(a, 16).unwrap(),
+                    usize::from_str_radix(b, 16).unwrap(),
+                );
+                a <= addr && addr < b
+            })
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn maps_sit_side_by_side_and_a_batch_is_unmapped_in_one_run() {
+        // An arena of this test's own: the process-wide one is shared with
+        // the other tests running at the same time.
+        let Some(arena) = Arena::reserve() else {
+            return;
+        };
+        // Odd length: the map ends inside its last page.
+        let content: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let (keep, f) = file_of(&content);
+        let name = keep
+            .path()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let span = page_span(content.len());
+        let addrs: Vec<usize> = (0..BATCH)
+            .map(|_| arena.map(&f, content.len()).unwrap())
+            .collect();
+        for (i, &a) in addrs.iter().enumerate() {
+            // Made one after the other, they are neighbours.
+            assert_eq!(a, addrs[0] + i * span);
+            // SAFETY: `a` holds a live read-only map of `content.len()`
+            // bytes of the file, which is not changed.
+            let bytes = unsafe { std::slice::from_raw_parts(a as *const u8, content.len()) };
+            assert_eq!(bytes, &content[..]);
+            assert!(maps_line(a).contains(&name), "{}", maps_line(a));
+        }
+        for &a in &addrs[..BATCH - 1] {
+            arena.release(a, span);
+        }
+        {
+            let st = arena.lock();
+            assert_eq!(
+                st.released.len(),
+                BATCH - 1,
+                "only noted until a batch is full"
+            );
+            assert!(maps_line(addrs[0]).contains(&name));
+        }
+        arena.release(addrs[BATCH - 1], span);
+        let st = arena.lock();
+        assert!(st.released.is_empty());
+        // All the reservation is one free range again, and the maps are
+        // gone: the addresses hold the anonymous reservation, not the file.
+        assert_eq!(st.free.len(), 1, "{:?}", st.free);
+        for &a in &addrs {
+            let line = maps_line(a);
+            assert!(!line.contains(&name) && line.contains("---p"), "{line}");
+        }
+        assert_eq!(st.lost, 0);
+    }
+
+    #[test]
+    fn a_noted_map_is_unmapped_once_it_is_old_enough() {
+        let Some(arena) = Arena::reserve() else {
+            return;
+        };
+        let (keep, f) = file_of(b"some segment bytes");
+        let name = keep
+            .path()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let a = arena.map(&f, 18).unwrap();
+        arena.release(a, page_span(18));
+        assert_eq!(
+            arena.unmap_released(Duration::from_secs(3600)),
+            0,
+            "not old yet"
+        );
+        assert!(maps_line(a).contains(&name));
+        assert_eq!(arena.unmap_released(Duration::ZERO), 1);
+        assert!(!maps_line(a).contains(&name));
+        assert!(arena.lock().released.is_empty());
+    }
+
+    #[test]
+    fn segment_maps_read_their_file_wherever_they_are() {
+        let (_keep, f) = file_of(b"0123456789");
+        // SAFETY: the temporary file is not changed while mapped.
+        let m = unsafe { SegmentMap::map(&f, 10) }.unwrap();
+        assert_eq!(&m[..], b"0123456789");
+        // Only part of a file may be mapped, as a snapshot maps what its
+        // index knew of.
+        // SAFETY: as above.
+        let part = unsafe { SegmentMap::map(&f, 4) }.unwrap();
+        assert_eq!(&part[..], b"0123");
+        drop(m);
+        drop(part);
+        unmap_released(Duration::ZERO);
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_not_mapped() {
+        let (_keep, f) = file_of(b"");
+        // SAFETY: nothing is mapped.
+        let e = unsafe { SegmentMap::map(&f, 0) }.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+}
