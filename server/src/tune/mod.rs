@@ -93,6 +93,15 @@ impl Target {
         2 * self.connections as u64 + 64 + 4 * self.cores as u64
     }
 
+    /// Memory maps the process may hold: a session that has sent mail
+    /// keeps its segment's map until QUIT, and the range sessions' maps
+    /// are placed in is split into up to two kernel map entries per map
+    /// (docs/architecture.md, "Where the maps live"); plus the libraries,
+    /// thread stacks and allocator.
+    pub fn map_entries_needed(&self) -> u64 {
+        2 * self.connections as u64 + 1024
+    }
+
     /// Bytes of one core's io_uring rings: 64-byte SQEs, twice as many
     /// 16-byte CQEs, the SQ index array, rounded up to pages.
     pub fn ring_bytes_per_core(&self) -> u64 {
@@ -109,6 +118,7 @@ pub fn check(t: &Target, sys: &dyn SystemView) -> Vec<Finding> {
     memlock(t, sys, &mut f);
     io_uring(t, sys, &mut f);
     backlog(t, sys, &mut f);
+    map_count(t, sys, &mut f);
     port_range(t, sys, &mut f);
     socket_buffers(t, sys, &mut f);
     congestion(t, sys, &mut f);
@@ -341,6 +351,38 @@ fn backlog(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
             fix,
         });
     }
+}
+
+fn map_count(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
+    let Some(v) = read_u64(sys, "/proc/sys/vm/max_map_count") else {
+        return;
+    };
+    let need = t.map_entries_needed();
+    let (level, message, fix) = if v < need {
+        (
+            Level::Warn,
+            format!(
+                "{} connections that have all retrieved mail may hold up to {need} memory maps; past {v}, RETR and TOP fail with [SYS/TEMP]",
+                t.connections
+            ),
+            Some(format!(
+                "sysctl -w vm.max_map_count={need} (and in /etc/sysctl.d/ to keep it)"
+            )),
+        )
+    } else {
+        (
+            Level::Ok,
+            format!("room for the memory maps of {} connections", t.connections),
+            None,
+        )
+    };
+    f.push(Finding {
+        check: "vm.max_map_count",
+        level,
+        observed: v.to_string(),
+        message,
+        fix,
+    });
 }
 
 fn port_range(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {

@@ -21,6 +21,7 @@ impl Fake {
             ("/proc/self/status", "Name:\tx\nSeccomp:\t0\n"),
             ("/proc/sys/net/core/somaxconn", "4096"),
             ("/proc/sys/net/ipv4/tcp_max_syn_backlog", "4096"),
+            ("/proc/sys/vm/max_map_count", "262144"),
             ("/proc/sys/net/ipv4/ip_local_port_range", "1024\t65535"),
             ("/proc/sys/net/ipv4/tcp_wmem", "4096\t131072\t4194304"),
             ("/proc/sys/net/ipv4/tcp_rmem", "4096\t131072\t6291456"),
@@ -101,7 +102,7 @@ fn a_good_machine_has_no_warnings() {
     let bad: Vec<_> = f.iter().filter(|x| x.level >= Level::Warn).collect();
     assert!(bad.is_empty(), "{bad:?}");
     // Every check ran.
-    assert_eq!(f.len(), 13, "{f:?}");
+    assert_eq!(f.len(), 14, "{f:?}");
     assert!(find(&f, "kTLS").message.contains("offers the tls ULP"));
 }
 
@@ -191,6 +192,7 @@ fn io_uring_refused_blocks_with_the_matching_fix() {
 fn small_backlogs_ports_and_other_settings_warn() {
     let mut m = Fake::good();
     m.files.insert("/proc/sys/net/core/somaxconn", "128".into());
+    m.files.insert("/proc/sys/vm/max_map_count", "65530".into());
     m.files.insert(
         "/proc/sys/net/ipv4/ip_local_port_range",
         "32768 60999".into(),
@@ -212,6 +214,14 @@ fn small_backlogs_ports_and_other_settings_warn() {
     assert_eq!((s.level, s.observed.as_str()), (Level::Warn, "128"));
     assert_eq!(s.fix.as_deref(), Some("sysctl -w net.core.somaxconn=1024"));
     assert_eq!(find(&f, "net.ipv4.ip_local_port_range").level, Level::Warn);
+    // 50,000 connections may hold 100,000 maps and more: the default
+    // 65,530 is too few.
+    let maps = find(&f, "vm.max_map_count");
+    assert_eq!((maps.level, maps.observed.as_str()), (Level::Warn, "65530"));
+    assert_eq!(
+        maps.fix.as_deref(),
+        Some("sysctl -w vm.max_map_count=101024 (and in /etc/sysctl.d/ to keep it)")
+    );
     assert_eq!(find(&f, "transparent_hugepage").level, Level::Warn);
     assert_eq!(find(&f, "cpu governor").level, Level::Warn);
     assert_eq!(
@@ -223,7 +233,7 @@ fn small_backlogs_ports_and_other_settings_warn() {
     // None of these stops the server.
     assert!(f.iter().all(|x| x.level != Level::Blocker), "{f:?}");
     let text = render(&t, &f);
-    assert!(text.contains("0 blocker(s), 5 warning(s)"), "{text}");
+    assert!(text.contains("0 blocker(s), 6 warning(s)"), "{text}");
 }
 
 #[test]
