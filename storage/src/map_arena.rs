@@ -165,13 +165,18 @@ struct State {
 
 impl Arena {
     fn reserve() -> Option<Arena> {
+        Arena::reserve_bytes(RESERVE)
+    }
+
+    /// Reserves `size` bytes (tests use small arenas to fill them).
+    fn reserve_bytes(size: usize) -> Option<Arena> {
         // SAFETY: a fresh anonymous reservation at an address the kernel
         // picks: it overlaps nothing of ours, and PROT_NONE with
         // MAP_NORESERVE commits no memory.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                RESERVE,
+                size,
                 libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -190,7 +195,7 @@ impl Arena {
             cursor: start,
             ..State::default()
         };
-        state.free.insert(start, RESERVE);
+        state.free.insert(start, size);
         Some(Arena {
             state: Mutex::new(state),
         })
@@ -233,17 +238,29 @@ impl Arena {
             )
         };
         if p == libc::MAP_FAILED || p as usize != addr {
+            let error = io::Error::last_os_error();
             // The range may or may not still be reserved: never reuse it.
-            let mut st = self.lock();
-            st.lost += span;
-            tracing::warn!(
-                error = %io::Error::last_os_error(),
-                lost_bytes = st.lost,
-                "segment map in the reserved range failed; using an ordinary map"
-            );
+            self.lose(span, &error);
             return None;
         }
         Some(addr)
+    }
+
+    /// Gives up a range whose state a failed `mmap` left unknown. Failures
+    /// come from the kernel's limit on map entries (`vm.max_map_count`,
+    /// which `pop3sd tune-check` checks); each loses its range for good, so
+    /// this warns the first time and each time the loss doubles.
+    fn lose(&self, span: usize, error: &io::Error) {
+        let mut st = self.lock();
+        let before = st.lost;
+        st.lost += span;
+        if before == 0 || st.lost.ilog2() > before.ilog2() {
+            tracing::warn!(
+                %error,
+                lost_bytes = st.lost,
+                "a segment map in the reserved range failed (raise vm.max_map_count?); that range is no longer used, and maps that do not fit become ordinary ones"
+            );
+        }
     }
 
     /// Notes a map a session is done with; unmaps the noted ones once there
@@ -279,7 +296,6 @@ impl Arena {
     /// again.
     fn replace(&self, runs: Vec<(usize, usize)>) {
         let mut done = Vec::with_capacity(runs.len());
-        let mut lost = 0;
         for (a, s) in runs {
             // SAFETY: [a, a + s) is made only of maps this arena made and
             // whose owners have dropped them (no reference into them is
@@ -296,19 +312,15 @@ impl Arena {
                 )
             };
             if p == libc::MAP_FAILED || p as usize != a {
+                let error = io::Error::last_os_error();
                 // The maps may still be there: leave the range alone for
                 // good (read-only maps of our own files; nothing unsafe).
-                lost += s;
-                tracing::warn!(
-                    error = %io::Error::last_os_error(),
-                    "could not unmap released segment maps; their range is left unused"
-                );
+                self.lose(s, &error);
             } else {
                 done.push((a, s));
             }
         }
         let mut st = self.lock();
-        st.lost += lost;
         for (a, s) in done {
             st.give_back(a, s);
         }
@@ -317,17 +329,30 @@ impl Arena {
 
 impl State {
     /// Takes `span` bytes of free range starting on a multiple of `align`
-    /// (a power of two), next fit from the cursor.
+    /// (a power of two), next fit: from the cursor on (within the free
+    /// range holding it, then the ranges after it), then from the lowest
+    /// address.
     fn carve(&mut self, span: usize, align: usize) -> Option<usize> {
+        let cursor = self.cursor;
         let fits = |(&s, &l): (&usize, &usize)| {
+            let from = s.max(cursor);
+            let a = from.checked_add(align - 1)? & !(align - 1);
+            (a.checked_add(span)? <= s + l).then_some((s, l, a))
+        };
+        let wrapped = |(&s, &l): (&usize, &usize)| {
             let a = s.checked_add(align - 1)? & !(align - 1);
             (a.checked_add(span)? <= s + l).then_some((s, l, a))
         };
-        let (s, l, a) = self
+        // The range holding the cursor starts before it.
+        let holding = self
             .free
-            .range(self.cursor..)
-            .find_map(fits)
-            .or_else(|| self.free.range(..self.cursor).find_map(fits))?;
+            .range(..cursor)
+            .next_back()
+            .filter(|(&s, &l)| s + l > cursor);
+        let (s, l, a) = holding
+            .and_then(fits)
+            .or_else(|| self.free.range(cursor..).find_map(fits))
+            .or_else(|| self.free.range(..cursor).find_map(wrapped))?;
         self.free.remove(&s);
         if a > s {
             self.free.insert(s, a - s);
@@ -470,9 +495,7 @@ mod tests {
     fn maps_sit_side_by_side_and_a_batch_is_unmapped_in_one_run() {
         // An arena of this test's own: the process-wide one is shared with
         // the other tests running at the same time.
-        let Some(arena) = Arena::reserve() else {
-            return;
-        };
+        let arena = Arena::reserve().expect("1 TiB of address space to reserve");
         // Odd length: the map ends inside its last page.
         let content: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let (keep, f) = file_of(&content);
@@ -499,16 +522,21 @@ mod tests {
         for &a in &addrs[..BATCH - 1] {
             arena.release(a, span);
         }
-        {
-            let st = arena.lock();
+        let runs = {
+            let mut st = arena.lock();
             assert_eq!(
                 st.released.len(),
                 BATCH - 1,
                 "only noted until a batch is full"
             );
             assert!(maps_line(addrs[0]).contains(&name));
-        }
-        arena.release(addrs[BATCH - 1], span);
+            // What the last release does, step by step: the whole batch is
+            // one run, replaced with one call.
+            st.released.push((addrs[BATCH - 1], span));
+            st.take_runs()
+        };
+        assert_eq!(runs, vec![(addrs[0], BATCH * span)]);
+        arena.replace(runs);
         let st = arena.lock();
         assert!(st.released.is_empty());
         // All the reservation is one free range again, and the maps are
@@ -522,10 +550,80 @@ mod tests {
     }
 
     #[test]
+    fn a_full_arena_makes_room_from_noted_maps_and_then_refuses() {
+        let page = page_size();
+        let arena = Arena::reserve_bytes(16 * page).expect("reserve 16 pages");
+        let content = vec![7u8; 3 * page + 1];
+        let (_keep, f) = file_of(&content);
+        let span = page_span(content.len());
+        assert_eq!(span, 4 * page);
+        let maps: Vec<usize> = (0..4)
+            .map(|_| arena.map(&f, content.len()).unwrap())
+            .collect();
+        // Full, and nothing noted to make room with.
+        assert_eq!(arena.map(&f, content.len()), None);
+        // One noted map (far from a batch) is unmapped to make room, and
+        // its range is used again.
+        arena.release(maps[2], span);
+        assert_eq!(arena.lock().released.len(), 1);
+        let again = arena.map(&f, content.len()).unwrap();
+        assert_eq!(again, maps[2]);
+        // SAFETY: `again` holds a live read-only map of the file's bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(again as *const u8, content.len()) };
+        assert_eq!(bytes, &content[..]);
+        let st = arena.lock();
+        assert!(st.released.is_empty() && st.free.is_empty());
+        assert_eq!(st.lost, 0);
+    }
+
+    #[test]
+    fn maps_made_and_dropped_on_many_threads_keep_their_bytes() {
+        let arena =
+            std::sync::Arc::new(Arena::reserve().expect("1 TiB of address space to reserve"));
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let arena = arena.clone();
+                std::thread::spawn(move || {
+                    // A size per thread, one over 2 MiB (aligned maps).
+                    let len = [5_000, 70_000, (2 << 20) + 3, 300][t as usize];
+                    let content: Vec<u8> = (0..len).map(|i| (i as u8) ^ t).collect();
+                    let (_keep, f) = file_of(&content);
+                    let span = page_span(len);
+                    let mut live = std::collections::VecDeque::new();
+                    for i in 0..150 {
+                        let a = arena.map(&f, len).expect("room in 1 TiB");
+                        live.push_back(a);
+                        for &a in &live {
+                            // SAFETY: every address in `live` holds a map
+                            // of this thread's file, not yet released.
+                            let b = unsafe { std::slice::from_raw_parts(a as *const u8, len) };
+                            assert!(b == &content[..], "thread {t}, step {i}");
+                        }
+                        if live.len() > 3 {
+                            arena.release(live.pop_front().unwrap(), span);
+                        }
+                        if i % 50 == 0 {
+                            arena.unmap_released(Duration::ZERO);
+                        }
+                    }
+                    for a in live {
+                        arena.release(a, span);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        arena.unmap_released(Duration::ZERO);
+        let st = arena.lock();
+        assert_eq!(st.free.len(), 1, "all free and merged again: {:?}", st.free);
+        assert_eq!(st.lost, 0);
+    }
+
+    #[test]
     fn a_noted_map_is_unmapped_once_it_is_old_enough() {
-        let Some(arena) = Arena::reserve() else {
-            return;
-        };
+        let arena = Arena::reserve().expect("1 TiB of address space to reserve");
         let (keep, f) = file_of(b"some segment bytes");
         let name = keep
             .path()
