@@ -8,6 +8,7 @@
 //!
 //! See docs/storage-format.md for the on-disk format.
 
+mod cached;
 pub mod durable;
 pub mod error;
 pub mod index;

@@ -63,7 +63,12 @@ impl FileLock {
 
     /// Takes the exclusive lock if it is free; `Ok(None)` if someone holds it.
     pub fn try_exclusive(path: &Path) -> Result<Option<Self>> {
-        let file = open_lock_file(path)?;
+        Self::try_exclusive_file(open_lock_file(path)?, path)
+    }
+
+    /// [`FileLock::try_exclusive`] on a lock file already open (read-only
+    /// will do: flock needs no write access).
+    pub fn try_exclusive_file(file: File, path: &Path) -> Result<Option<Self>> {
         match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
             Ok(()) => Ok(Some(FileLock { _file: file })),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),

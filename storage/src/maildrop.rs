@@ -657,6 +657,37 @@ impl Maildrop {
         })
     }
 
+    /// [`Maildrop::open_session`] as far as it can go without waiting for
+    /// the disk, for a caller that must not wait (a core's event loop):
+    /// `None` where a step would wait, or would write (a torn tail to
+    /// repair), or failed; the caller then runs `open_session` where
+    /// waiting is allowed, which also reports the failure. A maildrop in
+    /// a session on this process is `Some(Err(InUse))` at once.
+    pub fn open_session_cached(&self) -> Option<Result<Session>> {
+        let lock = match SessionLock::acquire_cached(&self.shared) {
+            Ok(Some(l)) => l,
+            Ok(None) => return None,
+            Err(e @ Error::InUse(_)) => return Some(Err(e)),
+            Err(_) => return None,
+        };
+        let file = crate::cached::open(&self.index_path())?;
+        let len = file.metadata().ok()?.len();
+        if len > READ_INDEX_MAX {
+            // A large index is mapped, and its pages faulted in as read.
+            return None;
+        }
+        let bytes = crate::cached::read(&file, usize::try_from(len).ok()?)?;
+        let (snapshot, summary) = Snapshot::from_index(self.shared.dir.clone(), &bytes).ok()?;
+        if summary.torn_tail {
+            return None;
+        }
+        Some(Ok(Session {
+            maildrop: self.clone(),
+            snapshot,
+            _lock: lock,
+        }))
+    }
+
     /// Counts without taking any lock (a torn tail is simply not counted).
     pub fn stats(&self) -> Result<MaildropStats> {
         let parsed = self.read_index()?;
@@ -802,6 +833,35 @@ struct SessionLock {
 }
 
 impl SessionLock {
+    /// [`SessionLock::acquire`] without waiting for the disk: `Ok(None)`
+    /// where opening the lock file would (see [`crate::cached`]).
+    fn acquire_cached(shared: &Arc<Shared>) -> Result<Option<Self>> {
+        if shared.session_open.swap(true, Ordering::AcqRel) {
+            return Err(Error::InUse(shared.name.clone()));
+        }
+        let path = shared.dir.join(SESSION_LOCK);
+        let taken = match crate::cached::open(&path) {
+            Some(file) => FileLock::try_exclusive_file(file, &path),
+            None => Ok(None),
+        };
+        match taken {
+            Ok(Some(file)) => Ok(Some(SessionLock {
+                shared: shared.clone(),
+                file: Some(file),
+            })),
+            Ok(None) => {
+                shared.session_open.store(false, Ordering::Release);
+                // Held by another process (or not openable without
+                // waiting): the blocking path tells which.
+                Ok(None)
+            }
+            Err(e) => {
+                shared.session_open.store(false, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
     fn acquire(shared: &Arc<Shared>) -> Result<Self> {
         if shared.session_open.swap(true, Ordering::AcqRel) {
             return Err(Error::InUse(shared.name.clone()));

@@ -201,6 +201,15 @@ impl Store {
         self.ensure_maildrop(addr)?.open_session()
     }
 
+    /// [`Store::open_session`] as far as it can go without waiting for the
+    /// disk ([`Maildrop::open_session_cached`]): `None` where the caller
+    /// must run `open_session` where waiting is allowed (also for a
+    /// maildrop that does not exist yet).
+    pub fn open_session_cached(&self, addr: &Address) -> Option<Result<Session>> {
+        let dir = self.maildrop_dir(addr);
+        self.handle(addr, dir).open_session_cached()
+    }
+
     /// Removes a maildrop and all its mail, provided no session holds it.
     /// The directory is first renamed to a dot-name (atomic: the user is gone
     /// at once), then removed. The rename happens under the append lock, so

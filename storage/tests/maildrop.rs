@@ -152,6 +152,52 @@ fn a_login_session_opens_an_existing_maildrop_or_creates_a_missing_one() {
 }
 
 #[test]
+fn a_session_opened_from_the_caches_is_a_session_and_anything_else_is_left_to_the_blocking_open() {
+    let (_d, s) = store();
+    let alice = addr("alice@example.com");
+    // No maildrop yet: nothing is created here; the blocking open does it.
+    assert!(s.open_session_cached(&alice).is_none());
+    assert!(matches!(s.maildrop(&alice), Err(Error::NoMaildrop(_))));
+    let md = s.create_maildrop(&alice).unwrap();
+    for i in 0..3 {
+        md.append(PreparedMessage::from_raw(&msg(i))).unwrap();
+    }
+    // Just written, so cached: a real session, locked as any other.
+    let session = s.open_session_cached(&alice).unwrap().unwrap();
+    assert_eq!(session.snapshot().len(), 3);
+    assert_eq!(
+        wire::decode(session.snapshot().wire(0).unwrap()).unwrap(),
+        wire::canonical_crlf(&msg(0))
+    );
+    assert!(matches!(
+        s.open_session_cached(&alice),
+        Some(Err(Error::InUse(_)))
+    ));
+    assert!(matches!(s.open_session(&alice), Err(Error::InUse(_))));
+    drop(session);
+
+    // A torn tail needs a repair, which writes: left to the blocking open,
+    // which repairs it.
+    let index = md.dir().join("index");
+    let good = std::fs::read(&index).unwrap();
+    let mut torn = good.clone();
+    torn.extend_from_slice(&good[64..64 + 70]);
+    std::fs::write(&index, &torn).unwrap();
+    assert!(s.open_session_cached(&alice).is_none());
+    assert_eq!(s.open_session(&alice).unwrap().snapshot().len(), 3);
+    let repaired = std::fs::read(&index).unwrap();
+    assert_eq!(repaired.len(), good.len(), "tail cut back");
+    assert_eq!(repaired[64..], good[64..], "records kept");
+
+    // A damaged index is not hidden: the blocking open reports it.
+    let mut bad = repaired.clone();
+    bad[70] ^= 0xff;
+    std::fs::write(&index, &bad).unwrap();
+    assert!(s.open_session_cached(&alice).is_none());
+    assert!(matches!(s.open_session(&alice), Err(Error::Corrupt { .. })));
+}
+
+#[test]
 fn snapshot_ignores_later_deliveries() {
     let (_d, s) = store();
     let md = s.create_maildrop(&addr("a@x.org")).unwrap();

@@ -904,7 +904,14 @@ impl Conn {
         };
         let store = shared.store.clone();
         let address = verified.address.clone();
-        let opened = shared.pool.run(move || store.open_session(&address)).await;
+        // A login's maildrop is nearly always in the kernel's caches: it is
+        // opened here if that needs no wait for the disk (handing the work
+        // to the blocking pool and back costs more than the work), and on
+        // the pool otherwise (see pop3sd_storage's `cached`).
+        let opened = match store.open_session_cached(&address) {
+            Some(r) => Ok(r),
+            None => shared.pool.run(move || store.open_session(&address)).await,
+        };
         if !matches!(opened, Ok(Ok(_))) {
             // `slot` is dropped at the end of this call, unkept.
             shared.auth.revoke(admission);

@@ -1,5 +1,6 @@
 //! A small thread pool for work that must not run on a core's event loop:
-//! password hashing, opening a maildrop, expunging with fsync, compaction.
+//! password hashing, opening a maildrop that is not in the kernel's caches
+//! (a cached one is opened on the core), expunging with fsync, compaction.
 //!
 //! Jobs are closures; the result comes back through a oneshot channel whose
 //! waker crosses threads (monoio's `sync` feature makes that legal). monoio's
