@@ -74,11 +74,12 @@ fn start_dovecot(work: &Path, port: u16, passwd_dir: &Path, maildirs: &Path) -> 
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
     sh(&format!("chown -R vmail:vmail {}", maildirs.display()));
-    sh(&format!(
-        "chmod 755 {} {}",
-        work.display(),
-        work.parent().unwrap().display()
-    ));
+    // Dovecot's users must reach the mail: open the test's own directory
+    // (a tempdir, 0700) to them. Only that one: its parent is the system's
+    // temporary directory, which anyone may already enter, and changing its
+    // mode (as this test once did, to 0755) takes /tmp's sticky bit and
+    // world-writability away from the whole machine.
+    sh(&format!("chmod 755 {}", work.display()));
     sh(&format!(
         "chown -R root:dovecot {p} && chmod 750 {p} && chmod 640 {p}/*",
         p = passwd_dir.display()
@@ -214,7 +215,19 @@ fn same_dialogue_same_answers_as_dovecot() {
         std::fs::copy(s.config.resolve(&t.passwd_file), passwd_dir.join(&t.domain)).unwrap();
     }
     let port = common::free_port();
+    let system_tmp = work.parent().unwrap().to_path_buf();
+    let mode_of = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+    };
+    let tmp_mode = mode_of(&system_tmp);
     let dovecot = start_dovecot(&work, port, &passwd_dir, &maildirs);
+    // Setting Dovecot up touches only the test's own directories.
+    assert_eq!(
+        mode_of(&system_tmp),
+        tmp_mode,
+        "{} changed mode",
+        system_tmp.display()
+    );
     let ca = s.info.ca_file.display().to_string();
     let probe = format!(
         "import poplib, ssl\nc = ssl.create_default_context(cafile=r'{ca}')\np = poplib.POP3_SSL('127.0.0.1', {port}, context=c, timeout=10)\np.user('{user}'); p.pass_('{pw}'); p.uidl(); p.quit()\n"
