@@ -148,7 +148,7 @@ class Report:
                 self.runs[(server, scenario)].append(json.load(f))
         self.floor = {k: [] for k in FLOOR_SCENARIOS}
         pattern = re.compile(r"^floor-(%s)(?:-(\d+))?\.json$" % "|".join(re.escape(k) for k in FLOOR_SCENARIOS))
-        for name in sorted(os.listdir(out), key=lambda n: (len(n), n)):
+        for name in sorted(os.listdir(out)):
             m = pattern.match(name)
             if m:
                 with open(os.path.join(out, name)) as f:

@@ -893,15 +893,15 @@ async fn one_op(
             pop3_loadgen::floor::exchange(target.addr, script),
         )
         .await;
-        let mut s = stats.borrow_mut();
-        match result {
-            Ok(Ok(bytes)) => {
-                s.op(started.elapsed().as_micros() as u64);
-                s.bytes_in += bytes;
-            }
-            Ok(Err(e)) => s.error(e.kind()),
-            Err(_) => s.error("timeout"),
-        }
+        let result = match result {
+            Ok(Ok(bytes_in)) => Ok(scenario::Outcome {
+                bytes_in,
+                ..Default::default()
+            }),
+            Ok(Err(e)) => Err(e.kind()),
+            Err(_) => Err("timeout"),
+        };
+        record(stats, started, result);
         return;
     }
     let op = match shared.args.scenario {
@@ -943,6 +943,16 @@ async fn one_op(
     if let Some(u) = taken {
         pool.give_back(u);
     }
+    record(stats, started, result.map_err(|e| e.kind()));
+}
+
+/// Counts one operation: its latency and what it reports, or its error by
+/// kind.
+fn record(
+    stats: &RefCell<Stats>,
+    started: Instant,
+    result: Result<scenario::Outcome, &'static str>,
+) {
     let mut s = stats.borrow_mut();
     match result {
         Ok(out) => {
@@ -953,9 +963,7 @@ async fn one_op(
             s.attempts += out.attempts;
             s.resumed += out.resumed;
         }
-        Err(e) => {
-            s.error(e.kind());
-        }
+        Err(kind) => s.error(kind),
     }
 }
 

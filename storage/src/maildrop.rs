@@ -833,53 +833,41 @@ struct SessionLock {
 }
 
 impl SessionLock {
-    /// [`SessionLock::acquire`] without waiting for the disk: `Ok(None)`
-    /// where opening the lock file would (see [`crate::cached`]).
-    fn acquire_cached(shared: &Arc<Shared>) -> Result<Option<Self>> {
+    /// Takes the in-process flag, then the file lock `take` gives for the
+    /// lock file's path; `Ok(None)` (the flag given back) when it gives none.
+    fn acquire_with(
+        shared: &Arc<Shared>,
+        take: impl FnOnce(&Path) -> Result<Option<FileLock>>,
+    ) -> Result<Option<Self>> {
         if shared.session_open.swap(true, Ordering::AcqRel) {
             return Err(Error::InUse(shared.name.clone()));
         }
-        let path = shared.dir.join(SESSION_LOCK);
-        let taken = match crate::cached::open(&path) {
-            Some(file) => FileLock::try_exclusive_file(file, &path),
-            None => Ok(None),
-        };
-        match taken {
+        match take(&shared.dir.join(SESSION_LOCK)) {
             Ok(Some(file)) => Ok(Some(SessionLock {
                 shared: shared.clone(),
                 file: Some(file),
             })),
-            Ok(None) => {
+            other => {
                 shared.session_open.store(false, Ordering::Release);
-                // Held by another process (or not openable without
-                // waiting): the blocking path tells which.
-                Ok(None)
-            }
-            Err(e) => {
-                shared.session_open.store(false, Ordering::Release);
-                Err(e)
+                other.map(|_| None)
             }
         }
     }
 
+    /// [`SessionLock::acquire`] without waiting for the disk: `Ok(None)`
+    /// where the lock is held by another process or its file cannot be
+    /// opened without waiting (see [`crate::cached`]); the blocking path
+    /// tells which.
+    fn acquire_cached(shared: &Arc<Shared>) -> Result<Option<Self>> {
+        Self::acquire_with(shared, |path| match crate::cached::open(path) {
+            Some(file) => FileLock::try_exclusive_file(file, path),
+            None => Ok(None),
+        })
+    }
+
     fn acquire(shared: &Arc<Shared>) -> Result<Self> {
-        if shared.session_open.swap(true, Ordering::AcqRel) {
-            return Err(Error::InUse(shared.name.clone()));
-        }
-        match FileLock::try_exclusive(&shared.dir.join(SESSION_LOCK)) {
-            Ok(Some(file)) => Ok(SessionLock {
-                shared: shared.clone(),
-                file: Some(file),
-            }),
-            Ok(None) => {
-                shared.session_open.store(false, Ordering::Release);
-                Err(Error::InUse(shared.name.clone()))
-            }
-            Err(e) => {
-                shared.session_open.store(false, Ordering::Release);
-                Err(e)
-            }
-        }
+        Self::acquire_with(shared, FileLock::try_exclusive)?
+            .ok_or_else(|| Error::InUse(shared.name.clone()))
     }
 }
 

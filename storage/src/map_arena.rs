@@ -334,15 +334,13 @@ impl State {
     /// address.
     fn carve(&mut self, span: usize, align: usize) -> Option<usize> {
         let cursor = self.cursor;
-        let fits = |(&s, &l): (&usize, &usize)| {
-            let from = s.max(cursor);
+        // The first aligned place at or after `from` in the range (s, l).
+        let place = |(&s, &l): (&usize, &usize), from: usize| {
             let a = from.checked_add(align - 1)? & !(align - 1);
             (a.checked_add(span)? <= s + l).then_some((s, l, a))
         };
-        let wrapped = |(&s, &l): (&usize, &usize)| {
-            let a = s.checked_add(align - 1)? & !(align - 1);
-            (a.checked_add(span)? <= s + l).then_some((s, l, a))
-        };
+        let fits = |r: (&usize, &usize)| place(r, (*r.0).max(cursor));
+        let wrapped = |r: (&usize, &usize)| place(r, *r.0);
         // The range holding the cursor starts before it.
         let holding = self
             .free
@@ -474,6 +472,11 @@ mod tests {
         assert!(st.released.is_empty() && st.oldest.is_none());
     }
 
+    /// How a temporary file appears in /proc/self/maps.
+    fn name_of(f: &tempfile::NamedTempFile) -> String {
+        f.path().file_name().unwrap().to_string_lossy().into_owned()
+    }
+
     /// The line of /proc/self/maps holding `addr`.
     fn maps_line(addr: usize) -> String {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
@@ -499,13 +502,7 @@ mod tests {
         // Odd length: the map ends inside its last page.
         let content: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let (keep, f) = file_of(&content);
-        let name = keep
-            .path()
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
+        let name = name_of(&keep);
         let span = page_span(content.len());
         let addrs: Vec<usize> = (0..BATCH)
             .map(|_| arena.map(&f, content.len()).unwrap())
@@ -625,13 +622,7 @@ mod tests {
     fn a_noted_map_is_unmapped_once_it_is_old_enough() {
         let arena = Arena::reserve().expect("1 TiB of address space to reserve");
         let (keep, f) = file_of(b"some segment bytes");
-        let name = keep
-            .path()
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
+        let name = name_of(&keep);
         let a = arena.map(&f, 18).unwrap();
         arena.release(a, page_span(18));
         assert_eq!(

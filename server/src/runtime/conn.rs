@@ -906,8 +906,8 @@ impl Conn {
         let address = verified.address.clone();
         // A login's maildrop is nearly always in the kernel's caches: it is
         // opened here if that needs no wait for the disk (handing the work
-        // to the blocking pool and back costs more than the work), and on
-        // the pool otherwise (see pop3sd_storage's `cached`).
+        // to the blocking pool and back is dear), and on the pool otherwise
+        // (see pop3sd_storage's `cached`).
         let opened = match store.open_session_cached(&address) {
             Some(r) => Ok(r),
             None => shared.pool.run(move || store.open_session(&address)).await,
