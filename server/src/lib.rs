@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod demo;
 pub mod engine;
 pub mod lmtp;
+pub mod log_format;
 pub mod log_writer;
 pub mod privileges;
 pub mod proxy;

@@ -222,11 +222,17 @@ fn init_logging(format: &str, background: bool) -> Option<pop3sd::log_writer::Fl
     } else {
         None
     };
+    // Text to a file, a pipe or journald: pop3sd's own line writer, the
+    // default's layout at less cost (log_format.rs); a terminal keeps the
+    // default's colours.
+    let plain = format != "json" && !ansi;
     match batched {
         Some((writer, guard)) => {
             let builder = builder.with_writer(writer);
             if format == "json" {
                 builder.json().init();
+            } else if plain {
+                builder.event_format(pop3sd::log_format::PlainLine).init();
             } else {
                 builder.init();
             }
@@ -236,6 +242,8 @@ fn init_logging(format: &str, background: bool) -> Option<pop3sd::log_writer::Fl
             let builder = builder.with_writer(std::io::stderr);
             if format == "json" {
                 builder.json().init();
+            } else if plain {
+                builder.event_format(pop3sd::log_format::PlainLine).init();
             } else {
                 builder.init();
             }
