@@ -38,8 +38,13 @@ pub fn run(data: &[u8]) {
                 Action::Authenticate(req) => {
                     let ok = matches!(&req.credentials, Credentials::Password(p) if p.expose() == b"pw");
                     let outcome = if ok {
+                        let mut mailbox =
+                            MemoryMailbox::from_raw([&b"Subject: a\r\n\r\nbody\r\n.\r\n"[..], b"x", b""]);
+                        // The first message is "not in memory": its RETR or
+                        // TOP waits for a fetch.
+                        mailbox.cold = vec![0];
                         AuthOutcome::Success {
-                            mailbox: MemoryMailbox::from_raw([&b"Subject: a\r\n\r\nbody\r\n.\r\n"[..], b"x", b""]),
+                            mailbox,
                             policy: Policy::default(),
                             unix_time: 0,
                         }
@@ -55,6 +60,12 @@ pub fn run(data: &[u8]) {
                 }
                 Action::StartTls => engine.tls_started(Default::default(), now),
                 Action::Close => {}
+                Action::Fetch(i) => {
+                    if let Some(m) = engine.mailbox_mut() {
+                        m.warm(i);
+                    }
+                    engine.fetch_complete(now);
+                }
             }
         }
         assert!(engine.output_backlog() <= limits.max_text_backlog + 64 * 1024);

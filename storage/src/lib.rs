@@ -11,6 +11,7 @@
 mod cached;
 pub mod durable;
 pub mod error;
+pub mod fetch;
 pub mod index;
 pub mod lock;
 pub mod maildir;

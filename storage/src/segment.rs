@@ -191,23 +191,62 @@ pub fn map_for_session(dir: &Path, id: u32) -> Result<SegmentMap> {
     use std::os::unix::fs::FileExt;
     let p = path(dir, id);
     let f = File::open(&p).at(&p)?;
+    let len = session_len(&f, &p)?;
+    let mut header = [0u8; HEADER_SIZE as usize];
+    f.read_exact_at(&mut header, 0).at(&p)?;
+    map_checked(&f, &p, id, len, &header)
+}
+
+/// [`map_for_session`] without waiting for the disk (see
+/// [`crate::cached`]): `None` where the path or the header is not in the
+/// kernel's caches, or this kernel cannot tell; the caller then maps it
+/// where waiting is allowed. A bad header is reported as by
+/// `map_for_session`.
+pub fn map_for_session_cached(dir: &Path, id: u32) -> Option<Result<SegmentMap>> {
+    let p = path(dir, id);
+    let f = crate::cached::open(&p)?;
+    let len = match session_len(&f, &p) {
+        Ok(len) => len,
+        Err(e) => return Some(Err(e)),
+    };
+    let bytes = crate::cached::read(&f, HEADER_SIZE as usize)?;
+    let mut header = [0u8; HEADER_SIZE as usize];
+    header.copy_from_slice(&bytes);
+    Some(map_checked(&f, &p, id, len, &header))
+}
+
+/// The length of an open segment, which must hold a header at least.
+fn session_len(f: &File, p: &Path) -> Result<u64> {
+    let len = f.metadata().at(p)?.len();
+    if len < HEADER_SIZE {
+        return Err(Error::Corrupt {
+            path: p.to_path_buf(),
+            offset: 0,
+            reason: SegmentError::Short.to_string(),
+        });
+    }
+    Ok(len)
+}
+
+/// Checks the header read from an open segment, then maps its `len` bytes.
+fn map_checked(
+    f: &File,
+    p: &Path,
+    id: u32,
+    len: u64,
+    header: &[u8; HEADER_SIZE as usize],
+) -> Result<SegmentMap> {
     let corrupt = |reason: String| Error::Corrupt {
-        path: p.clone(),
+        path: p.to_path_buf(),
         offset: 0,
         reason,
     };
-    let len = f.metadata().at(&p)?.len();
-    let mut header = [0u8; HEADER_SIZE as usize];
-    if len < HEADER_SIZE {
-        return Err(corrupt(SegmentError::Short.to_string()));
-    }
-    f.read_exact_at(&mut header, 0).at(&p)?;
-    check_header(&header, id).map_err(|e| corrupt(e.to_string()))?;
+    check_header(header, id).map_err(|e| corrupt(e.to_string()))?;
     let len =
         usize::try_from(len).map_err(|_| corrupt("larger than this machine can map".into()))?;
     // SAFETY: as in `map`: pop3sd never truncates or writes into the
     // existing part of a segment, and `len` is its length just read.
-    unsafe { SegmentMap::map(&f, len) }.at(&p)
+    unsafe { SegmentMap::map(f, len) }.at(p)
 }
 
 #[cfg(test)]

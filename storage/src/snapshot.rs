@@ -8,8 +8,10 @@
 
 use std::cell::OnceCell;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::fetch::{self, Extent, Fetch, Fetched, HEAD_READ};
 use crate::index::{self, IndexError, ScanSummary};
 use crate::map_arena::SegmentMap;
 use crate::record::{NativeUidl, Uidl};
@@ -52,7 +54,8 @@ impl MessageMeta {
 #[derive(Debug)]
 struct SegmentSlot {
     id: u32,
-    map: OnceCell<SegmentMap>,
+    /// Shared with a [`Fetch`] reading pages in on another thread.
+    map: OnceCell<Arc<SegmentMap>>,
 }
 
 /// A session's fixed view of a maildrop.
@@ -164,10 +167,61 @@ impl Snapshot {
     fn segment_map(&self, ix: usize) -> Result<&SegmentMap> {
         let slot = &self.segments[ix];
         if let Some(m) = slot.map.get() {
-            return Ok(m);
+            return Ok(m.as_ref());
         }
         let m = segment::map_for_session(&self.dir, slot.id)?;
-        Ok(slot.map.get_or_init(|| m))
+        Ok(slot.map.get_or_init(|| Arc::new(m)).as_ref())
+    }
+
+    /// What must be read in, where waiting for the disk is allowed, before
+    /// `extent` of message `i` can be copied without waiting (see
+    /// [`crate::fetch`]); `None` when it is all in memory already. Never
+    /// waits itself: the segment is mapped here only if its path and
+    /// header are cached. Also `None` where reading the message will fail
+    /// anyway (no such message, a bad segment, a record past the segment's
+    /// end), so that the read reports why.
+    pub fn fetch_for(&self, i: usize, extent: Extent) -> Option<Fetch> {
+        let m = self.messages.get(i)?;
+        let seg_ix = m.segment_ix as usize;
+        let slot = self.segments.get(seg_ix)?;
+        let len = match extent {
+            Extent::Whole => m.wire_len,
+            Extent::Head => m.wire_len.min(m.body_offset.saturating_add(HEAD_READ)),
+        };
+        let start = usize::try_from(m.offset).ok()?;
+        let range = start..start.checked_add(usize::try_from(len).ok()?)?;
+        let fetch = |map| Fetch {
+            dir: self.dir.clone(),
+            seg_ix,
+            seg_id: slot.id,
+            map,
+            range: range.clone(),
+        };
+        let map = match slot.map.get() {
+            Some(map) => map,
+            None => match segment::map_for_session_cached(&self.dir, slot.id) {
+                Some(Ok(map)) => slot.map.get_or_init(|| Arc::new(map)),
+                Some(Err(_)) => return None,
+                None => return Some(fetch(None)),
+            },
+        };
+        if fetch::resident(map, range.clone()) {
+            None
+        } else {
+            Some(fetch(Some(map.clone())))
+        }
+    }
+
+    /// Takes the segment map a [`Fetch`] of this snapshot made, unless one
+    /// is held already. A result from another snapshot's fetch is ignored.
+    pub fn install(&self, fetched: Fetched) {
+        let Some(map) = fetched.map else { return };
+        match self.segments.get(fetched.seg_ix) {
+            Some(slot) if slot.id == fetched.seg_id && fetched.dir == self.dir => {
+                let _ = slot.map.set(map);
+            }
+            _ => {}
+        }
     }
 
     /// The full wire form of message `i` (dot-stuffed, terminator included),

@@ -5,6 +5,7 @@
 //! and the fuzzer run the engine over [`MemoryMailbox`], and the server run
 //! it over a real [`pop3sd_storage::Session`].
 
+use pop3sd_storage::fetch::Extent;
 use pop3sd_storage::wire::{self, InputForm, WireSummary};
 use pop3sd_storage::Uidl;
 
@@ -15,6 +16,11 @@ pub struct MailboxError(pub String);
 
 /// A session's snapshot of a maildrop; indices are 0-based message numbers.
 pub trait Mailbox: Send {
+    /// Work that reads a message into memory, for the driver to run where
+    /// waiting for the disk is allowed ([`Action::Fetch`]).
+    ///
+    /// [`Action::Fetch`]: super::Action::Fetch
+    type Fetch: Send + std::fmt::Debug + 'static;
     /// Messages in the snapshot.
     fn count(&self) -> usize;
     /// RFC 1939 size of message `i`.
@@ -29,9 +35,15 @@ pub trait Mailbox: Send {
     fn top(&self, i: usize, lines: u64) -> Result<&[u8], MailboxError>;
     /// Applies the deletions of a QUIT, atomically. Called by the driver.
     fn expunge(&mut self, indices: &[usize]) -> Result<(), MailboxError>;
+    /// What must run off the connection's core before `extent` of message
+    /// `i` can be read without waiting for the disk; `None` when it can
+    /// be read now. The engine asks before every RETR and TOP, so this
+    /// must not wait itself.
+    fn fetch_for(&self, i: usize, extent: Extent) -> Option<Self::Fetch>;
 }
 
 impl Mailbox for pop3sd_storage::Session {
+    type Fetch = pop3sd_storage::fetch::Fetch;
     fn count(&self) -> usize {
         self.snapshot().len()
     }
@@ -59,6 +71,9 @@ impl Mailbox for pop3sd_storage::Session {
     fn expunge(&mut self, indices: &[usize]) -> Result<(), MailboxError> {
         pop3sd_storage::Session::expunge(self, indices).map_err(|e| MailboxError(e.to_string()))
     }
+    fn fetch_for(&self, i: usize, extent: Extent) -> Option<Self::Fetch> {
+        self.snapshot().fetch_for(i, extent)
+    }
 }
 
 /// An in-memory mailbox for tests, benchmarks and the fuzzer.
@@ -69,6 +84,9 @@ pub struct MemoryMailbox {
     pub expunged: Vec<usize>,
     /// When set, expunge fails with this message (to test QUIT's -ERR).
     pub fail_expunge: Option<String>,
+    /// Messages "not in memory": reading them first asks for a fetch, whose
+    /// job is the message's index (see [`MemoryMailbox::warm`]).
+    pub cold: Vec<usize>,
 }
 
 impl MemoryMailbox {
@@ -94,6 +112,11 @@ impl MemoryMailbox {
         }
     }
 
+    /// Marks message `i` as read into memory (what running its fetch does).
+    pub fn warm(&mut self, i: usize) {
+        self.cold.retain(|&c| c != i);
+    }
+
     /// Sets the arrival time of message `i`.
     pub fn set_arrival(&mut self, i: usize, unix: i64) {
         if let Some(m) = self.messages.get_mut(i) {
@@ -103,6 +126,7 @@ impl MemoryMailbox {
 }
 
 impl Mailbox for MemoryMailbox {
+    type Fetch = usize;
     fn count(&self) -> usize {
         self.messages.len()
     }
@@ -136,5 +160,8 @@ impl Mailbox for MemoryMailbox {
         }
         self.expunged.extend_from_slice(indices);
         Ok(())
+    }
+    fn fetch_for(&self, i: usize, _extent: Extent) -> Option<usize> {
+        self.cold.contains(&i).then_some(i)
     }
 }

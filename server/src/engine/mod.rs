@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::time::Instant;
 
+use pop3sd_storage::fetch::Extent;
 use pop3sd_storage::{Address, LocalPart};
 
 pub use context::{Expire, ExternalIdentity, Limits, Policy, PolicyHint, SessionContext, TlsInfo};
@@ -45,7 +46,7 @@ const MAX_INPUT_BACKLOG: usize = 4096;
 
 /// Something the driver must do for the engine.
 #[derive(Debug)]
-pub enum Action<M> {
+pub enum Action<M: Mailbox> {
     /// Verify these credentials and open the maildrop, then call
     /// [`Engine::auth_complete`]. No input is processed meanwhile.
     Authenticate(AuthRequest),
@@ -59,6 +60,19 @@ pub enum Action<M> {
     /// Send the queued output, then close (with close_notify under TLS)
     /// without waiting for the client.
     Close,
+    /// Run this where waiting for the disk is allowed, give its result to
+    /// the mailbox ([`Engine::mailbox_mut`]), then call
+    /// [`Engine::fetch_complete`]: a RETR or TOP waits for it, so that the
+    /// copy on the connection's core finds the message in memory. No input
+    /// is processed meanwhile; what was answered before goes out first.
+    Fetch(M::Fetch),
+}
+
+/// A RETR or TOP waiting for its message to be read into memory.
+#[derive(Debug, Clone, Copy)]
+enum Deferred {
+    Retr(usize),
+    Top(usize, u64),
 }
 
 /// Per-session counters, for the logout log line (Dovecot's
@@ -179,6 +193,8 @@ pub struct Engine<M: Mailbox> {
     auth_failures: u32,
     stats: SessionStats,
     login: Option<(Address, Mechanism)>,
+    /// Set while an [`Action::Fetch`] runs.
+    fetching: Option<Deferred>,
 }
 
 impl<M: Mailbox> std::fmt::Debug for Engine<M> {
@@ -214,6 +230,7 @@ impl<M: Mailbox> Engine<M> {
             auth_failures: 0,
             stats: SessionStats::default(),
             login: None,
+            fetching: None,
         }
     }
 
@@ -295,6 +312,7 @@ impl<M: Mailbox> Engine<M> {
             State::Authorization { .. } | State::SaslWait(_) | State::Transaction(_)
         ) && self.input.pending() < MAX_INPUT_BACKLOG
             && self.out.backlog() < self.ctx.limits.max_text_backlog
+            && self.fetching.is_none()
     }
 
     /// The next action for the driver, if any.
@@ -426,6 +444,31 @@ impl<M: Mailbox> Engine<M> {
         self.process(now);
     }
 
+    /// The mailbox of a logged-in session, for the driver to hand it what
+    /// an [`Action::Fetch`] made.
+    pub fn mailbox_mut(&mut self) -> Option<&mut M> {
+        match &mut self.state {
+            State::Transaction(t) | State::QuitPending(t) => Some(&mut t.mailbox),
+            _ => None,
+        }
+    }
+
+    /// The [`Action::Fetch`] ran (whether or not it succeeded: a message it
+    /// could not read in is read, or fails, on the core as without it).
+    /// Answers the RETR or TOP that waited, then goes on with the input.
+    pub fn fetch_complete(&mut self, now: Instant) {
+        let Some(d) = self.fetching.take() else {
+            return;
+        };
+        if let State::Transaction(t) = &mut self.state {
+            match d {
+                Deferred::Retr(i) => Self::retr(t, &mut self.out, &mut self.stats, i),
+                Deferred::Top(i, n) => Self::top(t, &mut self.out, &mut self.stats, i, n),
+            }
+        }
+        self.process(now);
+    }
+
     /// Result of an [`Action::Commit`]; the session ends either way.
     pub fn commit_complete(&mut self, result: Result<usize, MailboxError>) {
         if !matches!(self.state, State::Committing) {
@@ -505,6 +548,9 @@ impl<M: Mailbox> Engine<M> {
     fn process(&mut self, now: Instant) {
         let mut linebuf = [0u8; MAX_SASL_LINE];
         loop {
+            if self.fetching.is_some() {
+                return;
+            }
             if let State::QuitPending(_) = self.state {
                 if self.out.has_mail() {
                     return;
@@ -862,12 +908,53 @@ impl<M: Mailbox> Engine<M> {
         }
     }
 
+    /// Answers RETR of message `i` (found, not deleted).
+    fn retr(t: &mut Transaction<M>, out: &mut Output, stats: &mut SessionStats, i: usize) {
+        match t.mailbox.wire(i) {
+            Ok(wire) => {
+                let len = wire.len();
+                let _ = write!(out.writer(), "+OK {} octets\r\n", t.mailbox.size(i));
+                out.mail(i, 0, len);
+                t.retrieved.set(i);
+                stats.retr += 1;
+                stats.retr_bytes += len as u64;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, msg = i + 1, "cannot read message for RETR");
+                out.text(b"-ERR [SYS/TEMP] Cannot read that message now.\r\n");
+            }
+        }
+    }
+
+    /// Answers TOP of message `i` (found, not deleted) with `n` lines.
+    fn top(t: &mut Transaction<M>, out: &mut Output, stats: &mut SessionStats, i: usize, n: u64) {
+        match t.mailbox.top(i, n) {
+            Ok(head) => {
+                let len = head.len();
+                out.text(b"+OK\r\n");
+                out.mail(i, 0, len);
+                out.text(b".\r\n");
+                stats.top += 1;
+                stats.top_bytes += len as u64 + 3;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, msg = i + 1, "cannot read message for TOP");
+                out.text(b"-ERR [SYS/TEMP] Cannot read that message now.\r\n");
+            }
+        }
+    }
+
     fn transaction(&mut self, cmd: Command<'_>) {
         let State::Transaction(t) = &mut self.state else {
             return;
         };
         let out = &mut self.out;
         let stats = &mut self.stats;
+        // A RETR or TOP of a message not in memory waits for its fetch.
+        let mut defer = |d: Deferred, job: M::Fetch| {
+            self.fetching = Some(d);
+            self.actions.push_back(Action::Fetch(job));
+        };
         match cmd {
             Command::Stat => {
                 let _ = write!(out.writer(), "+OK {} {}\r\n", t.live_count, t.live_size);
@@ -926,38 +1013,20 @@ impl<M: Mailbox> Engine<M> {
                 other => Self::lookup_error(out, other),
             },
             Command::Retr(arg) => match Self::lookup(t, arg) {
-                Lookup::Found(i) => match t.mailbox.wire(i) {
-                    Ok(wire) => {
-                        let len = wire.len();
-                        let _ = write!(out.writer(), "+OK {} octets\r\n", t.mailbox.size(i));
-                        out.mail(i, 0, len);
-                        t.retrieved.set(i);
-                        stats.retr += 1;
-                        stats.retr_bytes += len as u64;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, msg = i + 1, "cannot read message for RETR");
-                        out.text(b"-ERR [SYS/TEMP] Cannot read that message now.\r\n");
-                    }
+                Lookup::Found(i) => match t.mailbox.fetch_for(i, Extent::Whole) {
+                    Some(job) => defer(Deferred::Retr(i), job),
+                    None => Self::retr(t, out, stats, i),
                 },
                 other => Self::lookup_error(out, other),
             },
             Command::Top(arg, count) => match (Self::lookup(t, arg), count) {
                 (Lookup::Found(_), LineCount::Invalid) => out.text(b"-ERR Invalid line count.\r\n"),
-                (Lookup::Found(i), LineCount::Lines(n)) => match t.mailbox.top(i, n) {
-                    Ok(head) => {
-                        let len = head.len();
-                        out.text(b"+OK\r\n");
-                        out.mail(i, 0, len);
-                        out.text(b".\r\n");
-                        stats.top += 1;
-                        stats.top_bytes += len as u64 + 3;
+                (Lookup::Found(i), LineCount::Lines(n)) => {
+                    match t.mailbox.fetch_for(i, Extent::Head) {
+                        Some(job) => defer(Deferred::Top(i, n), job),
+                        None => Self::top(t, out, stats, i, n),
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, msg = i + 1, "cannot read message for TOP");
-                        out.text(b"-ERR [SYS/TEMP] Cannot read that message now.\r\n");
-                    }
-                },
+                }
                 (other, _) => Self::lookup_error(out, other),
             },
             Command::Dele(arg) => match Self::lookup(t, arg) {

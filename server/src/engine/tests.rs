@@ -27,6 +27,7 @@ struct Harness {
     closed: bool,
     tls_starts: u32,
     fail_commit: bool,
+    fetches: Vec<usize>,
 }
 
 impl Harness {
@@ -43,6 +44,7 @@ impl Harness {
             closed: false,
             tls_starts: 0,
             fail_commit: false,
+            fetches: Vec::new(),
         }
     }
 
@@ -105,6 +107,13 @@ impl Harness {
                     self.engine.tls_started(TlsInfo::default(), self.now);
                 }
                 Action::Close => self.closed = true,
+                Action::Fetch(i) => {
+                    self.fetches.push(i);
+                    if let Some(m) = self.engine.mailbox_mut() {
+                        m.warm(i);
+                    }
+                    self.engine.fetch_complete(self.now);
+                }
             }
             out.push_str(&self.drain());
         }
@@ -774,4 +783,72 @@ fn activity_without_logging_in_does_not_hold_the_connection_forever() {
     h.engine.handle_timeout(end);
     assert_eq!(h.run_actions(), "-ERR Disconnected for inactivity.\r\n");
     assert!(h.closed);
+}
+
+#[test]
+fn retr_of_a_message_not_in_memory_waits_for_its_fetch_in_order() {
+    let mut h = Harness::tls();
+    h.drain();
+    if let Some(m) = h.mailbox.as_mut() {
+        m.cold = vec![0, 1];
+    }
+    h.login();
+    let m0 = wire::canonical_crlf(&messages()[0]);
+    // Pipelined: NOOP is answered, RETR 1 waits for its fetch, and STAT
+    // after it is not answered before it.
+    h.engine.receive(b"NOOP\r\nRETR 1\r\nSTAT\r\n", h.now);
+    assert_eq!(h.drain(), "+OK\r\n");
+    assert!(!h.engine.wants_input());
+    let job = match h.engine.poll_action() {
+        Some(Action::Fetch(i)) => i,
+        other => panic!("expected a fetch, got {other:?}"),
+    };
+    assert_eq!(job, 0);
+    assert!(h.engine.poll_action().is_none());
+    // Input that arrives meanwhile waits too.
+    h.engine.receive(b"NOOP\r\n", h.now);
+    assert_eq!(h.drain(), "");
+    h.engine.mailbox_mut().unwrap().warm(0);
+    h.engine.fetch_complete(h.now);
+    assert!(h.engine.wants_input());
+    let total: usize = messages()
+        .iter()
+        .map(|m| wire::canonical_crlf(m).len())
+        .sum();
+    let expected = format!(
+        "+OK {} octets\r\n{}+OK 3 {total}\r\n+OK\r\n",
+        m0.len(),
+        String::from_utf8_lossy(&wire::encode(&messages()[0], wire::InputForm::Raw).0)
+    );
+    assert_eq!(h.drain(), expected);
+    // Once read in, the same message needs no second fetch; TOP of another
+    // cold one does.
+    let r = h.send("RETR 1\r\nTOP 2 1\r\nQUIT\r\n");
+    assert_eq!(h.fetches, vec![1]);
+    assert!(
+        r.contains("+OK\r\nSubject: two\r\n\r\nline1\r\n.\r\n"),
+        "{r}"
+    );
+    assert_eq!(h.engine.stats().retr, 2);
+    assert_eq!(h.engine.stats().top, 1);
+}
+
+#[test]
+fn a_fetch_that_read_nothing_in_still_answers() {
+    let mut h = Harness::tls();
+    h.drain();
+    if let Some(m) = h.mailbox.as_mut() {
+        m.cold = vec![2];
+    }
+    h.login();
+    h.engine.receive(b"RETR 3\r\n", h.now);
+    assert!(matches!(h.engine.poll_action(), Some(Action::Fetch(2))));
+    // The driver's fetch failed: the message is read on the core anyway.
+    h.engine.fetch_complete(h.now);
+    let r = h.drain();
+    assert!(r.starts_with("+OK "), "{r}");
+    assert!(r.ends_with("..\r\n.\r\n"), "{r}");
+    // A fetch_complete with nothing waiting changes nothing.
+    h.engine.fetch_complete(h.now);
+    assert_eq!(h.drain(), "");
 }

@@ -1024,6 +1024,22 @@ impl Conn {
                     self.start_tls().await?;
                 }
                 Action::Close => {}
+                Action::Fetch(job) => {
+                    // What is already answered goes out before a wait for
+                    // the disk.
+                    self.flush().await?;
+                    self.core
+                        .metrics
+                        .message_fetches
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let fetched = self.core.shared.pool.run(move || job.run()).await;
+                    if let Some(e) = self.engine.as_mut() {
+                        if let (Ok(fetched), Some(session)) = (fetched, e.mailbox_mut()) {
+                            session.snapshot().install(fetched);
+                        }
+                        e.fetch_complete(Instant::now());
+                    }
+                }
             }
         }
     }

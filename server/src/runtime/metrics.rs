@@ -76,6 +76,9 @@ pub struct CoreMetrics {
     pub bytes_out: AtomicU64,
     pub connection_errors: AtomicU64,
     pub refused_by_limit: AtomicU64,
+    /// RETRs and TOPs whose message was read into memory on the blocking
+    /// pool first (not in the page cache).
+    pub message_fetches: AtomicU64,
     tenants: Mutex<BTreeMap<String, TenantMetrics>>,
 }
 
@@ -257,6 +260,12 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>], extra: &[(&str, &str, u64)]
         "Connections refused by a connection limit.",
         "counter",
         sum(|c| &c.refused_by_limit),
+    );
+    counter(
+        "pop3sd_message_fetches_total",
+        "RETR and TOP commands whose message was not in memory and was read in off the core first.",
+        "counter",
+        sum(|c| &c.message_fetches),
     );
     for (name, help, v) in extra {
         counter(name, help, "gauge", *v);
