@@ -21,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -41,8 +42,12 @@ where
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        // An event from the `log` crate carries its real target and level
+        // in `log.*` fields.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         write_timestamp(&mut w, SystemTime::now())?;
-        w.write_str(level_label(event.metadata().level()))?;
+        w.write_str(level_label(meta.level()))?;
         // pop3sd's own code opens no spans; a library's are shown by name,
         // outermost first.
         if let Some(scope) = ctx.event_scope() {
@@ -52,7 +57,7 @@ where
             }
             w.write_char(' ')?;
         }
-        w.write_str(event.metadata().target())?;
+        w.write_str(meta.target())?;
         w.write_str(": ")?;
         let mut fields = FieldWriter {
             w: &mut w,
@@ -176,7 +181,10 @@ impl FieldWriter<'_, '_> {
     }
 
     fn record(&mut self, field: &Field, value: impl FnOnce(&mut Self) -> fmt::Result) {
-        if self.result.is_ok() {
+        // What a `log` record carries besides its message (target, module,
+        // file, line) is in the line's target already, or left out, as
+        // the default does.
+        if self.result.is_ok() && !field.name().starts_with("log.") {
             self.result = self.start(field).and_then(|()| value(self));
         }
     }
@@ -203,9 +211,9 @@ impl Visit for FieldWriter<'_, '_> {
             if message {
                 Escaped(&mut *s.w).write_str(value)
             } else {
-                s.w.write_char('"')?;
-                Quoted(&mut *s.w).write_str(value)?;
-                s.w.write_char('"')
+                // Rust's quoting, as the default: it escapes every control
+                // character.
+                write!(s.w, "{value:?}")
             }
         });
     }
@@ -239,14 +247,19 @@ impl Visit for FieldWriter<'_, '_> {
     }
 }
 
-/// Writes through, with control characters (a newline above all) written
-/// as escapes, so that one event stays one line.
+/// Writes through, with control characters (a newline above all) and the
+/// Unicode line and paragraph separators written as escapes, so that one
+/// event stays one line.
 struct Escaped<'a, W: Write>(&'a mut W);
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
 
 impl<W: Write> Write for Escaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let mut rest = s;
-        while let Some(i) = rest.find(|c: char| c.is_control()) {
+        while let Some(i) = rest.find(needs_escape) {
             self.0.write_str(&rest[..i])?;
             let c = rest[i..].chars().next().ok_or(fmt::Error)?;
             write_escape(self.0, c)?;
@@ -256,32 +269,14 @@ impl<W: Write> Write for Escaped<'_, W> {
     }
 }
 
-/// Writes a string's contents as a quoted value: [`Escaped`], and `"` and
-/// `\` escaped too.
-struct Quoted<'a, W: Write>(&'a mut W);
-
-impl<W: Write> Write for Quoted<'_, W> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut rest = s;
-        while let Some(i) = rest.find(|c: char| c.is_control() || c == '"' || c == '\\') {
-            self.0.write_str(&rest[..i])?;
-            let c = rest[i..].chars().next().ok_or(fmt::Error)?;
-            match c {
-                '"' => self.0.write_str("\\\"")?,
-                '\\' => self.0.write_str("\\\\")?,
-                c => write_escape(self.0, c)?,
-            }
-            rest = &rest[i + c.len_utf8()..];
-        }
-        self.0.write_str(rest)
-    }
-}
-
+/// The escape of `c`: the terminal controls as the default formatter writes
+/// them in messages (`\x1b`), the rest as Rust does.
 fn write_escape(w: &mut impl Write, c: char) -> fmt::Result {
     match c {
         '\n' => w.write_str("\\n"),
         '\r' => w.write_str("\\r"),
         '\t' => w.write_str("\\t"),
+        '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' => write!(w, "\\x{:02x}", c as u32),
         c => write!(w, "\\u{{{:x}}}", c as u32),
     }
 }
@@ -398,7 +393,8 @@ mod tests {
         for (a, b) in ours.iter().zip(&default) {
             let (ta, tb) = (a.split(' ').next().unwrap(), b.split(' ').next().unwrap());
             assert_eq!(ta.len(), tb.len(), "{a} / {b}");
-            assert_eq!(&ta[..11], &tb[..11], "same day: {a} / {b}");
+            assert_eq!(ta.find('T'), tb.find('T'), "{a} / {b}");
+            assert!(ta.ends_with('Z') && tb.ends_with('Z'), "{a} / {b}");
         }
         assert_eq!(
             without_timestamps(ours.clone()),
@@ -411,6 +407,28 @@ mod tests {
     }
 
     #[test]
+    fn log_crate_records_name_their_own_target() {
+        // As `init_logging` does (tracing-subscriber's `init` installs it).
+        let _ = tracing_log::LogTracer::init();
+        let ours = Captured::default();
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(ours.clone())
+            .event_format(PlainLine)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            log::warn!(target: "rustls::server::hs", "peer sent {}", "junk");
+        });
+        let lines = ours.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].ends_with("  WARN rustls::server::hs: peer sent junk"),
+            "{}",
+            lines[0]
+        );
+    }
+
+    #[test]
     fn control_characters_never_start_a_new_line() {
         let ours = Captured::default();
         let sub = tracing_subscriber::fmt()
@@ -419,15 +437,15 @@ mod tests {
             .event_format(PlainLine)
             .finish();
         tracing::subscriber::with_default(sub, || {
-            let user = "eve\r\nFAKE login";
+            let user = "eve\r\nFAKE login\u{2028}";
             tracing::info!(user = %user, raw = user, dbg = ?user, "bad\nname\x1b[31m");
         });
         let lines = ours.lines();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(
             lines[0].ends_with(
-                ": bad\\nname\\u{1b}[31m user=eve\\r\\nFAKE login \
-                 raw=\"eve\\r\\nFAKE login\" dbg=\"eve\\r\\nFAKE login\""
+                ": bad\\nname\\x1b[31m user=eve\\r\\nFAKE login\\u{2028} \
+                 raw=\"eve\\r\\nFAKE login\\u{2028}\" dbg=\"eve\\r\\nFAKE login\\u{2028}\""
             ),
             "{}",
             lines[0]

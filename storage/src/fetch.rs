@@ -26,8 +26,9 @@ pub enum Extent {
     /// All of it (RETR).
     Whole,
     /// The header and the start of the body (TOP): [`HEAD_READ`] bytes
-    /// past the empty line at most. A TOP that asks for more lines reads
-    /// the rest as it copies.
+    /// past the empty line at most, and the message's last bytes (reading
+    /// a message checks its terminator). A TOP that asks for more lines
+    /// reads the rest as it copies.
     Head,
 }
 
@@ -44,8 +45,9 @@ pub struct Fetch {
     pub(crate) seg_id: u32,
     /// The segment's map, if the snapshot already holds one.
     pub(crate) map: Option<Arc<SegmentMap>>,
-    /// The message's bytes within the segment.
-    pub(crate) range: Range<usize>,
+    /// The bytes of the segment to read in: the part of the message read,
+    /// and its last bytes (empty when the first range holds them).
+    pub(crate) ranges: [Range<usize>; 2],
 }
 
 /// What a [`Fetch`] made: the segment's map, unless mapping it failed
@@ -73,7 +75,9 @@ impl Fetch {
             },
         };
         if let Some(map) = &map {
-            populate(map, self.range);
+            for r in self.ranges {
+                populate(map, r);
+            }
         }
         Fetched {
             dir: self.dir,
@@ -109,6 +113,10 @@ fn pages_of(map: &SegmentMap, range: &Range<usize>) -> Option<(usize, usize)> {
 
 /// True when every page of `range` in `map` is in the page cache, so
 /// reading it will not wait for the disk. One `mincore` call per 16 MiB.
+///
+/// The kernel answers truthfully only for files the process owns or may
+/// write (otherwise it reports every page present, so that `mincore`
+/// cannot reveal what others read): pop3sd's segments are its own, 0600.
 pub(crate) fn resident(map: &SegmentMap, range: Range<usize>) -> bool {
     let Some((start, len)) = pages_of(map, &range) else {
         // Nothing to read, or a range the read itself will refuse.

@@ -184,18 +184,23 @@ impl Snapshot {
         let m = self.messages.get(i)?;
         let seg_ix = m.segment_ix as usize;
         let slot = self.segments.get(seg_ix)?;
-        let len = match extent {
-            Extent::Whole => m.wire_len,
-            Extent::Head => m.wire_len.min(m.body_offset.saturating_add(HEAD_READ)),
-        };
         let start = usize::try_from(m.offset).ok()?;
-        let range = start..start.checked_add(usize::try_from(len).ok()?)?;
+        let end = start.checked_add(usize::try_from(m.wire_len).ok()?)?;
+        let ranges = match extent {
+            Extent::Whole => [start..end, end..end],
+            Extent::Head => {
+                let head = usize::try_from(m.body_offset.saturating_add(HEAD_READ)).ok()?;
+                let head_end = start.saturating_add(head).min(end);
+                // Reading the message checks its terminator, at its end.
+                [start..head_end, head_end.max(end.saturating_sub(3))..end]
+            }
+        };
         let fetch = |map| Fetch {
             dir: self.dir.clone(),
             seg_ix,
             seg_id: slot.id,
             map,
-            range: range.clone(),
+            ranges: ranges.clone(),
         };
         let map = match slot.map.get() {
             Some(map) => map,
@@ -205,7 +210,7 @@ impl Snapshot {
                 None => return Some(fetch(None)),
             },
         };
-        if fetch::resident(map, range.clone()) {
+        if ranges.iter().all(|r| fetch::resident(map, r.clone())) {
             None
         } else {
             Some(fetch(Some(map.clone())))

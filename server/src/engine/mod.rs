@@ -64,7 +64,8 @@ pub enum Action<M: Mailbox> {
     /// the mailbox ([`Engine::mailbox_mut`]), then call
     /// [`Engine::fetch_complete`]: a RETR or TOP waits for it, so that the
     /// copy on the connection's core finds the message in memory. No input
-    /// is processed meanwhile; what was answered before goes out first.
+    /// is processed meanwhile; answers queued before it stay ahead of its
+    /// own.
     Fetch(M::Fetch),
 }
 

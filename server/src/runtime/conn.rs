@@ -1025,8 +1025,8 @@ impl Conn {
                 }
                 Action::Close => {}
                 Action::Fetch(job) => {
-                    // What is already answered goes out before a wait for
-                    // the disk.
+                    // What is already sealed goes out before a wait for the
+                    // disk.
                     self.flush().await?;
                     self.core
                         .metrics
@@ -1039,6 +1039,11 @@ impl Conn {
                         }
                         e.fetch_complete(Instant::now());
                     }
+                    // Back to the connection's loop, which seals the answer
+                    // (and those of commands pipelined after it) before any
+                    // further action: a second fetch then finds them
+                    // sealed, and writes them before it waits.
+                    return Ok(());
                 }
             }
         }
