@@ -21,13 +21,22 @@ use std::path::Path;
 
 /// Opens `path` read-only if every component of it is in the kernel's
 /// caches; `None` if opening would wait for the disk, fails, or this
-/// kernel has no `RESOLVE_CACHED`.
+/// kernel has no `RESOLVE_CACHED`. Its access time is left alone where
+/// allowed, as [`crate::noatime`] does.
 pub(crate) fn open(path: &Path) -> Option<File> {
     let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC;
+    match openat2_cached(&c, flags | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => openat2_cached(&c, flags).ok(),
+        other => other.ok(),
+    }
+}
+
+fn openat2_cached(path: &CString, flags: libc::c_int) -> std::io::Result<File> {
     // SAFETY: `open_how` is three integers (libc marks it non-exhaustive,
     // so it cannot be written as a literal): all zeros is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.flags = flags as u64;
     how.resolve = libc::RESOLVE_CACHED;
     // SAFETY: openat2 reads the NUL-terminated path and the `open_how` of
     // the size given, both alive for the call; it returns a new descriptor
@@ -36,14 +45,17 @@ pub(crate) fn open(path: &Path) -> Option<File> {
         libc::syscall(
             libc::SYS_openat2,
             libc::AT_FDCWD,
-            c.as_ptr(),
+            path.as_ptr(),
             &how as *const libc::open_how,
             std::mem::size_of::<libc::open_how>(),
         )
     };
-    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-    // SAFETY: `fd` was just returned by openat2 and is owned by no one else.
-    Some(unsafe { File::from_raw_fd(fd) })
+    match i32::try_from(fd) {
+        // SAFETY: `fd` was just returned by openat2 and is owned by no one
+        // else.
+        Ok(fd) if fd >= 0 => Ok(unsafe { File::from_raw_fd(fd) }),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// Reads the first `len` bytes of `file` if they are all in the page

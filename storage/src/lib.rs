@@ -18,6 +18,7 @@ pub mod maildir;
 pub mod maildrop;
 pub mod map_arena;
 pub mod name;
+mod noatime;
 pub mod record;
 pub mod segment;
 pub mod snapshot;

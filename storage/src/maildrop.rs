@@ -346,7 +346,7 @@ impl Maildrop {
     /// maildrop copies nothing.
     fn index_bytes(&self) -> Result<IndexBytes> {
         let path = self.index_path();
-        let mut f = match File::open(&path) {
+        let mut f = match crate::noatime::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NoMaildrop(self.shared.name.clone()))
@@ -464,7 +464,7 @@ impl Maildrop {
     /// and the last record only, unless the tail looks torn.
     fn tail_for_append(&self) -> Result<(Header, u64)> {
         let path = self.index_path();
-        let mut f = match File::open(&path) {
+        let mut f = match crate::noatime::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NoMaildrop(self.shared.name.clone()))

@@ -135,7 +135,7 @@ pub fn create(dir: &Path, id: u32) -> Result<File> {
 pub fn open_for_append(dir: &Path, id: u32) -> Result<(File, u64)> {
     use std::os::unix::fs::FileExt;
     let p = path(dir, id);
-    let f = OpenOptions::new().read(true).write(true).open(&p).at(&p)?;
+    let f = crate::noatime::open_with(OpenOptions::new().read(true).write(true), &p).at(&p)?;
     let len = f.metadata().at(&p)?.len();
     let mut head = [0u8; HEADER_SIZE as usize];
     let got = if len >= HEADER_SIZE {
@@ -168,7 +168,7 @@ pub fn open_for_append(dir: &Path, id: u32) -> Result<(File, u64)> {
 /// Maps segment `id` read-only and checks its header.
 pub fn map(dir: &Path, id: u32) -> Result<Mmap> {
     let p = path(dir, id);
-    let f = File::open(&p).at(&p)?;
+    let f = crate::noatime::open(&p).at(&p)?;
     // SAFETY: pop3sd never truncates or writes into the existing part of a
     // segment file (appends only extend it past the mapped length; compaction
     // writes a new file and unlinks this one, which leaves the mapping valid).
@@ -190,7 +190,7 @@ pub fn map(dir: &Path, id: u32) -> Result<Mmap> {
 pub fn map_for_session(dir: &Path, id: u32) -> Result<SegmentMap> {
     use std::os::unix::fs::FileExt;
     let p = path(dir, id);
-    let f = File::open(&p).at(&p)?;
+    let f = crate::noatime::open(&p).at(&p)?;
     let len = session_len(&f, &p)?;
     let mut header = [0u8; HEADER_SIZE as usize];
     f.read_exact_at(&mut header, 0).at(&p)?;
