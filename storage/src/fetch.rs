@@ -40,6 +40,8 @@ pub const HEAD_READ: u64 = 64 * 1024;
 /// from.
 #[derive(Debug)]
 pub struct Fetch {
+    /// The snapshot that asked (see [`crate::Snapshot::install`]).
+    pub(crate) snapshot: u64,
     pub(crate) dir: PathBuf,
     pub(crate) seg_ix: usize,
     pub(crate) seg_id: u32,
@@ -54,7 +56,7 @@ pub struct Fetch {
 /// (reading the message then reports why).
 #[derive(Debug)]
 pub struct Fetched {
-    pub(crate) dir: PathBuf,
+    pub(crate) snapshot: u64,
     pub(crate) seg_ix: usize,
     pub(crate) seg_id: u32,
     pub(crate) map: Option<Arc<SegmentMap>>,
@@ -80,7 +82,7 @@ impl Fetch {
             }
         }
         Fetched {
-            dir: self.dir,
+            snapshot: self.snapshot,
             seg_ix: self.seg_ix,
             seg_id: self.seg_id,
             map,

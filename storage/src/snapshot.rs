@@ -8,6 +8,7 @@
 
 use std::cell::OnceCell;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -58,9 +59,14 @@ struct SegmentSlot {
     map: OnceCell<Arc<SegmentMap>>,
 }
 
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 /// A session's fixed view of a maildrop.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// Unique in the process: a [`Fetched`] is installed only in the
+    /// snapshot whose [`Fetch`] made it.
+    id: u64,
     dir: PathBuf,
     uid_validity: u32,
     messages: Vec<MessageMeta>,
@@ -119,6 +125,7 @@ impl Snapshot {
         })?;
         Ok((
             Snapshot {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 dir,
                 uid_validity,
                 messages,
@@ -196,6 +203,7 @@ impl Snapshot {
             }
         };
         let fetch = |map| Fetch {
+            snapshot: self.id,
             dir: self.dir.clone(),
             seg_ix,
             seg_id: slot.id,
@@ -218,14 +226,18 @@ impl Snapshot {
     }
 
     /// Takes the segment map a [`Fetch`] of this snapshot made, unless one
-    /// is held already. A result from another snapshot's fetch is ignored.
+    /// is held already. A result from another snapshot's fetch (another
+    /// maildrop's, or an earlier session's whose segment may since have
+    /// been replaced) is ignored.
     pub fn install(&self, fetched: Fetched) {
         let Some(map) = fetched.map else { return };
-        match self.segments.get(fetched.seg_ix) {
-            Some(slot) if slot.id == fetched.seg_id && fetched.dir == self.dir => {
+        if fetched.snapshot != self.id {
+            return;
+        }
+        if let Some(slot) = self.segments.get(fetched.seg_ix) {
+            if slot.id == fetched.seg_id {
                 let _ = slot.map.set(map);
             }
-            _ => {}
         }
     }
 

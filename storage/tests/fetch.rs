@@ -148,11 +148,23 @@ fn a_fetch_is_only_installed_in_the_snapshot_it_came_from() {
     }
     let a = store.open_session(&alice).unwrap();
     let b = store.open_session(&bob).unwrap();
-    let fetch = a.snapshot().fetch_for(0, Extent::Whole).expect("evicted");
+    let for_b = a.snapshot().fetch_for(0, Extent::Whole).expect("evicted");
+    let for_later = a.snapshot().fetch_for(0, Extent::Whole).expect("evicted");
     // Same segment number, same message number, another tenant: ignored.
-    b.snapshot().install(fetch.run());
+    b.snapshot().install(for_b.run());
     assert_eq!(b.snapshot().mapped_segments(), 0);
     assert!(b.snapshot().wire(0).unwrap().starts_with(b"Subject: 0"));
+    // The same maildrop's next session: ignored too (its segment 1 could
+    // be another file by then).
+    drop(a);
+    let a2 = store.open_session(&alice).unwrap();
+    a2.snapshot().install(for_later.run());
+    assert_eq!(a2.snapshot().mapped_segments(), 0);
+    // Its own fetch is taken.
+    if let Some(own) = a2.snapshot().fetch_for(0, Extent::Whole) {
+        a2.snapshot().install(own.run());
+    }
+    assert_eq!(a2.snapshot().mapped_segments(), 1);
 }
 
 #[test]
