@@ -5,7 +5,8 @@
 use std::io;
 use std::net::IpAddr;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use pop3sd::log_format::PlainLine;
 
 /// Counts bytes and drops them, so the writer's cost is nil.
@@ -44,35 +45,36 @@ fn logout_line(n: u64) {
     );
 }
 
+/// Logs logout lines under `subscriber`, as benchmark `name`.
+fn bench_lines(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+) {
+    tracing::subscriber::with_default(subscriber, || {
+        let mut n = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                n += 1;
+                logout_line(n)
+            })
+        });
+    });
+}
+
 fn log_line(c: &mut Criterion) {
     let mut g = c.benchmark_group("log_line");
-    let default = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(|| Sink)
-        .finish();
-    tracing::subscriber::with_default(default, || {
-        let mut n = 0;
-        g.bench_function("default_formatter", |b| {
-            b.iter(|| {
-                n += 1;
-                logout_line(n)
-            })
-        });
-    });
-    let ours = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(|| Sink)
-        .event_format(PlainLine)
-        .finish();
-    tracing::subscriber::with_default(ours, || {
-        let mut n = 0;
-        g.bench_function("pop3sd_plain_line", |b| {
-            b.iter(|| {
-                n += 1;
-                logout_line(n)
-            })
-        });
-    });
+    let fmt = || {
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(|| Sink)
+    };
+    bench_lines(&mut g, "default_formatter", fmt().finish());
+    bench_lines(
+        &mut g,
+        "pop3sd_plain_line",
+        fmt().event_format(PlainLine).finish(),
+    );
     g.finish();
 }
 

@@ -362,6 +362,22 @@ mod tests {
         tracing::info!("message only");
     }
 
+    /// The lines `log` writes at DEBUG and above through pop3sd's
+    /// formatter (`ours`) or the default one.
+    fn lines_of(ours: bool, log: impl FnOnce()) -> Vec<String> {
+        let out = Captured::default();
+        let fmt = tracing_subscriber::fmt()
+            .with_max_level(Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(out.clone());
+        if ours {
+            tracing::subscriber::with_default(fmt.event_format(PlainLine).finish(), log);
+        } else {
+            tracing::subscriber::with_default(fmt.finish(), log);
+        }
+        out.lines()
+    }
+
     /// Everything after the timestamp, which differs between two runs.
     fn without_timestamps(lines: Vec<String>) -> Vec<String> {
         lines
@@ -372,22 +388,7 @@ mod tests {
 
     #[test]
     fn lines_match_the_default_formatter() {
-        let ours = Captured::default();
-        let sub = tracing_subscriber::fmt()
-            .with_max_level(Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(ours.clone())
-            .event_format(PlainLine)
-            .finish();
-        tracing::subscriber::with_default(sub, log_samples);
-        let default = Captured::default();
-        let sub = tracing_subscriber::fmt()
-            .with_max_level(Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(default.clone())
-            .finish();
-        tracing::subscriber::with_default(sub, log_samples);
-        let (ours, default) = (ours.lines(), default.lines());
+        let (ours, default) = (lines_of(true, log_samples), lines_of(false, log_samples));
         assert_eq!(ours.len(), 6, "{ours:?}");
         // The timestamps have the same shape; what follows is identical.
         for (a, b) in ours.iter().zip(&default) {
@@ -410,16 +411,9 @@ mod tests {
     fn log_crate_records_name_their_own_target() {
         // As `init_logging` does (tracing-subscriber's `init` installs it).
         let _ = tracing_log::LogTracer::init();
-        let ours = Captured::default();
-        let sub = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(ours.clone())
-            .event_format(PlainLine)
-            .finish();
-        tracing::subscriber::with_default(sub, || {
+        let lines = lines_of(true, || {
             log::warn!(target: "rustls::server::hs", "peer sent {}", "junk");
         });
-        let lines = ours.lines();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(
             lines[0].ends_with("  WARN rustls::server::hs: peer sent junk"),
@@ -430,17 +424,10 @@ mod tests {
 
     #[test]
     fn control_characters_never_start_a_new_line() {
-        let ours = Captured::default();
-        let sub = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(ours.clone())
-            .event_format(PlainLine)
-            .finish();
-        tracing::subscriber::with_default(sub, || {
+        let lines = lines_of(true, || {
             let user = "eve\r\nFAKE login\u{2028}";
             tracing::info!(user = %user, raw = user, dbg = ?user, "bad\nname\x1b[31m");
         });
-        let lines = ours.lines();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(
             lines[0].ends_with(

@@ -63,6 +63,13 @@ fn openat2_cached(path: &CString, flags: libc::c_int) -> std::io::Result<File> {
 /// shorter.
 pub(crate) fn read(file: &File, len: usize) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; len];
+    read_into(file, &mut buf)?;
+    Some(buf)
+}
+
+/// [`read`] into `buf`: its first `buf.len()` bytes.
+pub(crate) fn read_into(file: &File, buf: &mut [u8]) -> Option<()> {
+    let len = buf.len();
     let mut done = 0;
     while done < len {
         let rest = &mut buf[done..];
@@ -82,7 +89,7 @@ pub(crate) fn read(file: &File, len: usize) -> Option<Vec<u8>> {
             _ => return None,
         }
     }
-    Some(buf)
+    Some(())
 }
 
 #[cfg(test)]

@@ -122,7 +122,7 @@ pub fn unmap_released(max_age: Duration) -> usize {
     }
 }
 
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();
     // SAFETY: sysconf reads a constant of the system; no memory of ours.
     *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {

@@ -209,9 +209,8 @@ pub fn map_for_session_cached(dir: &Path, id: u32) -> Option<Result<SegmentMap>>
         Ok(len) => len,
         Err(e) => return Some(Err(e)),
     };
-    let bytes = crate::cached::read(&f, HEADER_SIZE as usize)?;
     let mut header = [0u8; HEADER_SIZE as usize];
-    header.copy_from_slice(&bytes);
+    crate::cached::read_into(&f, &mut header)?;
     Some(map_checked(&f, &p, id, len, &header))
 }
 

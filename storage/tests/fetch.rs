@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use pop3sd_storage::fetch::Extent;
-use pop3sd_storage::{Address, PreparedMessage, Store, StoreOptions};
+use pop3sd_storage::{Address, Maildrop, PreparedMessage, Store, StoreOptions};
 
 fn message(n: usize) -> Vec<u8> {
     let mut m = format!("Subject: {n}\r\n\r\n").into_bytes();
@@ -61,12 +61,18 @@ fn in_memory(path: &Path, at: u64) -> bool {
     status[0] & 1 == 1
 }
 
-#[test]
-fn a_message_not_in_memory_is_fetched_then_read_from_memory() {
+/// A store in a temporary directory, with alice@example.com's maildrop.
+fn alice_maildrop() -> (tempfile::TempDir, Store, Address, Maildrop) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("root"), StoreOptions::default()).unwrap();
     let alice = Address::parse("alice@example.com").unwrap();
     let md = store.ensure_maildrop(&alice).unwrap();
+    (dir, store, alice, md)
+}
+
+#[test]
+fn a_message_not_in_memory_is_fetched_then_read_from_memory() {
+    let (_dir, store, alice, md) = alice_maildrop();
     for n in 0..4 {
         md.append(PreparedMessage::from_raw(&message(n))).unwrap();
     }
@@ -169,10 +175,7 @@ fn a_fetch_is_only_installed_in_the_snapshot_it_came_from() {
 
 #[test]
 fn a_segment_that_cannot_be_mapped_leaves_the_read_to_report_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("root"), StoreOptions::default()).unwrap();
-    let alice = Address::parse("alice@example.com").unwrap();
-    let md = store.ensure_maildrop(&alice).unwrap();
+    let (_dir, store, alice, md) = alice_maildrop();
     md.append(PreparedMessage::from_raw(&message(0))).unwrap();
     let seg = md.dir().join("seg-00000001");
     let s = store.open_session(&alice).unwrap();
@@ -191,10 +194,7 @@ fn a_segment_that_cannot_be_mapped_leaves_the_read_to_report_it() {
 
 #[test]
 fn a_top_fetch_reads_the_head_and_the_last_page() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("root"), StoreOptions::default()).unwrap();
-    let alice = Address::parse("alice@example.com").unwrap();
-    let md = store.ensure_maildrop(&alice).unwrap();
+    let (_dir, store, alice, md) = alice_maildrop();
     let mut big = b"Subject: big\r\n\r\nfirst line\r\n".to_vec();
     // Longer than the read-around of a page fault (half of read_ahead_kb
     // each side; 8 MiB on virtio disks), so that reading the head in does
