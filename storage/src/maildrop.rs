@@ -19,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::durable::{replace_file, sync_dir, unix_now};
@@ -37,6 +37,10 @@ const SESSION_LOCK: &str = "session.lock";
 
 /// Indexes up to this size (about 1,800 messages) are read rather than mapped.
 const READ_INDEX_MAX: u64 = 256 * 1024;
+/// Longest a login waits for a session that is winding down. The wait is
+/// normally the end of one message's copy (a compaction stops for the
+/// login); this bounds it where the holder is stuck behind the disk.
+pub const WIND_DOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An index's bytes, read or mapped (see [`Maildrop::index_bytes`]).
 enum IndexBytes {
@@ -161,6 +165,9 @@ pub struct CompactReport {
     pub records_dropped: u64,
     pub bytes_copied: u64,
     pub segments_removed: u64,
+    /// Stopped for a waiting login before anything changed; the space is
+    /// reclaimed by a later compaction.
+    pub interrupted: bool,
 }
 
 #[derive(Default)]
@@ -172,17 +179,36 @@ struct GroupState {
 }
 
 /// Per-maildrop state shared by every handle in this process.
+const LOCK_FREE: u8 = 0;
+const LOCK_LIVE: u8 = 1;
+const LOCK_WINDING_DOWN: u8 = 2;
+
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     pub(crate) name: String,
     options: StoreOptions,
     group: Mutex<GroupState>,
     cv: Condvar,
-    /// The in-process half of the session lock table.
-    session_open: AtomicBool,
+    /// The in-process half of the session lock table: [`LOCK_FREE`],
+    /// [`LOCK_LIVE`] or [`LOCK_WINDING_DOWN`] (held only to finish up: a
+    /// session whose QUIT is answered, a compaction; a login then waits
+    /// for it instead of being refused `[IN-USE]`). One atomic, so a login
+    /// never sees the holder gone and its state still set.
+    session_state: AtomicU8,
+    /// Logins waiting for a winding-down holder: while there are any, a
+    /// compaction stops at its next message, leaving the maildrop as it was.
+    logins_waiting: AtomicUsize,
+    /// Signalled whenever the session lock is released; the mutex only
+    /// orders a waiter's check against the release.
+    released: Mutex<()>,
+    released_cv: Condvar,
 }
 
 impl Shared {
+    fn winding_down(&self) -> bool {
+        self.session_state.load(Ordering::Acquire) == LOCK_WINDING_DOWN
+    }
+
     pub(crate) fn new(dir: PathBuf, name: String, options: StoreOptions) -> Self {
         Shared {
             dir,
@@ -190,7 +216,10 @@ impl Shared {
             options,
             group: Mutex::new(GroupState::default()),
             cv: Condvar::new(),
-            session_open: AtomicBool::new(false),
+            session_state: AtomicU8::new(LOCK_FREE),
+            logins_waiting: AtomicUsize::new(0),
+            released: Mutex::new(()),
+            released_cv: Condvar::new(),
         }
     }
 }
@@ -646,9 +675,16 @@ impl Maildrop {
 
     /// Locks the maildrop for a POP3 session and fixes its snapshot.
     /// A maildrop already in a session (on any core, or in another process)
-    /// gives [`Error::InUse`].
+    /// gives [`Error::InUse`]. One held only to finish up (see
+    /// [`Session::wind_down`]) is waited for, up to [`WIND_DOWN_WAIT`]: a
+    /// client that logs in again right after its QUIT was answered must not
+    /// be refused because that session's compaction still runs.
     pub fn open_session(&self) -> Result<Session> {
-        let lock = SessionLock::acquire(&self.shared)?;
+        let lock = SessionLock::acquire_waiting(&self.shared, WIND_DOWN_WAIT)?;
+        self.session_with(lock)
+    }
+
+    fn session_with(&self, lock: SessionLock) -> Result<Session> {
         let snapshot = self.open_snapshot()?;
         Ok(Session {
             maildrop: self.clone(),
@@ -662,11 +698,13 @@ impl Maildrop {
     /// `None` where a step would wait, or would write (a torn tail to
     /// repair), or failed; the caller then runs `open_session` where
     /// waiting is allowed, which also reports the failure. A maildrop in
-    /// a session on this process is `Some(Err(InUse))` at once.
+    /// a session on this process is `Some(Err(InUse))` at once, unless
+    /// that session is winding down (then `None`: `open_session` waits).
     pub fn open_session_cached(&self) -> Option<Result<Session>> {
         let lock = match SessionLock::acquire_cached(&self.shared) {
             Ok(Some(l)) => l,
             Ok(None) => return None,
+            Err(Error::InUse(_)) if self.shared.winding_down() => return None,
             Err(e @ Error::InUse(_)) => return Some(Err(e)),
             Err(_) => return None,
         };
@@ -688,6 +726,12 @@ impl Maildrop {
         }))
     }
 
+    /// Logins waiting for this maildrop's session to wind down: what makes
+    /// a compaction stop early; for diagnostics and tests.
+    pub fn logins_waiting(&self) -> usize {
+        self.shared.logins_waiting.load(Ordering::Acquire)
+    }
+
     /// Counts without taking any lock (a torn tail is simply not counted).
     pub fn stats(&self) -> Result<MaildropStats> {
         let parsed = self.read_index()?;
@@ -707,9 +751,10 @@ impl Maildrop {
         Ok(s)
     }
 
-    /// Compacts if no session holds the maildrop; `Ok(None)` if one does.
+    /// Compacts if no session holds the maildrop; `Ok(None)` if one does
+    /// (not waiting for one that winds down: that one may be compacting).
     pub fn compact(&self) -> Result<Option<CompactReport>> {
-        match self.open_session() {
+        match SessionLock::acquire(&self.shared).and_then(|lock| self.session_with(lock)) {
             Ok(s) => s.compact().map(Some),
             Err(Error::InUse(_)) => Ok(None),
             Err(e) => Err(e),
@@ -720,9 +765,24 @@ impl Maildrop {
     /// index without expunged records, then unlinks the old segments.
     /// Caller holds the session lock. Crash-safe at every step: until the
     /// rename, the old index and segments are untouched; after it, the old
-    /// segments are unreferenced.
+    /// segments are unreferenced. A login waiting for the maildrop stops it
+    /// before the rename (its new segments removed, nothing else changed):
+    /// reclaiming space can wait for the next QUIT, the user cannot.
     fn compact_locked(&self) -> Result<CompactReport> {
+        let waiting = || self.shared.logins_waiting.load(Ordering::Acquire) > 0;
+        self.compact_locked_unless(&waiting)
+    }
+
+    /// [`Maildrop::compact_locked`], asking `stop` before each message.
+    fn compact_locked_unless(&self, stop: &dyn Fn() -> bool) -> Result<CompactReport> {
         let dir = &self.shared.dir;
+        let interrupted = CompactReport {
+            interrupted: true,
+            ..CompactReport::default()
+        };
+        if stop() {
+            return Ok(interrupted);
+        }
         let _l = FileLock::exclusive(&dir.join(APPEND_LOCK))?;
         let parsed = self.read_index()?;
         let existing = segment::list(dir)?;
@@ -754,7 +814,18 @@ impl Maildrop {
         let mut maps: HashMap<u32, memmap2::Mmap> = HashMap::new();
         let mut out: Option<(u32, File, u64)> = None;
         let mut new_records = Vec::with_capacity(parsed.records.len());
+        let first_new_id = next_id;
         for r in &parsed.records {
+            if stop() {
+                drop(out);
+                // Unreferenced by any index; one left behind by a crash
+                // here is an orphan the next compaction removes.
+                for id in first_new_id..next_id {
+                    let p = segment::path(dir, id);
+                    std::fs::remove_file(&p).at(&p)?;
+                }
+                return Ok(interrupted);
+            }
             if r.deleted {
                 report.records_dropped += 1;
                 continue;
@@ -839,7 +910,11 @@ impl SessionLock {
         shared: &Arc<Shared>,
         take: impl FnOnce(&Path) -> Result<Option<FileLock>>,
     ) -> Result<Option<Self>> {
-        if shared.session_open.swap(true, Ordering::AcqRel) {
+        if shared
+            .session_state
+            .compare_exchange(LOCK_FREE, LOCK_LIVE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
             return Err(Error::InUse(shared.name.clone()));
         }
         match take(&shared.dir.join(SESSION_LOCK)) {
@@ -848,7 +923,7 @@ impl SessionLock {
                 file: Some(file),
             })),
             other => {
-                shared.session_open.store(false, Ordering::Release);
+                shared.session_state.store(LOCK_FREE, Ordering::Release);
                 other.map(|_| None)
             }
         }
@@ -869,6 +944,36 @@ impl SessionLock {
         Self::acquire_with(shared, FileLock::try_exclusive)?
             .ok_or_else(|| Error::InUse(shared.name.clone()))
     }
+
+    /// [`SessionLock::acquire`], waiting up to `wait` while the holder in
+    /// this process is winding down. A live session, or a holder in another
+    /// process, still gives [`Error::InUse`] at once.
+    fn acquire_waiting(shared: &Arc<Shared>, wait: std::time::Duration) -> Result<Self> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Self::acquire(shared) {
+                Err(Error::InUse(_)) if shared.winding_down() => {}
+                other => return other,
+            }
+            let guard = shared
+                .released
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Checked under the mutex: a release after this point notifies
+            // only once this thread waits, so it cannot be missed.
+            if !shared.winding_down() {
+                continue;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::InUse(shared.name.clone()));
+            }
+            shared.logins_waiting.fetch_add(1, Ordering::AcqRel);
+            let woken = shared.released_cv.wait_timeout(guard, deadline - now);
+            shared.logins_waiting.fetch_sub(1, Ordering::AcqRel);
+            drop(woken.unwrap_or_else(std::sync::PoisonError::into_inner));
+        }
+    }
 }
 
 impl Drop for SessionLock {
@@ -876,7 +981,17 @@ impl Drop for SessionLock {
         // Release the file lock before the in-process flag, so a thread that
         // sees the flag clear also finds the file lock free.
         self.file.take();
-        self.shared.session_open.store(false, Ordering::Release);
+        self.shared
+            .session_state
+            .store(LOCK_FREE, Ordering::Release);
+        // Taking the mutex orders this release after a waiter's check.
+        drop(
+            self.shared
+                .released
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.shared.released_cv.notify_all();
     }
 }
 
@@ -966,8 +1081,78 @@ impl Session {
 
     /// Reclaims the space of expunged messages, still holding the session
     /// lock so no reader can be looking at what is removed; ends the session.
+    /// A login that comes meanwhile waits, and the compaction stops for it
+    /// (see [`CompactReport::interrupted`]).
     pub fn compact(self) -> Result<CompactReport> {
+        self.wind_down();
         // The lock is released when `self` drops, after the compaction.
         self.maildrop.compact_locked()
+    }
+
+    /// Says the session is over (its QUIT answered) though the caller still
+    /// holds it to finish up: from now a login of this maildrop waits for
+    /// it to be dropped instead of being refused `[IN-USE]`, and a
+    /// compaction stops early for that login.
+    pub fn wind_down(&self) {
+        self.maildrop
+            .shared
+            .session_state
+            .store(LOCK_WINDING_DOWN, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_compaction_stopped_midway_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            segment_max: 8 * 1024,
+            ..StoreOptions::default()
+        };
+        let store = crate::Store::open(d.path().join("root"), options).unwrap();
+        let md = store
+            .create_maildrop(&crate::Address::parse("a@x.org").unwrap())
+            .unwrap();
+        let raw = |i: usize| format!("Subject: {i}\n\n{}\n", "y".repeat(1000)).into_bytes();
+        let msgs = (0..40)
+            .map(|i| PreparedMessage::from_raw(&raw(i)))
+            .collect();
+        assert!(md.append_batch(msgs).iter().all(|r| r.is_ok()));
+        let mut session = md.open_session().unwrap();
+        let even: Vec<usize> = (0..40).step_by(2).collect();
+        session.expunge(&even).unwrap();
+        let index_before = std::fs::read(md.index_path()).unwrap();
+        let segments_before = segment::list(md.dir()).unwrap();
+
+        // Stop after 15 of the 20 live messages are copied into new
+        // segments (8 KiB each), which must then go.
+        let asked = Cell::new(0usize);
+        let stop = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 30
+        };
+        let report = session.maildrop.compact_locked_unless(&stop).unwrap();
+        assert!(report.interrupted);
+        assert_eq!(asked.get(), 31, "stopped at the 31st record");
+        assert_eq!(std::fs::read(md.index_path()).unwrap(), index_before);
+        assert_eq!(segment::list(md.dir()).unwrap(), segments_before);
+        drop(session);
+
+        let session = md.open_session().unwrap();
+        let snap = session.snapshot();
+        assert_eq!(snap.len(), 20);
+        for (n, i) in (1..40).step_by(2).enumerate() {
+            let got = wire::decode(snap.wire(n).unwrap()).unwrap();
+            assert_eq!(got, wire::canonical_crlf(&raw(i)));
+        }
+        // Not stopped, the same compaction completes.
+        let report = session.compact().unwrap();
+        assert!(!report.interrupted);
+        assert_eq!(report.records_dropped, 20);
+        assert_eq!(md.stats().unwrap().expunged, 0);
     }
 }

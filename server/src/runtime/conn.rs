@@ -973,12 +973,21 @@ impl Conn {
         };
         match result {
             Ok(()) => {
-                // Reclaim space after answering, still holding the maildrop.
+                // Reclaim space after answering, still holding the maildrop;
+                // a login that comes meanwhile (this client again, at once)
+                // waits for it, and the compaction stops for that login.
+                session.wind_down();
                 pool.detach(move || {
                     if session.compaction_worthwhile().unwrap_or(false) {
                         let name = session.maildrop().name().to_string();
-                        if let Err(e) = session.compact() {
-                            tracing::warn!(maildrop = %name, error = %e, "compaction failed");
+                        match session.compact() {
+                            Ok(r) if r.interrupted => {
+                                tracing::debug!(maildrop = %name, "compaction stopped for a login")
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(maildrop = %name, error = %e, "compaction failed")
+                            }
                         }
                     }
                 });

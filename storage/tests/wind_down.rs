@@ -1,0 +1,110 @@
+//! A session that is only finishing up (its QUIT answered, its compaction
+//! running) makes a login of the same maildrop wait, not fail: a client
+//! that logs in again at once must not be told `[IN-USE]`.
+
+use std::time::{Duration, Instant};
+
+use pop3sd_storage::{wire, Address, Error, Maildrop, PreparedMessage, Store, StoreOptions};
+
+fn maildrop(options: StoreOptions, count: usize) -> (tempfile::TempDir, Maildrop) {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path().join("root"), options).unwrap();
+    let md = s
+        .create_maildrop(&Address::parse("alice@example.com").unwrap())
+        .unwrap();
+    let msgs = (0..count)
+        .map(|i| PreparedMessage::from_raw(&raw(i)))
+        .collect();
+    assert!(md.append_batch(msgs).iter().all(|r| r.is_ok()));
+    (d, md)
+}
+
+fn raw(i: usize) -> Vec<u8> {
+    format!("Subject: {i}\n\n{}\n.\n", "z".repeat(2000)).into_bytes()
+}
+
+/// Polls `cond` for up to ten seconds.
+fn eventually(cond: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+#[test]
+fn a_login_waits_for_a_session_winding_down_and_not_for_a_live_one() {
+    let (_d, md) = maildrop(StoreOptions::default(), 3);
+    let session = md.open_session().unwrap();
+    // A live session refuses at once, on both paths.
+    let t = Instant::now();
+    assert!(matches!(md.open_session(), Err(Error::InUse(_))));
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(matches!(
+        md.open_session_cached(),
+        Some(Err(Error::InUse(_)))
+    ));
+
+    session.wind_down();
+    // The cached path does not refuse: it leaves the wait to the pool.
+    assert!(md.open_session_cached().is_none());
+    let waiter = {
+        let md = md.clone();
+        std::thread::spawn(move || md.open_session().map(|s| s.snapshot().len()))
+    };
+    assert!(eventually(|| md.logins_waiting() == 1));
+    assert!(!waiter.is_finished());
+    drop(session);
+    assert_eq!(waiter.join().unwrap().unwrap(), 3);
+    assert_eq!(md.logins_waiting(), 0);
+}
+
+#[test]
+fn a_waiting_login_stops_the_compaction_of_the_session_before_it() {
+    let (_d, md) = maildrop(StoreOptions::default(), 60);
+    let mut session = md.open_session().unwrap();
+    session.expunge(&(0..30).collect::<Vec<_>>()).unwrap();
+    assert!(session.compaction_worthwhile().unwrap());
+    session.wind_down();
+    let waiter = {
+        let md = md.clone();
+        std::thread::spawn(move || {
+            let s = md.open_session()?;
+            let snap = s.snapshot();
+            let bodies: Vec<Vec<u8>> = (0..snap.len())
+                .map(|i| wire::decode(snap.wire(i).unwrap()).unwrap())
+                .collect();
+            Ok::<_, Error>(bodies)
+        })
+    };
+    assert!(eventually(|| md.logins_waiting() == 1));
+    let report = session.compact().unwrap();
+    assert!(report.interrupted, "{report:?}");
+    let bodies = waiter.join().unwrap().unwrap();
+    let want: Vec<Vec<u8>> = (30..60).map(|i| wire::canonical_crlf(&raw(i))).collect();
+    assert_eq!(bodies, want);
+    // The space is still to reclaim, and the next compaction does it.
+    let stats = md.stats().unwrap();
+    assert_eq!((stats.messages, stats.expunged), (30, 30));
+    assert_eq!(md.compact().unwrap().unwrap().records_dropped, 30);
+}
+
+#[test]
+fn a_login_gives_up_on_a_holder_that_never_finishes() {
+    let (_d, md) = maildrop(StoreOptions::default(), 1);
+    let session = md.open_session().unwrap();
+    session.wind_down();
+    // Bounded: the wait ends with [IN-USE] after WIND_DOWN_WAIT.
+    let t = Instant::now();
+    assert!(matches!(md.open_session(), Err(Error::InUse(_))));
+    let waited = t.elapsed();
+    assert!(
+        waited >= pop3sd_storage::WIND_DOWN_WAIT,
+        "gave up after {waited:?}"
+    );
+    drop(session);
+    md.open_session().unwrap();
+}
