@@ -28,7 +28,7 @@ pub mod wire;
 pub use error::{Error, Result};
 pub use maildrop::{
     CompactReport, Maildrop, MaildropStats, PreparedMessage, Receipt, Session, StoreOptions,
-    WIND_DOWN_WAIT,
+    STOPPABLE_ABOVE, WIND_DOWN_WAIT,
 };
 pub use name::{Address, Domain, LocalPart, NameError};
 pub use record::Uidl;

@@ -41,6 +41,9 @@ const READ_INDEX_MAX: u64 = 256 * 1024;
 /// normally the end of one message's copy (a compaction stops for the
 /// login); this bounds it where the holder is stuck behind the disk.
 pub const WIND_DOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A compaction that copies more than this stops for a waiting login; one
+/// that copies less finishes first (a few milliseconds and one fsync).
+pub const STOPPABLE_ABOVE: u64 = 4 << 20;
 
 /// An index's bytes, read or mapped (see [`Maildrop::index_bytes`]).
 enum IndexBytes {
@@ -770,19 +773,21 @@ impl Maildrop {
     /// reclaiming space can wait for the next QUIT, the user cannot.
     fn compact_locked(&self) -> Result<CompactReport> {
         let waiting = || self.shared.logins_waiting.load(Ordering::Acquire) > 0;
-        self.compact_locked_unless(&waiting)
+        self.compact_locked_unless(&waiting, STOPPABLE_ABOVE)
     }
 
-    /// [`Maildrop::compact_locked`], asking `stop` before each message.
-    fn compact_locked_unless(&self, stop: &dyn Fn() -> bool) -> Result<CompactReport> {
+    /// [`Maildrop::compact_locked`], asking `stop` before each message it
+    /// copies if it has more than `stoppable_above` bytes to copy. A
+    /// compaction with less (a download-and-delete session's copies none)
+    /// is over sooner than a stop would save, and is never stopped: a
+    /// client that always logs in again at once must not keep it from ever
+    /// finishing.
+    fn compact_locked_unless(
+        &self,
+        stop: &dyn Fn() -> bool,
+        stoppable_above: u64,
+    ) -> Result<CompactReport> {
         let dir = &self.shared.dir;
-        let interrupted = CompactReport {
-            interrupted: true,
-            ..CompactReport::default()
-        };
-        if stop() {
-            return Ok(interrupted);
-        }
         let _l = FileLock::exclusive(&dir.join(APPEND_LOCK))?;
         let parsed = self.read_index()?;
         let existing = segment::list(dir)?;
@@ -811,21 +816,18 @@ impl Maildrop {
                 offset: 0,
                 reason: "segment ids exhausted".into(),
             })?;
+        let to_copy: u64 = parsed
+            .records
+            .iter()
+            .filter(|r| !r.deleted && dirty.contains(&r.segment))
+            .map(|r| r.wire_len)
+            .sum();
+        let stoppable = to_copy > stoppable_above;
         let mut maps: HashMap<u32, memmap2::Mmap> = HashMap::new();
         let mut out: Option<(u32, File, u64)> = None;
         let mut new_records = Vec::with_capacity(parsed.records.len());
         let first_new_id = next_id;
         for r in &parsed.records {
-            if stop() {
-                drop(out);
-                // Unreferenced by any index; one left behind by a crash
-                // here is an orphan the next compaction removes.
-                for id in first_new_id..next_id {
-                    let p = segment::path(dir, id);
-                    std::fs::remove_file(&p).at(&p)?;
-                }
-                return Ok(interrupted);
-            }
             if r.deleted {
                 report.records_dropped += 1;
                 continue;
@@ -833,6 +835,19 @@ impl Maildrop {
             if !dirty.contains(&r.segment) {
                 new_records.push(r.clone());
                 continue;
+            }
+            if stoppable && stop() {
+                drop(out);
+                // Unreferenced by any index; one left behind by a crash
+                // here is an orphan the next compaction removes.
+                for id in first_new_id..next_id {
+                    let p = segment::path(dir, id);
+                    std::fs::remove_file(&p).at(&p)?;
+                }
+                return Ok(CompactReport {
+                    interrupted: true,
+                    ..CompactReport::default()
+                });
             }
             let src = match maps.entry(r.segment) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -1106,18 +1121,21 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
-    #[test]
-    fn a_compaction_stopped_midway_changes_nothing() {
-        let d = tempfile::tempdir().unwrap();
+    fn raw(i: usize) -> Vec<u8> {
+        format!("Subject: {i}\n\n{}\n", "y".repeat(1000)).into_bytes()
+    }
+
+    /// 40 messages of about 1 KiB in 8 KiB segments, the even ones
+    /// expunged, still held by their session.
+    fn half_expunged(d: &Path) -> (Maildrop, Session) {
         let options = StoreOptions {
             segment_max: 8 * 1024,
             ..StoreOptions::default()
         };
-        let store = crate::Store::open(d.path().join("root"), options).unwrap();
+        let store = crate::Store::open(d.join("root"), options).unwrap();
         let md = store
             .create_maildrop(&crate::Address::parse("a@x.org").unwrap())
             .unwrap();
-        let raw = |i: usize| format!("Subject: {i}\n\n{}\n", "y".repeat(1000)).into_bytes();
         let msgs = (0..40)
             .map(|i| PreparedMessage::from_raw(&raw(i)))
             .collect();
@@ -1125,6 +1143,13 @@ mod tests {
         let mut session = md.open_session().unwrap();
         let even: Vec<usize> = (0..40).step_by(2).collect();
         session.expunge(&even).unwrap();
+        (md, session)
+    }
+
+    #[test]
+    fn a_compaction_stopped_midway_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let (md, session) = half_expunged(d.path());
         let index_before = std::fs::read(md.index_path()).unwrap();
         let segments_before = segment::list(md.dir()).unwrap();
 
@@ -1133,11 +1158,11 @@ mod tests {
         let asked = Cell::new(0usize);
         let stop = || {
             asked.set(asked.get() + 1);
-            asked.get() > 30
+            asked.get() > 15
         };
-        let report = session.maildrop.compact_locked_unless(&stop).unwrap();
+        let report = session.maildrop.compact_locked_unless(&stop, 0).unwrap();
         assert!(report.interrupted);
-        assert_eq!(asked.get(), 31, "stopped at the 31st record");
+        assert_eq!(asked.get(), 16, "asked before each copy");
         assert_eq!(std::fs::read(md.index_path()).unwrap(), index_before);
         assert_eq!(segment::list(md.dir()).unwrap(), segments_before);
         drop(session);
@@ -1151,6 +1176,26 @@ mod tests {
         }
         // Not stopped, the same compaction completes.
         let report = session.compact().unwrap();
+        assert!(!report.interrupted);
+        assert_eq!(report.records_dropped, 20);
+        assert_eq!(md.stats().unwrap().expunged, 0);
+    }
+
+    #[test]
+    fn a_compaction_with_little_to_copy_is_not_stopped() {
+        let d = tempfile::tempdir().unwrap();
+        let (md, session) = half_expunged(d.path());
+        let asked = Cell::new(0usize);
+        let stop = || {
+            asked.set(asked.get() + 1);
+            true
+        };
+        // About 21 KiB to copy: under the threshold, nothing asks.
+        let report = session
+            .maildrop
+            .compact_locked_unless(&stop, 64 * 1024)
+            .unwrap();
+        assert_eq!(asked.get(), 0);
         assert!(!report.interrupted);
         assert_eq!(report.records_dropped, 20);
         assert_eq!(md.stats().unwrap().expunged, 0);

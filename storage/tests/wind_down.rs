@@ -6,21 +6,21 @@ use std::time::{Duration, Instant};
 
 use pop3sd_storage::{wire, Address, Error, Maildrop, PreparedMessage, Store, StoreOptions};
 
-fn maildrop(options: StoreOptions, count: usize) -> (tempfile::TempDir, Maildrop) {
+fn maildrop(count: usize, size: usize) -> (tempfile::TempDir, Maildrop) {
     let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path().join("root"), options).unwrap();
+    let s = Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
     let md = s
         .create_maildrop(&Address::parse("alice@example.com").unwrap())
         .unwrap();
     let msgs = (0..count)
-        .map(|i| PreparedMessage::from_raw(&raw(i)))
+        .map(|i| PreparedMessage::from_raw(&raw(i, size)))
         .collect();
     assert!(md.append_batch(msgs).iter().all(|r| r.is_ok()));
     (d, md)
 }
 
-fn raw(i: usize) -> Vec<u8> {
-    format!("Subject: {i}\n\n{}\n.\n", "z".repeat(2000)).into_bytes()
+fn raw(i: usize, size: usize) -> Vec<u8> {
+    format!("Subject: {i}\n\n{}\n.\n", "z".repeat(size)).into_bytes()
 }
 
 /// Polls `cond` for up to ten seconds.
@@ -37,7 +37,7 @@ fn eventually(cond: impl Fn() -> bool) -> bool {
 
 #[test]
 fn a_login_waits_for_a_session_winding_down_and_not_for_a_live_one() {
-    let (_d, md) = maildrop(StoreOptions::default(), 3);
+    let (_d, md) = maildrop(3, 2000);
     let session = md.open_session().unwrap();
     // A live session refuses at once, on both paths.
     let t = Instant::now();
@@ -64,7 +64,9 @@ fn a_login_waits_for_a_session_winding_down_and_not_for_a_live_one() {
 
 #[test]
 fn a_waiting_login_stops_the_compaction_of_the_session_before_it() {
-    let (_d, md) = maildrop(StoreOptions::default(), 60);
+    // 6 MiB of live mail to copy: over STOPPABLE_ABOVE.
+    let (_d, md) = maildrop(60, 200 * 1024);
+    const { assert!(30 * 200 * 1024 > pop3sd_storage::STOPPABLE_ABOVE) };
     let mut session = md.open_session().unwrap();
     session.expunge(&(0..30).collect::<Vec<_>>()).unwrap();
     assert!(session.compaction_worthwhile().unwrap());
@@ -84,7 +86,9 @@ fn a_waiting_login_stops_the_compaction_of_the_session_before_it() {
     let report = session.compact().unwrap();
     assert!(report.interrupted, "{report:?}");
     let bodies = waiter.join().unwrap().unwrap();
-    let want: Vec<Vec<u8>> = (30..60).map(|i| wire::canonical_crlf(&raw(i))).collect();
+    let want: Vec<Vec<u8>> = (30..60)
+        .map(|i| wire::canonical_crlf(&raw(i, 200 * 1024)))
+        .collect();
     assert_eq!(bodies, want);
     // The space is still to reclaim, and the next compaction does it.
     let stats = md.stats().unwrap();
@@ -93,8 +97,29 @@ fn a_waiting_login_stops_the_compaction_of_the_session_before_it() {
 }
 
 #[test]
+fn a_download_and_delete_compaction_finishes_before_the_waiting_login() {
+    // Nothing to copy: stopping would save nothing, and a client that
+    // always logs in again at once would keep the space from ever coming
+    // back.
+    let (_d, md) = maildrop(60, 200 * 1024);
+    let mut session = md.open_session().unwrap();
+    session.expunge(&(0..60).collect::<Vec<_>>()).unwrap();
+    session.wind_down();
+    let waiter = {
+        let md = md.clone();
+        std::thread::spawn(move || md.open_session().map(|s| s.snapshot().len()))
+    };
+    assert!(eventually(|| md.logins_waiting() == 1));
+    let report = session.compact().unwrap();
+    assert!(!report.interrupted, "{report:?}");
+    assert_eq!(report.records_dropped, 60);
+    assert_eq!(waiter.join().unwrap().unwrap(), 0);
+    assert_eq!(md.stats().unwrap().expunged, 0);
+}
+
+#[test]
 fn a_login_gives_up_on_a_holder_that_never_finishes() {
-    let (_d, md) = maildrop(StoreOptions::default(), 1);
+    let (_d, md) = maildrop(1, 2000);
     let session = md.open_session().unwrap();
     session.wind_down();
     // Bounded: the wait ends with [IN-USE] after WIND_DOWN_WAIT.
