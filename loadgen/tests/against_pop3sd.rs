@@ -15,18 +15,43 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-/// One server for most tests of this file (its threads live as long as the process).
+/// The servers of this file, all started at the first test's first use,
+/// before any test makes load: a demo picks free ports and the server binds
+/// them a moment later, and a burst of client connections in between could
+/// take one as its own local port. (Their threads live as long as the
+/// process.)
+struct Servers {
+    shared: Server,
+    own: Server,
+    users_file: Server,
+}
+
+fn servers() -> &'static Servers {
+    static S: OnceLock<Servers> = OnceLock::new();
+    S.get_or_init(|| Servers {
+        shared: start_server(),
+        own: start_server(),
+        users_file: start_server(),
+    })
+}
+
+/// The server for most tests.
 fn server() -> &'static Server {
-    static S: OnceLock<Server> = OnceLock::new();
-    S.get_or_init(start_server)
+    &servers().shared
 }
 
 /// A second server, for sessions that must not meet the maildrops that
 /// the idle scenario holds on the first (a held maildrop refuses a second
 /// login with [IN-USE]).
 fn own_server() -> &'static Server {
-    static S: OnceLock<Server> = OnceLock::new();
-    S.get_or_init(start_server)
+    &servers().own
+}
+
+/// A third, for the runs that name their user in a users file: on a
+/// server that other tests' runs pick users from at random, that user
+/// could be held by one of them (the idle scenario holds most of them).
+fn users_file_server() -> &'static Server {
+    &servers().users_file
 }
 
 fn start_server() -> Server {
@@ -471,7 +496,7 @@ fn json_report_goes_to_stdout_with_a_dash() {
 /// The test server's POP3S address and a users file for alice, for runs
 /// that do not take their target and CA from the demo's JSON.
 fn target_and_users(dir: &Path) -> (String, PathBuf) {
-    let s = server();
+    let s = users_file_server();
     let demo: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&s.json).unwrap()).unwrap();
     let users = dir.join("users");

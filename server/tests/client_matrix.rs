@@ -418,6 +418,21 @@ fn getmail6_keep_then_delete() {
 
 /// `openssl s_client` to the demo's POP3S port as example.com, verifying
 /// the certificate, with every stream piped.
+/// Everything a child's pipe gives, gathered by a thread as it comes.
+fn collect(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (mut pipe, sink) = (pipe.expect("piped"), buf.clone());
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    buf
+}
+
 fn s_client(demo: &Demo, flags: &[&str]) -> std::process::Child {
     Command::new("openssl")
         .arg("s_client")
@@ -579,28 +594,59 @@ fn openssl_key_updates_mid_session_keep_it_going() {
         "K".into(),
         "quit".into(),
     ];
+    // Each line goes in only once the previous one has shown its effect
+    // (an answer, or s_client's KEYUPDATE note): s_client looks at the
+    // first byte of what it read for a command letter, so two lines in one
+    // read would turn a K into text or a command into nothing.
+    let (out_buf, err_buf) = (collect(child.stdout.take()), collect(child.stderr.take()));
+    let answers = |b: &[u8]| {
+        b.split(|&c| c == b'\n')
+            .filter(|l| l.starts_with(b"+OK") || l.starts_with(b"-ERR"))
+            .count()
+    };
+    let key_updates = |b: &[u8]| String::from_utf8_lossy(b).matches("KEYUPDATE").count();
+    let progress = || {
+        (
+            answers(&out_buf.lock().unwrap()),
+            key_updates(&err_buf.lock().unwrap()),
+        )
+    };
+    let wait_past = |before: (usize, usize)| {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while progress() == before && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
+        // The greeting: the handshake is done and s_client reads its input.
+        wait_past((0, 0));
         for l in lines {
-            // One line per read: s_client looks at the first byte of what
-            // it read for a command letter.
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            let before = progress();
             // An early exit shows in the output checked below.
             if stdin.write_all(format!("{l}\n").as_bytes()).is_err() {
                 break;
             }
+            wait_past(before);
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // Open until s_client ends when the server closes after QUIT (or
+        // ten seconds have passed: the checks below then say what is
+        // missing).
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
     }
     let o = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let out = String::from_utf8_lossy(&out_buf.lock().unwrap()).into_owned();
+    let err = String::from_utf8_lossy(&err_buf.lock().unwrap()).into_owned();
     let _guard = PrintOnPanic(format!(
-        "s_client output:\n{out}\n--- stderr\n{}\n--- server log\n{}",
-        String::from_utf8_lossy(&o.stderr),
+        "s_client ({}) output:\n{out}\n--- stderr\n{err}\n--- server log\n{}",
+        o.status,
         demo.log()
     ));
-    let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.matches("KEYUPDATE").count(), 4, "s_client sent four");
     assert!(out.contains("+OK Logged in.\r\n"));
     let stat = format!("+OK {} {}\r\n", expected.len(), total(&expected));

@@ -153,6 +153,10 @@ for name in ["../example.org/alice", "..%2f..%2fetc", "%2e%2e@example.com", "/et
         r = cmd(s6, f6, "PASS {apw}")
         # Only the genuine spelling of alice (case and FQDN dot) may log in.
         assert r.startswith(b"-ERR") or name == "alice@EXAMPLE.COM.", (name, r)
+        if r.startswith(b"+OK"):
+            # Ends the session here: a dropped one holds alice's maildrop
+            # until the server reads the close, and alice logs in next.
+            assert cmd(s6, f6, "QUIT").startswith(b"+OK")
     s6.close(); f6.close()
 
 item("AUTH PLAIN with bad base64, oversized data, a foreign authorization identity")
@@ -200,11 +204,12 @@ assert times[-1] > times[0] * 2 and times[-1] > 0.5, times
 # Another user, from elsewhere, is not slowed.
 so, fo = tls(source="127.0.0.8"); fo.readline()
 cmd(so, fo, "USER {carol}")
-t = time.time(); assert cmd(so, fo, "PASS {cpw}").startswith(b"+OK"); assert time.time() - t < 0.5
+# (2 s: far below the guessing delay, and above a busy machine's stalls.)
+t = time.time(); assert cmd(so, fo, "PASS {cpw}").startswith(b"+OK"); assert time.time() - t < 2
 # And the guessed-at user still gets in with the right password at once.
 sa, fa = tls(source="127.0.0.6"); fa.readline()
 cmd(sa, fa, "USER {alice}")
-t = time.time(); assert cmd(sa, fa, "PASS {apw}").startswith(b"+OK"); assert time.time() - t < 0.5
+t = time.time(); assert cmd(sa, fa, "PASS {apw}").startswith(b"+OK"); assert time.time() - t < 2
 
 # The witness carried on through all of it.
 assert cmd(w, fw, "STAT").startswith(b"+OK")

@@ -32,9 +32,17 @@ assert line.startswith(b"-ERR [SYS/TEMP] Too many connections to this server"), 
 for s_, f in held:
     cmd(s_, f, "QUIT")
     s_.close()
-time.sleep(0.3)
-s6, f6 = tls(source="127.0.0.2")
-assert f6.readline().startswith(b"+OK")
+# A slot is free once the server has dropped its connection, which a busy
+# machine can take a moment to get to.
+deadline = time.time() + 10
+while True:
+    s6, f6 = tls(source="127.0.0.2")
+    line = f6.readline()
+    if line.startswith(b"+OK") or time.time() > deadline:
+        break
+    s6.close()
+    time.sleep(0.05)
+assert line.startswith(b"+OK"), line
 "#,
     );
     assert!(s.log().contains("connection refused by limit"));
@@ -54,9 +62,15 @@ cmd(b, fb, "USER {user}")
 line = cmd(b, fb, "PASS {pw}")
 assert line.startswith(b"-ERR [IN-USE] Too many sessions for this user"), line
 cmd(a, fa, "QUIT")
-time.sleep(0.2)
-assert cmd(b, fb, "USER {user}").startswith(b"+OK")
-assert cmd(b, fb, "PASS {pw}").startswith(b"+OK"), "the slot came back"
+# The slot comes back once the server has dropped that connection.
+deadline = time.time() + 10
+while True:
+    assert cmd(b, fb, "USER {user}").startswith(b"+OK")
+    line = cmd(b, fb, "PASS {pw}")
+    if not line.startswith(b"-ERR [IN-USE]") or time.time() > deadline:
+        break
+    time.sleep(0.05)
+assert line.startswith(b"+OK"), ("the slot came back", line)
 "#
     ));
 }
@@ -216,7 +230,12 @@ assert cmd(a, fa, "DELE 1").startswith(b"+OK") and cmd(b, fb, "DELE 1").startswi
 print(na, nb, flush=True)
 sys.stdout.flush()
 open(os.environ["MARK"], "w").write("ready")
-time.sleep(1.0)   # the test sends SIGTERM now
+# The test sends SIGTERM now, and says when the listeners are closed.
+go = os.environ["MARK"] + ".go"
+deadline = time.time() + 10
+while not os.path.exists(go) and time.time() < deadline:
+    time.sleep(0.01)
+assert os.path.exists(go), "the test did not see the drain start"
 # Draining: no new connections, but sessions go on and QUIT commits.
 try:
     socket.create_connection(addr("pop3s"), 2).recv(10)
@@ -232,6 +251,13 @@ assert line.startswith(b"-ERR [SYS/TEMP] Server shutting down"), line
     );
     let client = start_until_ready(&s, &script, &mark);
     s.signal(libc::SIGTERM);
+    // Draining has begun once a new connection is refused.
+    let pop3s: std::net::SocketAddr = s.info.pop3s.parse().unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(pop3s).is_ok() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(mark.with_extension("go"), "go").unwrap();
     let o = client.wait_with_output().unwrap();
     assert!(
         o.status.success(),

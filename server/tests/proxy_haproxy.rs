@@ -59,7 +59,18 @@ fn client_addresses_come_from_trusted_proxy_headers_only() {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Ready once both front ports accept (a probe that closes at once
+    // costs the backend nothing but a connection without a session).
+    for port in [v1, v2] {
+        let up = (0..200).any(|_| {
+            let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if !ok {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            ok
+        });
+        assert!(up, "haproxy does not listen on {port}");
+    }
     let (user, pw) = s.user(0, 0);
     let (user2, pw2) = s.user(1, 0);
     s.python(&format!(

@@ -1,6 +1,7 @@
 //! A client that logs in again as soon as its QUIT is answered gets its
 //! maildrop, even while the QUIT's compaction still runs: the login waits
-//! for it (and the compaction stops for the login) instead of `[IN-USE]`.
+//! for it instead of `[IN-USE]`. (Whether the compaction stops for it here
+//! depends on timing; storage/tests/wind_down.rs tests the stop.)
 
 mod common;
 

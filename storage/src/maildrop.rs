@@ -19,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::durable::{replace_file, sync_dir, unix_now};
@@ -198,9 +198,12 @@ pub(crate) struct Shared {
     /// for it instead of being refused `[IN-USE]`). One atomic, so a login
     /// never sees the holder gone and its state still set.
     session_state: AtomicU8,
-    /// Logins waiting for a winding-down holder: while there are any, a
-    /// compaction stops at its next message, leaving the maildrop as it was.
-    logins_waiting: AtomicUsize,
+    /// Set by a login that found the holder winding down (on a core, or
+    /// waiting on the pool), cleared when the lock is released or a holder
+    /// winds down: a compaction then stops at its next copy, leaving the
+    /// maildrop as it was. Set from the core too, so the stop does not
+    /// depend on a free pool thread for the login to wait on.
+    login_came: AtomicBool,
     /// Signalled whenever the session lock is released; the mutex only
     /// orders a waiter's check against the release.
     released: Mutex<()>,
@@ -212,6 +215,11 @@ impl Shared {
         self.session_state.load(Ordering::Acquire) == LOCK_WINDING_DOWN
     }
 
+    /// Tells a winding-down holder that a login is here.
+    fn login_came(&self) {
+        self.login_came.store(true, Ordering::Release);
+    }
+
     pub(crate) fn new(dir: PathBuf, name: String, options: StoreOptions) -> Self {
         Shared {
             dir,
@@ -220,7 +228,7 @@ impl Shared {
             group: Mutex::new(GroupState::default()),
             cv: Condvar::new(),
             session_state: AtomicU8::new(LOCK_FREE),
-            logins_waiting: AtomicUsize::new(0),
+            login_came: AtomicBool::new(false),
             released: Mutex::new(()),
             released_cv: Condvar::new(),
         }
@@ -705,11 +713,13 @@ impl Maildrop {
     /// that session is winding down (then `None`: `open_session` waits).
     pub fn open_session_cached(&self) -> Option<Result<Session>> {
         let lock = match SessionLock::acquire_cached(&self.shared) {
-            Ok(Some(l)) => l,
-            Ok(None) => return None,
-            Err(Error::InUse(_)) if self.shared.winding_down() => return None,
-            Err(e @ Error::InUse(_)) => return Some(Err(e)),
-            Err(_) => return None,
+            Ok(Claim::Got(l)) => l,
+            Ok(Claim::NotNow) | Err(_) => return None,
+            Ok(Claim::WindingDown) => {
+                self.shared.login_came();
+                return None;
+            }
+            Ok(Claim::Live) => return Some(Err(Error::InUse(self.shared.name.clone()))),
         };
         let file = crate::cached::open(&self.index_path())?;
         let len = file.metadata().ok()?.len();
@@ -729,10 +739,10 @@ impl Maildrop {
         }))
     }
 
-    /// Logins waiting for this maildrop's session to wind down: what makes
-    /// a compaction stop early; for diagnostics and tests.
-    pub fn logins_waiting(&self) -> usize {
-        self.shared.logins_waiting.load(Ordering::Acquire)
+    /// Whether a login has come for this maildrop while its session winds
+    /// down: what makes a compaction stop early; for diagnostics and tests.
+    pub fn login_waiting(&self) -> bool {
+        self.shared.login_came.load(Ordering::Acquire)
     }
 
     /// Counts without taking any lock (a torn tail is simply not counted).
@@ -772,7 +782,7 @@ impl Maildrop {
     /// before the rename (its new segments removed, nothing else changed):
     /// reclaiming space can wait for the next QUIT, the user cannot.
     fn compact_locked(&self) -> Result<CompactReport> {
-        let waiting = || self.shared.logins_waiting.load(Ordering::Acquire) > 0;
+        let waiting = || self.shared.login_came.load(Ordering::Acquire);
         self.compact_locked_unless(&waiting, STOPPABLE_ABOVE)
     }
 
@@ -839,11 +849,20 @@ impl Maildrop {
             if stoppable && stop() {
                 drop(out);
                 // Unreferenced by any index; one left behind by a crash
-                // here is an orphan the next compaction removes.
+                // here (or a failed unlink) is an orphan the next
+                // compaction removes. All are tried; the first failure is
+                // reported.
+                let mut failed = Ok(());
                 for id in first_new_id..next_id {
                     let p = segment::path(dir, id);
-                    std::fs::remove_file(&p).at(&p)?;
+                    match std::fs::remove_file(&p) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound && failed.is_ok() => {
+                            failed = Err(e).at(&p);
+                        }
+                        _ => {}
+                    }
                 }
+                failed?;
                 return Ok(CompactReport {
                     interrupted: true,
                     ..CompactReport::default()
@@ -918,37 +937,54 @@ struct SessionLock {
     file: Option<FileLock>,
 }
 
+/// What an attempt on the session lock found.
+enum Claim {
+    Got(SessionLock),
+    /// Held by a session of this process.
+    Live,
+    /// Held by a session of this process that is only finishing up.
+    WindingDown,
+    /// The file lock was not given (another process holds it, or its file
+    /// cannot be opened without waiting).
+    NotNow,
+}
+
 impl SessionLock {
-    /// Takes the in-process flag, then the file lock `take` gives for the
-    /// lock file's path; `Ok(None)` (the flag given back) when it gives none.
+    /// Takes the in-process state, then the file lock `take` gives for the
+    /// lock file's path (the state given back when it gives none). The
+    /// holder's kind is the value the failed exchange saw, not a second
+    /// look that could find it already gone.
     fn acquire_with(
         shared: &Arc<Shared>,
         take: impl FnOnce(&Path) -> Result<Option<FileLock>>,
-    ) -> Result<Option<Self>> {
-        if shared
-            .session_state
-            .compare_exchange(LOCK_FREE, LOCK_LIVE, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return Err(Error::InUse(shared.name.clone()));
+    ) -> Result<Claim> {
+        match shared.session_state.compare_exchange(
+            LOCK_FREE,
+            LOCK_LIVE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {}
+            Err(LOCK_WINDING_DOWN) => return Ok(Claim::WindingDown),
+            Err(_) => return Ok(Claim::Live),
         }
         match take(&shared.dir.join(SESSION_LOCK)) {
-            Ok(Some(file)) => Ok(Some(SessionLock {
+            Ok(Some(file)) => Ok(Claim::Got(SessionLock {
                 shared: shared.clone(),
                 file: Some(file),
             })),
             other => {
                 shared.session_state.store(LOCK_FREE, Ordering::Release);
-                other.map(|_| None)
+                other.map(|_| Claim::NotNow)
             }
         }
     }
 
-    /// [`SessionLock::acquire`] without waiting for the disk: `Ok(None)`
+    /// [`SessionLock::acquire`] without waiting for the disk: `NotNow`
     /// where the lock is held by another process or its file cannot be
     /// opened without waiting (see [`crate::cached`]); the blocking path
     /// tells which.
-    fn acquire_cached(shared: &Arc<Shared>) -> Result<Option<Self>> {
+    fn acquire_cached(shared: &Arc<Shared>) -> Result<Claim> {
         Self::acquire_with(shared, |path| match crate::cached::open(path) {
             Some(file) => FileLock::try_exclusive_file(file, path),
             None => Ok(None),
@@ -956,8 +992,10 @@ impl SessionLock {
     }
 
     fn acquire(shared: &Arc<Shared>) -> Result<Self> {
-        Self::acquire_with(shared, FileLock::try_exclusive)?
-            .ok_or_else(|| Error::InUse(shared.name.clone()))
+        match Self::acquire_with(shared, FileLock::try_exclusive)? {
+            Claim::Got(lock) => Ok(lock),
+            _ => Err(Error::InUse(shared.name.clone())),
+        }
     }
 
     /// [`SessionLock::acquire`], waiting up to `wait` while the holder in
@@ -966,16 +1004,18 @@ impl SessionLock {
     fn acquire_waiting(shared: &Arc<Shared>, wait: std::time::Duration) -> Result<Self> {
         let deadline = std::time::Instant::now() + wait;
         loop {
-            match Self::acquire(shared) {
-                Err(Error::InUse(_)) if shared.winding_down() => {}
-                other => return other,
+            match Self::acquire_with(shared, FileLock::try_exclusive)? {
+                Claim::Got(lock) => return Ok(lock),
+                Claim::WindingDown => shared.login_came(),
+                Claim::Live | Claim::NotNow => return Err(Error::InUse(shared.name.clone())),
             }
             let guard = shared
                 .released
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             // Checked under the mutex: a release after this point notifies
-            // only once this thread waits, so it cannot be missed.
+            // only once this thread waits, so it cannot be missed. Anything
+            // but a holder still winding down is looked at afresh.
             if !shared.winding_down() {
                 continue;
             }
@@ -983,10 +1023,12 @@ impl SessionLock {
             if now >= deadline {
                 return Err(Error::InUse(shared.name.clone()));
             }
-            shared.logins_waiting.fetch_add(1, Ordering::AcqRel);
-            let woken = shared.released_cv.wait_timeout(guard, deadline - now);
-            shared.logins_waiting.fetch_sub(1, Ordering::AcqRel);
-            drop(woken.unwrap_or_else(std::sync::PoisonError::into_inner));
+            drop(
+                shared
+                    .released_cv
+                    .wait_timeout(guard, deadline - now)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
         }
     }
 }
@@ -996,6 +1038,7 @@ impl Drop for SessionLock {
         // Release the file lock before the in-process flag, so a thread that
         // sees the flag clear also finds the file lock free.
         self.file.take();
+        self.shared.login_came.store(false, Ordering::Release);
         self.shared
             .session_state
             .store(LOCK_FREE, Ordering::Release);
@@ -1109,10 +1152,16 @@ impl Session {
     /// it to be dropped instead of being refused `[IN-USE]`, and a
     /// compaction stops early for that login.
     pub fn wind_down(&self) {
-        self.maildrop
-            .shared
-            .session_state
-            .store(LOCK_WINDING_DOWN, Ordering::Release);
+        let shared = &self.maildrop.shared;
+        // Only the holder moves its state, and only once: a login that
+        // came after a first call is not forgotten by a second one.
+        if shared.session_state.load(Ordering::Acquire) == LOCK_LIVE {
+            // Left over from an earlier holder's logins, if anything.
+            shared.login_came.store(false, Ordering::Release);
+            shared
+                .session_state
+                .store(LOCK_WINDING_DOWN, Ordering::Release);
+        }
     }
 }
 

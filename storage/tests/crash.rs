@@ -233,13 +233,21 @@ fn survives_sigkill_at_random_instants() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        // The kill's random instant counts from the child's first output
+        // (libtest's, once the process is up), not from the spawn: on a
+        // busy machine, starting a process can take most of the window.
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
+            let mut raw = vec![0u8; 1];
+            if stdout.read_exact(&mut raw).is_err() {
+                raw.clear();
+            }
+            let _ = started_tx.send(());
             // Only whole lines count: a long "X uid uid ..." line goes to the
             // pipe in several writes, and a kill between them leaves a
             // truncated acknowledgement that must not be believed (the
             // expunge then stays in doubt and is settled below).
-            let mut raw = Vec::new();
             let _ = BufReader::new(stdout).read_to_end(&mut raw);
             let complete = raw.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             String::from_utf8_lossy(&raw[..complete])
@@ -247,6 +255,7 @@ fn survives_sigkill_at_random_instants() {
                 .map(str::to_string)
                 .collect::<Vec<String>>()
         });
+        let _ = started_rx.recv_timeout(Duration::from_secs(10));
         std::thread::sleep(Duration::from_micros(5_000 + rng.below(40_000)));
         // The child runs for 20 s: one that is gone already died of
         // something other than our SIGKILL (a panic, a store error).

@@ -975,15 +975,19 @@ impl Conn {
             Ok(()) => {
                 // Reclaim space after answering, still holding the maildrop;
                 // a login that comes meanwhile (this client again, at once)
-                // waits for it, and the compaction stops for that login.
+                // waits for it on the pool, and a long compaction stops for
+                // that login. Winding down and queueing the job both happen
+                // before the answer goes out, so the job is always queued
+                // ahead of any login waiting on it (the queue is FIFO).
                 session.wind_down();
                 pool.detach(move || {
                     if session.compaction_worthwhile().unwrap_or(false) {
                         let name = session.maildrop().name().to_string();
                         match session.compact() {
-                            Ok(r) if r.interrupted => {
-                                tracing::debug!(maildrop = %name, "compaction stopped for a login")
-                            }
+                            Ok(r) if r.interrupted => tracing::info!(
+                                maildrop = %name,
+                                "compaction stopped for a login; a later one reclaims the space"
+                            ),
                             Ok(_) => {}
                             Err(e) => {
                                 tracing::warn!(maildrop = %name, error = %e, "compaction failed")
