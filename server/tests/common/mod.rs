@@ -254,14 +254,41 @@ pub struct Served {
 impl Served {
     /// Prepares demo data (2 users per tenant, 3 messages each), lets the
     /// test change the configuration, and serves it.
-    pub fn start(adjust: impl FnOnce(&mut pop3sd::config::Config)) -> Served {
+    pub fn start(adjust: impl Fn(&mut pop3sd::config::Config)) -> Served {
         Self::start_with(2, 0, adjust)
     }
 
+    /// [`Served::start`] with `users` per tenant and messages of about
+    /// `message_size` bytes (0: the demo's mixed sizes). The demo picks
+    /// free ports and this server binds them a moment later; a port taken
+    /// in between (by another test's client connection, say) fails the
+    /// bind, and the whole set-up is tried again with new ports.
     pub fn start_with(
         users: usize,
         message_size: usize,
-        adjust: impl FnOnce(&mut pop3sd::config::Config),
+        adjust: impl Fn(&mut pop3sd::config::Config),
+    ) -> Served {
+        let mut tries = 3;
+        loop {
+            tries -= 1;
+            let s = Self::try_start(users, message_size, &adjust);
+            if s.log_now().contains(" serving ") {
+                return s;
+            }
+            let log = s.log();
+            if tries == 0 || !log.contains("cannot bind") {
+                panic!("server did not start:\n{log}");
+            }
+            eprintln!("a picked port was taken before the server bound it; again:\n{log}");
+        }
+    }
+
+    /// One try of [`Served::start_with`]: returned once the server serves,
+    /// has exited, or 20 s have passed.
+    fn try_start(
+        users: usize,
+        message_size: usize,
+        adjust: &impl Fn(&mut pop3sd::config::Config),
     ) -> Served {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut config, info) = pop3sd::demo::prepare(&pop3sd::demo::DemoOptions {
@@ -282,7 +309,7 @@ impl Served {
             .stderr(std::fs::File::create(&log_file).expect("log"))
             .spawn()
             .expect("start pop3sd serve");
-        let s = Served {
+        let mut s = Served {
             child,
             dir,
             info,
@@ -290,11 +317,13 @@ impl Served {
             config_path,
             log_file,
         };
-        assert!(
-            s.wait_log(Duration::from_secs(20), |l| l.contains(" serving ")),
-            "server did not start:\n{}",
-            s.log()
-        );
+        let end = Instant::now() + Duration::from_secs(20);
+        while !s.log_now().contains(" serving ")
+            && matches!(s.child.try_wait(), Ok(None))
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         s
     }
 
@@ -357,6 +386,12 @@ impl Served {
     /// The server's log so far, once it has settled (see [`settled_log`]).
     pub fn log(&self) -> String {
         settled_log(&self.log_file)
+    }
+
+    /// The log as it is this instant (see [`Served::log`] for one that
+    /// has what a test just caused).
+    fn log_now(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
     pub fn wait_log(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> bool {
