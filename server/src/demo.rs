@@ -169,6 +169,13 @@ impl FreePorts {
     }
 }
 
+/// One free loopback port, picked as the demo picks its own (below the
+/// ephemeral range), for a listener that is added to a demo's
+/// configuration and bound a moment later.
+pub fn free_port() -> Result<u16, DemoError> {
+    FreePorts::default().pick(0)
+}
+
 fn dn(cn: &str) -> DistinguishedName {
     let mut d = DistinguishedName::new();
     d.push(DnType::OrganizationName, "pop3sd demo");

@@ -215,13 +215,11 @@ pub fn assert_success(o: &Output, what: &str, demo: &Demo) {
 }
 
 /// A loopback port that was free a moment ago (for peers such as Postfix,
-/// HAProxy and Dovecot that need a fixed port in their configuration).
+/// HAProxy and Dovecot that need a fixed port in their configuration),
+/// below the ephemeral range so that no test's outgoing connection takes it
+/// before the peer binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    pop3sd::demo::free_port().expect("a free port")
 }
 
 /// True when a command exists on PATH.
