@@ -181,11 +181,12 @@ struct GroupState {
     leader: bool,
 }
 
-/// Per-maildrop state shared by every handle in this process.
+// The states of `Shared::session_state`.
 const LOCK_FREE: u8 = 0;
 const LOCK_LIVE: u8 = 1;
 const LOCK_WINDING_DOWN: u8 = 2;
 
+/// Per-maildrop state shared by every handle in this process.
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     pub(crate) name: String,
@@ -778,9 +779,10 @@ impl Maildrop {
     /// index without expunged records, then unlinks the old segments.
     /// Caller holds the session lock. Crash-safe at every step: until the
     /// rename, the old index and segments are untouched; after it, the old
-    /// segments are unreferenced. A login waiting for the maildrop stops it
-    /// before the rename (its new segments removed, nothing else changed):
-    /// reclaiming space can wait for the next QUIT, the user cannot.
+    /// segments are unreferenced. A login waiting for the maildrop stops
+    /// one with much to copy before the rename (its new segments removed,
+    /// nothing else changed): reclaiming space can wait for the next QUIT,
+    /// the user cannot.
     fn compact_locked(&self) -> Result<CompactReport> {
         let waiting = || self.shared.login_came.load(Ordering::Acquire);
         self.compact_locked_unless(&waiting, STOPPABLE_ABOVE)
@@ -1139,8 +1141,9 @@ impl Session {
 
     /// Reclaims the space of expunged messages, still holding the session
     /// lock so no reader can be looking at what is removed; ends the session.
-    /// A login that comes meanwhile waits, and the compaction stops for it
-    /// (see [`CompactReport::interrupted`]).
+    /// A login that comes meanwhile waits, and a compaction with more than
+    /// [`STOPPABLE_ABOVE`] to copy stops for it (see
+    /// [`CompactReport::interrupted`]).
     pub fn compact(self) -> Result<CompactReport> {
         self.wind_down();
         // The lock is released when `self` drops, after the compaction.
@@ -1149,7 +1152,7 @@ impl Session {
 
     /// Says the session is over (its QUIT answered) though the caller still
     /// holds it to finish up: from now a login of this maildrop waits for
-    /// it to be dropped instead of being refused `[IN-USE]`, and a
+    /// it to be dropped instead of being refused `[IN-USE]`, and a long
     /// compaction stops early for that login.
     pub fn wind_down(&self) {
         let shared = &self.maildrop.shared;
