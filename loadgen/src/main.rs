@@ -86,6 +86,11 @@ struct Args {
     /// How many users --user-pattern makes.
     #[arg(long, default_value_t = 100)]
     user_count: usize,
+    /// Use only share K of N of the users (every Nth, from the Kth): N load
+    /// generators given 1/N to N/N never log in to the same maildrop at
+    /// once, where they would be refused [IN-USE].
+    #[arg(long, value_name = "K/N")]
+    user_share: Option<users::Share>,
     /// Login command.
     #[arg(long, value_enum, default_value_t = LoginMethod::Plain)]
     login: LoginMethod,
@@ -482,6 +487,10 @@ fn run() -> Result<u8, String> {
     } else {
         return Err("give --users-file, --user-pattern or --demo-json".into());
     };
+    let users = match args.user_share {
+        Some(s) => users::share(users, s)?,
+        None => users,
+    };
     let mix = scenario::parse_mix(&args.mix)?;
     check_shape(&args, &mix, users.len())?;
     // Build the configs once here to report errors before starting threads.
@@ -667,6 +676,7 @@ fn run() -> Result<u8, String> {
         idle_mem,
     );
     report.interrupted = interrupt::requested();
+    report.user_share = args.user_share.map(|s| s.to_string());
     eprintln!("{}", report.table());
     outputs.write(&report, &points, start_unix, &intervals)?;
     Ok(if report.interrupted {

@@ -91,6 +91,8 @@ pub struct Report {
     pub late_starts: Option<LateStarts>,
     /// A signal ended the run before its duration or count.
     pub interrupted: bool,
+    /// `K/N` when the run used one share of the users (--user-share).
+    pub user_share: Option<String>,
 }
 
 impl Report {
@@ -172,6 +174,7 @@ impl Report {
                 max_us: total.lag.max(),
             }),
             interrupted: false,
+            user_share: None,
         }
     }
 
@@ -238,6 +241,9 @@ impl Report {
         }
         if self.interrupted {
             s.push_str("\ninterrupted: the run was stopped early by a signal");
+        }
+        if let Some(k_of_n) = &self.user_share {
+            s.push_str(&format!("\nusers      share {k_of_n} of the list"));
         }
         if let Some(i) = &self.idle {
             s.push_str(&format!(

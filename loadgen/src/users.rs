@@ -17,6 +17,56 @@ impl User {
     }
 }
 
+/// One of `of` equal shares of a user list (`index` counts from 1), so
+/// that load generators on several client machines can drive one server
+/// without two of them logging in to the same maildrop at once (the second
+/// would rightly be refused `[IN-USE]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl std::str::FromStr for Share {
+    type Err = String;
+
+    /// `K/N`, with 1 <= K <= N.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected K/N with 1 <= K <= N, e.g. 2/4");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: usize = k.trim().parse().map_err(|_| bad())?;
+        let of: usize = n.trim().parse().map_err(|_| bad())?;
+        if index == 0 || of == 0 || index > of {
+            return Err(bad());
+        }
+        Ok(Share { index, of })
+    }
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.of)
+    }
+}
+
+/// The users of `share`: every `of`-th one, starting at the `index`-th, so
+/// that each share spreads over the list's tenants as the whole list does.
+/// Shares with the same `of` are disjoint and together are the whole list.
+pub fn share(users: Vec<User>, share: Share) -> Result<Vec<User>, String> {
+    let total = users.len();
+    let mine: Vec<User> = users
+        .into_iter()
+        .skip(share.index - 1)
+        .step_by(share.of)
+        .collect();
+    if mine.is_empty() {
+        return Err(format!(
+            "--user-share {share}: {total} user(s) leave none for this share"
+        ));
+    }
+    Ok(mine)
+}
+
 /// Users from a pattern: `{n}` in both strings is replaced by 1..=count.
 pub fn from_pattern(user: &str, password: &str, count: usize) -> Vec<User> {
     (1..=count.max(1))
@@ -98,6 +148,33 @@ pub fn from_demo_json(path: &Path) -> Result<DemoTarget, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_are_disjoint_and_cover_the_list() {
+        let all = from_pattern("u{n}@example.com", "p{n}", 10);
+        let shares: Vec<Vec<User>> = (1..=3)
+            .map(|k| share(all.clone(), Share { index: k, of: 3 }).unwrap())
+            .collect();
+        assert_eq!(shares.iter().map(Vec::len).collect::<Vec<_>>(), [4, 3, 3]);
+        let mut names: Vec<String> = shares.concat().into_iter().map(|u| u.name).collect();
+        names.sort();
+        let mut want: Vec<String> = all.into_iter().map(|u| u.name).collect();
+        want.sort();
+        assert_eq!(names, want);
+        assert_eq!(shares[1][0].name, "u2@example.com");
+        assert_eq!(shares[1][1].name, "u5@example.com");
+    }
+
+    #[test]
+    fn a_share_is_k_of_n_and_not_empty() {
+        assert_eq!("2/4".parse::<Share>(), Ok(Share { index: 2, of: 4 }));
+        for bad in ["0/4", "5/4", "1/0", "4", "a/b", "1/2/3", ""] {
+            assert!(bad.parse::<Share>().is_err(), "{bad}");
+        }
+        let two = from_pattern("u{n}@example.com", "p", 2);
+        let err = share(two, Share { index: 3, of: 3 }).unwrap_err();
+        assert!(err.contains("none for this share"), "{err}");
+    }
 
     #[test]
     fn sources() {

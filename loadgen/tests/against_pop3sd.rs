@@ -24,6 +24,7 @@ struct Servers {
     shared: Server,
     own: Server,
     users_file: Server,
+    shares: Server,
 }
 
 fn servers() -> &'static Servers {
@@ -32,6 +33,7 @@ fn servers() -> &'static Servers {
         shared: start_server(),
         own: start_server(),
         users_file: start_server(),
+        shares: start_server(),
     })
 }
 
@@ -664,4 +666,62 @@ fn outputs_are_all_or_nothing_before_the_run() {
         "{err}"
     );
     assert!(!same.exists());
+}
+
+/// Two load generators at once on one server, each on its share of the
+/// users: neither meets the other's maildrops. Without shares they do.
+#[test]
+fn user_shares_keep_two_load_generators_apart() {
+    let d = tempfile::tempdir().unwrap();
+    let s = &servers().shares;
+    let run = |share: Option<&str>, out: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"));
+        c.arg("--demo-json")
+            .arg(&s.json)
+            .args(["--quiet", "--threads", "2", "-s", "session"])
+            .args(["-c", "16", "--count", "300", "--duration", "60"])
+            .arg("--json")
+            .arg(out);
+        if let Some(k) = share {
+            c.args(["--user-share", k]);
+        }
+        c.spawn().unwrap()
+    };
+    let report = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    // The demo's 40 users: 20 for each share, 16 of them in use at once.
+    let outs = [d.path().join("1.json"), d.path().join("2.json")];
+    let mut a = run(Some("1/2"), &outs[0]);
+    let mut b = run(Some("2/2"), &outs[1]);
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    for (p, k) in outs.iter().zip(["1/2", "2/2"]) {
+        let r = report(p);
+        assert_eq!(r["error_total"], 0, "{r}");
+        assert_eq!(r["ops"], 300, "{r}");
+        assert_eq!(r["user_share"], k, "{r}");
+    }
+    // The same two runs on the whole list: each holds 16 of 40 maildrops,
+    // so the other's logins are refused [IN-USE] (300 sessions each make a
+    // run without a single meeting beyond reach).
+    let (mut a, mut b) = (run(None, &outs[0]), run(None, &outs[1]));
+    let _ = (a.wait().unwrap(), b.wait().unwrap());
+    let refused: u64 = outs
+        .iter()
+        .map(|p| report(p)["error_total"].as_u64().unwrap())
+        .sum();
+    assert!(refused > 0, "two unshared runs never met");
+    // A share that leaves no users is refused before the run.
+    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+        .arg("--demo-json")
+        .arg(&s.json)
+        .args(["-s", "session", "--count", "1", "--user-share", "41/41"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("none for this share"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
