@@ -229,6 +229,8 @@ fn every_scenario_runs_clean() {
 fn session_shape_can_leave_uidl_out_and_fix_the_message() {
     let d = tempfile::tempdir().unwrap();
     let run = |extra: &[&str], name: &str| {
+        // Half the users; chosen_tls_parameters… runs on the other half of
+        // the same server, perhaps at the same time.
         let mut args = vec![
             "-s",
             "session",
@@ -238,6 +240,8 @@ fn session_shape_can_leave_uidl_out_and_fix_the_message() {
             "1",
             "--message",
             "4",
+            "--user-share",
+            "1/2",
         ];
         args.extend_from_slice(extra);
         loadgen_on(own_server(), &args, &d.path().join(name))
@@ -271,6 +275,8 @@ fn session_shape_can_leave_uidl_out_and_fix_the_message() {
             "1",
             "--message",
             "99",
+            "--user-share",
+            "1/2",
         ],
         &d.path().join("last.json"),
     );
@@ -322,6 +328,9 @@ fn chosen_tls_parameters_are_used_and_reported() {
                 cipher,
                 "--kx",
                 kx,
+                // The half session_shape_… does not use.
+                "--user-share",
+                "2/2",
             ],
             &d.path().join("tls.json"),
         );
