@@ -169,13 +169,9 @@ fn populate(map: &SegmentMap, range: Range<usize>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     fn map_of(bytes: &[u8]) -> (tempfile::NamedTempFile, SegmentMap) {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(bytes).unwrap();
-        f.flush().unwrap();
-        let file = std::fs::File::open(f.path()).unwrap();
+        let (f, file) = crate::map_arena::tests::file_of(bytes);
         // SAFETY: the test's own file, not truncated while mapped.
         let m = unsafe { SegmentMap::map(&file, bytes.len()) }.unwrap();
         (f, m)

@@ -407,11 +407,13 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
-    fn file_of(bytes: &[u8]) -> (tempfile::NamedTempFile, File) {
+    /// A temporary file holding `bytes` (kept while the first is), and
+    /// that file opened for reading.
+    pub(crate) fn file_of(bytes: &[u8]) -> (tempfile::NamedTempFile, File) {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(bytes).unwrap();
         f.flush().unwrap();

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use pop3sd_storage::{wire, Address, Error, Maildrop, PreparedMessage, Store, StoreOptions};
+use pop3sd_storage::{
+    wire, Address, Error, Maildrop, PreparedMessage, Session, Store, StoreOptions,
+};
 
 fn maildrop(count: usize, size: usize) -> (tempfile::TempDir, Maildrop) {
     let d = tempfile::tempdir().unwrap();
@@ -21,6 +23,16 @@ fn maildrop(count: usize, size: usize) -> (tempfile::TempDir, Maildrop) {
 
 fn raw(i: usize, size: usize) -> Vec<u8> {
     format!("Subject: {i}\n\n{}\n.\n", "z".repeat(size)).into_bytes()
+}
+
+/// 60 messages of 200 KiB, the first `deleted` expunged by a session that
+/// is now winding down (its QUIT answered).
+fn winding_down_after_deleting(deleted: usize) -> (tempfile::TempDir, Maildrop, Session) {
+    let (d, md) = maildrop(60, 200 * 1024);
+    let mut session = md.open_session().unwrap();
+    session.expunge(&(0..deleted).collect::<Vec<_>>()).unwrap();
+    session.wind_down();
+    (d, md, session)
 }
 
 /// Polls `cond` for up to ten seconds.
@@ -65,12 +77,9 @@ fn a_login_waits_for_a_session_winding_down_and_not_for_a_live_one() {
 #[test]
 fn a_waiting_login_stops_the_compaction_of_the_session_before_it() {
     // 6 MiB of live mail to copy: over STOPPABLE_ABOVE.
-    let (_d, md) = maildrop(60, 200 * 1024);
     const { assert!(30 * 200 * 1024 > pop3sd_storage::STOPPABLE_ABOVE) };
-    let mut session = md.open_session().unwrap();
-    session.expunge(&(0..30).collect::<Vec<_>>()).unwrap();
+    let (_d, md, session) = winding_down_after_deleting(30);
     assert!(session.compaction_worthwhile().unwrap());
-    session.wind_down();
     let waiter = {
         let md = md.clone();
         std::thread::spawn(move || {
@@ -100,10 +109,7 @@ fn a_waiting_login_stops_the_compaction_of_the_session_before_it() {
 fn a_login_seen_on_the_core_stops_the_compaction_without_a_pool_thread() {
     // The core's open does not wait; it leaves that to the blocking pool,
     // whose threads may all be busy. The compaction stops all the same.
-    let (_d, md) = maildrop(60, 200 * 1024);
-    let mut session = md.open_session().unwrap();
-    session.expunge(&(0..30).collect::<Vec<_>>()).unwrap();
-    session.wind_down();
+    let (_d, md, session) = winding_down_after_deleting(30);
     assert!(md.open_session_cached().is_none());
     assert!(md.login_waiting());
     // `compact` winds down again: that must not forget the login.
@@ -118,10 +124,7 @@ fn a_download_and_delete_compaction_finishes_before_the_waiting_login() {
     // Nothing to copy: stopping would save nothing, and a client that
     // always logs in again at once would keep the space from ever coming
     // back.
-    let (_d, md) = maildrop(60, 200 * 1024);
-    let mut session = md.open_session().unwrap();
-    session.expunge(&(0..60).collect::<Vec<_>>()).unwrap();
-    session.wind_down();
+    let (_d, md, session) = winding_down_after_deleting(60);
     let waiter = {
         let md = md.clone();
         std::thread::spawn(move || md.open_session().map(|s| s.snapshot().len()))
