@@ -31,6 +31,50 @@ fn tenants_are_isolated_and_sni_picks_certificates() {
     demo.python_check("sni");
 }
 
+/// RFC 2449 lifted RFC 1939's 40 characters per argument: a user whose
+/// address is longer logs in with USER and PASS (as Outlook or a poplib
+/// script would), and AUTH tolerates the stray spaces some clients send.
+#[test]
+fn long_login_names_and_stray_spaces_log_in() {
+    let served = Served::start(|_| {});
+    let long = "firstname.middlename.lastname.sales@example.com";
+    assert!(long.len() > 40);
+    let mut add = Command::new(common::bin())
+        .args(["user", "add", "-c"])
+        .arg(&served.config_path)
+        .arg(long)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("pop3sd user add");
+    use std::io::Write;
+    add.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"long-name-secret\n")
+        .expect("password");
+    assert!(add.wait().expect("user add").success());
+    served.reload_ok();
+    let (alice, alice_pw) = served.user(0, 0);
+    served.python(&format!(
+        r#"
+import base64
+s, f = tls()
+assert f.readline().startswith(b"+OK")
+r = cmd(s, f, "USER {long}"); assert r.startswith(b"+OK"), r
+r = cmd(s, f, "PASS long-name-secret"); assert r.startswith(b"+OK"), r
+r = cmd(s, f, "STAT"); assert r == b"+OK 0 0\r\n", r
+r = cmd(s, f, "QUIT"); assert r.startswith(b"+OK"), r
+s.close()
+s, f = tls()
+assert f.readline().startswith(b"+OK")
+r = cmd(s, f, "AUTH  PLAIN "); assert r == b"+ \r\n", r
+token = base64.b64encode(b"\0{alice}\0{alice_pw}").decode()
+r = cmd(s, f, token); assert r.startswith(b"+OK"), r
+r = cmd(s, f, "QUIT"); assert r.startswith(b"+OK"), r
+"#
+    ));
+}
+
 #[test]
 fn stls_close_notify_and_old_tls_versions() {
     let demo = Demo::start(&[]);

@@ -1,14 +1,17 @@
 //! Parsing one command line into a [`Command`].
 //!
-//! Keywords are case-insensitive (RFC 1939 section 3). Arguments are at most
-//! 40 octets (RFC 2449 section 4), except PASS, whose single argument is the
-//! rest of the line (RFC 1939 allows spaces in passwords), and the initial
-//! response of AUTH, whose limit is the line's. Message numbers are plain
-//! decimal: "0", "-1", "+1", "1e3" or anything past 2^64 are not numbers of
-//! any message and are refused by the engine with a clear -ERR.
+//! Keywords are case-insensitive (RFC 1939 section 3). An argument may be as
+//! long as the line allows: RFC 2449 section 4 replaced RFC 1939's 40
+//! characters per argument with 255 octets per command line, and a login
+//! name such as `firstname.lastname@subsidiary.example.com` is longer than
+//! 40. PASS takes the rest of the line as its one argument (RFC 1939 allows
+//! spaces in passwords). Runs of spaces between words are tolerated, as some
+//! clients send two. Message numbers are plain decimal: "0", "-1", "+1",
+//! "1e3" or anything past 2^64 are not numbers of any message and are
+//! refused by the engine with a clear -ERR.
 
-/// Longest argument RFC 2449 allows.
-pub const MAX_ARG: usize = 40;
+/// Longest mechanism name SASL allows (RFC 4422 section 3.1).
+const MAX_MECHANISM: usize = 20;
 
 /// A parsed command. Borrowed arguments point into the input line.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,7 +64,7 @@ pub enum ParseError {
 }
 
 fn parse_msg(arg: &[u8]) -> MsgArg {
-    if arg.is_empty() || arg.len() > MAX_ARG || !arg.iter().all(u8::is_ascii_digit) {
+    if arg.is_empty() || !arg.iter().all(u8::is_ascii_digit) {
         return MsgArg::Invalid;
     }
     let mut n: u64 = 0;
@@ -78,7 +81,7 @@ fn parse_msg(arg: &[u8]) -> MsgArg {
 }
 
 fn parse_count(arg: &[u8]) -> LineCount {
-    if arg.is_empty() || arg.len() > MAX_ARG || !arg.iter().all(u8::is_ascii_digit) {
+    if arg.is_empty() || !arg.iter().all(u8::is_ascii_digit) {
         return LineCount::Invalid;
     }
     let mut n: u64 = 0;
@@ -114,9 +117,6 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
     let mut argc = 0;
     if kw != b"PASS" && kw != b"AUTH" {
         for a in split_args(rest) {
-            if a.len() > MAX_ARG {
-                return Err(ParseError::Syntax("argument longer than 40 octets"));
-            }
             if argc == argv.len() {
                 return Err(ParseError::Syntax("too many arguments"));
             }
@@ -155,9 +155,14 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
             _ => Err(ParseError::Syntax("APOP takes a name and a digest")),
         },
         b"AUTH" => {
-            let mut it = rest.splitn(2, |&b| b == b' ');
-            let mechanism = it.next().unwrap_or_default();
-            let initial = it.next().map(|s| s.trim_ascii());
+            // The mechanism, then the initial response if any: spaces around
+            // either are not part of them ("AUTH  PLAIN" names PLAIN, and
+            // "AUTH PLAIN " has no initial response).
+            let rest = rest.trim_ascii();
+            let (mechanism, initial) = match rest.iter().position(|&b| b == b' ') {
+                Some(i) => (&rest[..i], Some(rest[i + 1..].trim_ascii())),
+                None => (rest, None),
+            };
             if mechanism.is_empty() {
                 // Bare AUTH lists the mechanisms (RFC 1734 style, used by some clients).
                 return Ok(Command::Auth {
@@ -165,7 +170,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
                     initial: None,
                 });
             }
-            if mechanism.len() > 20 {
+            if mechanism.len() > MAX_MECHANISM {
                 return Err(ParseError::Syntax("mechanism name too long"));
             }
             Ok(Command::Auth { mechanism, initial })
@@ -238,8 +243,20 @@ mod tests {
     fn argument_rules() {
         assert!(matches!(parse(b"STAT 1"), Err(ParseError::Syntax(_))));
         assert!(matches!(parse(b"RETR"), Err(ParseError::Syntax(_))));
-        let long = format!("USER {}", "a".repeat(41));
-        assert!(matches!(parse(long.as_bytes()), Err(ParseError::Syntax(_))));
+        // Longer than RFC 1939's 40 characters: RFC 2449 lifted that.
+        let long = "firstname.lastname@subsidiary.example-company.com";
+        assert_eq!(
+            parse(format!("USER {long}").as_bytes()),
+            Ok(Command::User(long.as_bytes()))
+        );
+        let digest = "c4c9334bac560ecc979e58001b3e22fb";
+        assert_eq!(
+            parse(format!("APOP {long} {digest}").as_bytes()),
+            Ok(Command::Apop {
+                name: long.as_bytes(),
+                digest: digest.as_bytes()
+            })
+        );
         assert_eq!(parse(b"XYZZY"), Err(ParseError::Unknown));
         assert_eq!(parse(b""), Err(ParseError::Unknown));
         assert_eq!(parse(b"RETR  2"), Ok(Command::Retr(MsgArg::Number(2))));
@@ -268,5 +285,27 @@ mod tests {
                 initial: None
             })
         );
+        // Stray spaces: around the mechanism, or after it with no response.
+        for line in ["AUTH  PLAIN", "AUTH PLAIN ", "AUTH   PLAIN   "] {
+            assert_eq!(
+                parse(line.as_bytes()),
+                Ok(Command::Auth {
+                    mechanism: b"PLAIN",
+                    initial: None
+                }),
+                "{line:?}"
+            );
+        }
+        assert_eq!(
+            parse(b"AUTH  PLAIN  AGFAYg== "),
+            Ok(Command::Auth {
+                mechanism: b"PLAIN",
+                initial: Some(b"AGFAYg==")
+            })
+        );
+        assert!(matches!(
+            parse(format!("AUTH {}", "X".repeat(21)).as_bytes()),
+            Err(ParseError::Syntax(_))
+        ));
     }
 }

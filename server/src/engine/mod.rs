@@ -519,14 +519,25 @@ impl<M: Mailbox> Engine<M> {
 
     fn auth_failed(&mut self, msg: &[u8]) {
         self.auth_failures += 1;
-        self.out.text(msg);
         if self.auth_failures >= self.ctx.limits.max_auth_failures {
-            self.out
-                .text(b"-ERR [AUTH] Too many authentication failures; closing.\r\n");
+            self.last_answer(msg, b"Too many authentication failures; closing.");
             self.close();
         } else {
+            self.out.text(msg);
             self.state = State::Authorization { user: None };
         }
+    }
+
+    /// The answer to a command after which the session ends, saying both:
+    /// one response per command, so that a client reading the answer to
+    /// the command it sent next finds the end of the connection, not a
+    /// second `-ERR` it would take for that answer.
+    fn last_answer(&mut self, msg: &[u8], why: &[u8]) {
+        let line = msg.strip_suffix(b"\r\n").unwrap_or(msg);
+        self.out.text(line);
+        self.out.text(b" ");
+        self.out.text(why);
+        self.out.text(b"\r\n");
     }
 
     fn back_to_authorization(&mut self, msg: &[u8]) {
@@ -536,11 +547,11 @@ impl<M: Mailbox> Engine<M> {
 
     fn bad_command(&mut self, msg: &[u8]) {
         self.bad_commands += 1;
-        self.out.text(msg);
         if self.bad_commands > self.ctx.limits.max_bad_commands {
-            self.out
-                .text(b"-ERR Too many invalid commands; closing.\r\n");
+            self.last_answer(msg, b"Too many invalid commands; closing.");
             self.close();
+        } else {
+            self.out.text(msg);
         }
     }
 
