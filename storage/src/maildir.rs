@@ -11,9 +11,25 @@
 //!
 //! A message whose UIDL is already in the maildrop is skipped and reported,
 //! which also makes re-running an interrupted import safe.
+//!
+//! A Maildir belongs to its user, and the import runs as root or as the
+//! store's owner: a symbolic link in it (`cur/` itself, a message, the
+//! uidlist) could point at another tenant's mail or at `/etc/shadow`, which
+//! would then be served as a message. Nothing inside the Maildir is reached
+//! through a link: `cur/` and `new/` are opened without following one, and
+//! every message is opened relative to its directory's descriptor, without
+//! following one, and read only if it is a regular file. A link is reported
+//! as skipped (or, for `cur/` or `new/`, refused with an error), never read.
 
 use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::error::{Error, IoContext, Result};
 use crate::maildrop::{Maildrop, PreparedMessage};
@@ -194,8 +210,67 @@ fn parse_map_file(path: &Path) -> Result<HashMap<String, String>> {
     Ok(map)
 }
 
+/// Why a file in the Maildir was not read: a link is not followed.
+const LINK_SKIPPED: &str = "a symbolic link; an import does not follow links";
+
+/// Opens `cur/` or `new/` of the Maildir (None if there is none), refusing
+/// a symbolic link: its messages are then opened relative to it.
+fn open_subdir(d: &Path) -> Result<Option<File>> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(d);
+    match opened {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // With O_DIRECTORY a link is refused as "not a directory" (ELOOP
+        // without it): tell a link from a plain file by looking at it.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+            let link = std::fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_symlink());
+            if link || e.raw_os_error() == Some(libc::ELOOP) {
+                Err(Error::Import {
+                    path: d.to_path_buf(),
+                    reason: LINK_SKIPPED.into(),
+                })
+            } else {
+                Ok(None)
+            }
+        }
+        Err(e) => Err(e).at(d),
+    }
+}
+
+/// Opens the message `name` in the directory `dir` for reading, only if it
+/// is a regular file reached without a symbolic link. `O_NONBLOCK` keeps a
+/// FIFO put in the Maildir from stalling the import on its open.
+fn open_message(dir: &File, name: &OsStr) -> std::io::Result<File> {
+    let c_name = CString::new(name.as_bytes()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a file name")
+    })?;
+    let flags =
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+    // SAFETY: `dir` is an open directory descriptor for the whole call and
+    // `c_name` a NUL-terminated string that outlives it; openat only reads
+    // them and returns a new descriptor (or -1).
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c_name.as_ptr(), flags) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return Err(std::io::Error::other(LINK_SKIPPED));
+        }
+        return Err(e);
+    }
+    // SAFETY: `fd` was just returned by openat, is valid, and nothing else
+    // owns it: the File closes it exactly once.
+    let file = unsafe { File::from_raw_fd(fd) };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
 /// Arrival time from a Maildir name (`<secs>.<unique>.<host>`), else the mtime.
-fn arrival_of(path: &Path, base: &str) -> i64 {
+fn arrival_of(mtime: Option<SystemTime>, base: &str) -> i64 {
     // A name's time is believed only if it could be a real delivery time:
     // from 1970 to a day past now. Anything else (a name from another
     // scheme, or a hand-made one) falls back to the file's mtime, so that
@@ -209,11 +284,23 @@ fn arrival_of(path: &Path, base: &str) -> i64 {
     {
         return secs;
     }
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
+    mtime
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The Maildir's `dovecot-uidlist`, not through a symbolic link.
+fn read_uidlist(p: &Path) -> std::io::Result<String> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(p)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut t = String::new();
+    f.read_to_string(&mut t)?;
+    Ok(t)
 }
 
 /// Imports every message of `maildir` into `maildrop`.
@@ -222,22 +309,37 @@ pub fn import_maildir(
     maildir: &Path,
     uidl: &UidlSource,
 ) -> Result<ImportReport> {
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    // (base name, which directory, file name, path for reports)
+    let mut files: Vec<(String, usize, std::ffi::OsString, PathBuf)> = Vec::new();
+    let mut dirs: Vec<File> = Vec::new();
+    let mut skipped: Vec<(PathBuf, String)> = Vec::new();
     for sub in ["cur", "new"] {
         let d = maildir.join(sub);
-        if !d.is_dir() {
+        let Some(dir) = open_subdir(&d)? else {
             continue;
-        }
+        };
+        // Only names come from this listing: each is then opened relative
+        // to `dir`, so a directory swapped in after the open is not read.
         for entry in std::fs::read_dir(&d).at(&d)? {
             let entry = entry.at(&d)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !entry.file_type().at(&d)?.is_file() {
+            let name = entry.file_name();
+            let shown = name.to_string_lossy().into_owned();
+            if shown.starts_with('.') {
                 continue;
             }
-            files.push((base_name(&name).to_string(), entry.path()));
+            let kind = entry.file_type().at(&d)?;
+            if kind.is_symlink() {
+                skipped.push((entry.path(), LINK_SKIPPED.into()));
+                continue;
+            }
+            if !kind.is_file() {
+                continue;
+            }
+            files.push((base_name(&shown).to_string(), dirs.len(), name, entry.path()));
         }
+        dirs.push(dir);
     }
-    if files.is_empty() && !maildir.join("cur").is_dir() && !maildir.join("new").is_dir() {
+    if files.is_empty() && dirs.is_empty() {
         return Err(Error::Import {
             path: maildir.to_path_buf(),
             reason: "not a Maildir (no cur/ or new/)".into(),
@@ -248,7 +350,7 @@ pub fn import_maildir(
         UidlSource::Native => (None, None),
         UidlSource::Dovecot { .. } => {
             let p = maildir.join("dovecot-uidlist");
-            match std::fs::read_to_string(&p) {
+            match read_uidlist(&p) {
                 Ok(t) => (
                     Some(parse_uidlist(&t).map_err(|reason| Error::Import {
                         path: p.clone(),
@@ -257,6 +359,12 @@ pub fn import_maildir(
                     None,
                 ),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    return Err(Error::Import {
+                        path: p,
+                        reason: LINK_SKIPPED.into(),
+                    })
+                }
                 Err(e) => return Err(e).at(&p),
             }
         }
@@ -281,8 +389,11 @@ pub fn import_maildir(
         }
     });
 
-    let mut report = ImportReport::default();
-    for (base, path) in files {
+    let mut report = ImportReport {
+        skipped,
+        ..ImportReport::default()
+    };
+    for (base, dir, name, path) in files {
         let wanted: Option<String> = match (uidl, &uidlist, &map) {
             (UidlSource::Dovecot { format }, Some(list), _) => match list.entries.get(&base) {
                 Some(e) => match &e.pop3_uidl {
@@ -301,14 +412,19 @@ pub fn import_maildir(
             (_, _, Some(m)) => m.get(&base).cloned(),
             _ => None,
         };
-        let raw = match std::fs::read(&path) {
-            Ok(b) => b,
+        let read = open_message(&dirs[dir], &name).and_then(|mut f| {
+            let mtime = f.metadata().and_then(|m| m.modified()).ok();
+            let mut raw = Vec::new();
+            f.read_to_end(&mut raw).map(|_| (raw, mtime))
+        });
+        let (raw, mtime) = match read {
+            Ok(r) => r,
             Err(e) => {
                 report.skipped.push((path, e.to_string()));
                 continue;
             }
         };
-        let mut msg = PreparedMessage::from_raw(&raw).with_arrival(arrival_of(&path, &base));
+        let mut msg = PreparedMessage::from_raw(&raw).with_arrival(arrival_of(mtime, &base));
         let mut kept = false;
         if let Some(w) = wanted {
             match Uidl::new(w.as_bytes()) {
@@ -348,6 +464,31 @@ pub fn import_maildir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_are_opened_as_messages() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("plain"), b"Subject: a\n\nb\n").unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        symlink(d.path().join("plain"), d.path().join("link")).unwrap();
+        let fifo = d.path().join("fifo");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(status.success());
+        let dir = File::open(d.path()).unwrap();
+        let mut text = String::new();
+        open_message(&dir, OsStr::new("plain"))
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "Subject: a\n\nb\n");
+        let refused = |name: &str| open_message(&dir, OsStr::new(name)).unwrap_err().to_string();
+        assert!(refused("link").contains("symbolic link"));
+        // Opened without waiting for a writer, then refused.
+        assert!(refused("fifo").contains("not a regular file"));
+        assert!(refused("sub").contains("not a regular file"));
+        assert!(open_message(&dir, OsStr::new("missing")).is_err());
+    }
 
     #[test]
     fn uidlist_v3() {

@@ -141,3 +141,61 @@ fn bad_inputs_are_clear_errors() {
     ));
     assert_eq!(md.stats().unwrap().messages, 0, "nothing imported on error");
 }
+
+/// A Maildir belongs to its user: a link in it must not carry another
+/// tenant's mail (or any file the importing process can read) into the
+/// maildrop being filled.
+#[test]
+fn links_in_a_maildir_are_not_followed() {
+    use std::os::unix::fs::symlink;
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
+    let md = store
+        .create_maildrop(&Address::parse("mallory@example.com").unwrap())
+        .unwrap();
+    let secret = d.path().join("other-tenant-secret");
+    std::fs::write(&secret, b"Subject: secret\n\nnot yours\n").unwrap();
+    let other_dir = d.path().join("other-tenant-dir");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    std::fs::write(other_dir.join("1600000000.M1P1.host"), b"Subject: x\n\ny\n").unwrap();
+
+    // A message that is a link: skipped and reported, the rest imported.
+    let maildir = d.path().join("Maildir");
+    make_maildir(&maildir);
+    symlink(&secret, maildir.join("cur/1500000009.M9P9.host:2,")).unwrap();
+    let report = import_maildir(&md, &maildir, &UidlSource::default()).unwrap();
+    assert_eq!(report.imported, 3);
+    assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
+    assert!(report.skipped[0].1.contains("symbolic link"), "{:?}", report.skipped);
+    let s = md.open_session().unwrap();
+    for i in 0..s.snapshot().len() {
+        let body = s.snapshot().wire(i).unwrap().to_vec();
+        assert!(!String::from_utf8_lossy(&body).contains("not yours"));
+    }
+    drop(s);
+
+    // `cur/` itself a link: the import refuses, naming it, and adds nothing.
+    let linked = d.path().join("Linked");
+    std::fs::create_dir_all(linked.join("new")).unwrap();
+    symlink(&other_dir, linked.join("cur")).unwrap();
+    let before = md.stats().unwrap().messages;
+    match import_maildir(&md, &linked, &UidlSource::Native) {
+        Err(Error::Import { path, reason }) => {
+            assert!(path.ends_with("cur"), "{path:?}");
+            assert!(reason.contains("symbolic link"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(md.stats().unwrap().messages, before);
+
+    // A uidlist that is a link is refused too.
+    let uidlist = d.path().join("Uidlist");
+    make_maildir(&uidlist);
+    std::fs::remove_file(uidlist.join("dovecot-uidlist")).unwrap();
+    symlink(&secret, uidlist.join("dovecot-uidlist")).unwrap();
+    assert!(matches!(
+        import_maildir(&md, &uidlist, &UidlSource::default()),
+        Err(Error::Import { .. })
+    ));
+    assert_eq!(md.stats().unwrap().messages, before);
+}
