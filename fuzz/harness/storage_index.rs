@@ -18,6 +18,13 @@ pub fn run(data: &[u8]) {
             assert_eq!(&again, r);
         }
         assert!(p.next_uid() > prev);
+        // A cut tail only ever moves the next uid forward, and not at all
+        // when nothing is cut.
+        assert!(p.next_uid_past_tail() >= p.next_uid());
+        assert_eq!(p.len, data.len() as u64);
+        if !p.torn_tail {
+            assert_eq!(p.next_uid_past_tail(), p.next_uid());
+        }
         let rewritten = index::encode(&p.header, &p.records);
         assert_eq!(index::parse(&rewritten).unwrap().records, p.records);
     }

@@ -87,6 +87,8 @@ pub struct Parsed {
     pub valid_len: u64,
     /// True when bytes after `valid_len` were ignored: a torn tail.
     pub torn_tail: bool,
+    /// Length of the whole file, torn tail included.
+    pub len: u64,
 }
 
 impl Parsed {
@@ -94,6 +96,18 @@ impl Parsed {
     pub fn next_uid(&self) -> u64 {
         let after_last = self.records.last().map_or(1, |r| r.uid + 1);
         self.header.next_uid.max(after_last).max(1)
+    }
+
+    /// The next uid once the torn tail is cut: past every uid its record
+    /// slots may have held. Those records were written, and a session may
+    /// have listed one (a login reads the index without the append lock)
+    /// before the crash tore it; a later message given its uid would have
+    /// its UIDL too, and a client that leaves mail on the server would take
+    /// that new message for one it already has and never download it.
+    pub fn next_uid_past_tail(&self) -> u64 {
+        let cut = self.len.saturating_sub(self.valid_len);
+        let slots = cut.div_ceil(RECORD_SIZE as u64);
+        self.next_uid().saturating_add(slots)
     }
 }
 
@@ -214,6 +228,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, IndexError> {
         records,
         valid_len: s.valid_len,
         torn_tail: s.torn_tail,
+        len: bytes.len() as u64,
     })
 }
 
@@ -281,6 +296,28 @@ mod tests {
         let p = parse(&b).unwrap();
         assert_eq!(p.records.len(), 2);
         assert!(p.torn_tail);
+    }
+
+    #[test]
+    fn a_cut_tail_uses_up_the_uids_it_may_have_held() {
+        let recs: Vec<_> = (1..=5).map(rec).collect();
+        let full = encode(&header(), &recs);
+        // Two whole records garbled (a batch torn by power loss): uids 4
+        // and 5 may have been listed, so the next uid is 6, not 4.
+        let mut b = full.clone();
+        for at in [full.len() - RECORD_SIZE - 3, full.len() - 3] {
+            b[at] ^= 0xff;
+        }
+        let p = parse(&b).unwrap();
+        assert_eq!(p.records.len(), 3);
+        assert_eq!(p.next_uid(), 4);
+        assert_eq!(p.next_uid_past_tail(), 6);
+        // Part of a record: its slot counts.
+        let p = parse(&full[..full.len() - 1]).unwrap();
+        assert_eq!(p.next_uid_past_tail(), 6);
+        // Nothing cut: the plain next uid.
+        let p = parse(&full).unwrap();
+        assert_eq!(p.next_uid_past_tail(), p.next_uid());
     }
 
     #[test]

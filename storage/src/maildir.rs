@@ -244,9 +244,8 @@ fn open_subdir(d: &Path) -> Result<Option<File>> {
 /// is a regular file reached without a symbolic link. `O_NONBLOCK` keeps a
 /// FIFO put in the Maildir from stalling the import on its open.
 fn open_message(dir: &File, name: &OsStr) -> std::io::Result<File> {
-    let c_name = CString::new(name.as_bytes()).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a file name")
-    })?;
+    let c_name = CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a file name"))?;
     let flags =
         libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
     // SAFETY: `dir` is an open directory descriptor for the whole call and
@@ -335,7 +334,12 @@ pub fn import_maildir(
             if !kind.is_file() {
                 continue;
             }
-            files.push((base_name(&shown).to_string(), dirs.len(), name, entry.path()));
+            files.push((
+                base_name(&shown).to_string(),
+                dirs.len(),
+                name,
+                entry.path(),
+            ));
         }
         dirs.push(dir);
     }
@@ -473,7 +477,10 @@ mod tests {
         std::fs::create_dir(d.path().join("sub")).unwrap();
         symlink(d.path().join("plain"), d.path().join("link")).unwrap();
         let fifo = d.path().join("fifo");
-        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
         assert!(status.success());
         let dir = File::open(d.path()).unwrap();
         let mut text = String::new();
@@ -482,7 +489,11 @@ mod tests {
             .read_to_string(&mut text)
             .unwrap();
         assert_eq!(text, "Subject: a\n\nb\n");
-        let refused = |name: &str| open_message(&dir, OsStr::new(name)).unwrap_err().to_string();
+        let refused = |name: &str| {
+            open_message(&dir, OsStr::new(name))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(refused("link").contains("symbolic link"));
         // Opened without waiting for a writer, then refused.
         assert!(refused("fifo").contains("not a regular file"));

@@ -173,6 +173,15 @@ pub struct CompactReport {
     pub interrupted: bool,
 }
 
+/// What an append needs to know about the index's end.
+struct Tail {
+    header: Header,
+    /// The uid the first appended message gets.
+    next_uid: u64,
+    /// Where the last message ends: (segment, offset past its last byte).
+    last_end: Option<(u32, u64)>,
+}
+
 #[derive(Default)]
 struct GroupState {
     queue: Vec<(u64, PreparedMessage)>,
@@ -366,8 +375,10 @@ impl Maildrop {
         index::parse(&bytes).map_err(|e| self.corrupt(e))
     }
 
-    /// Rewrites the index without its torn tail. Caller holds the append lock.
-    fn repair_locked(&self, parsed: &Parsed) -> Result<()> {
+    /// Rewrites the index without its torn tail, its next uid past every
+    /// uid the tail may have held; returns the new header. Caller holds the
+    /// append lock.
+    fn repair_locked(&self, parsed: &Parsed) -> Result<Header> {
         tracing::warn!(
             maildrop = %self.shared.name,
             file = %self.index_path().display(),
@@ -375,10 +386,11 @@ impl Maildrop {
             "index has a torn tail from an interrupted write; cutting back to the last good record"
         );
         let header = Header {
-            next_uid: parsed.next_uid(),
+            next_uid: parsed.next_uid_past_tail(),
             ..parsed.header
         };
-        replace_file(&self.index_path(), &index::encode(&header, &parsed.records))
+        replace_file(&self.index_path(), &index::encode(&header, &parsed.records))?;
+        Ok(header)
     }
 
     /// The index's bytes for one scan: read into memory when small (one
@@ -503,7 +515,7 @@ impl Maildrop {
 
     /// Reads what an append needs (header and next uid) cheaply: the header
     /// and the last record only, unless the tail looks torn.
-    fn tail_for_append(&self) -> Result<(Header, u64)> {
+    fn tail_for_append(&self) -> Result<Tail> {
         let path = self.index_path();
         let mut f = match crate::noatime::open(&path) {
             Ok(f) => f,
@@ -520,31 +532,71 @@ impl Maildrop {
             let body = len - index::HEADER_SIZE as u64;
             if body % RECORD_SIZE as u64 == 0 {
                 if body == 0 {
-                    return Ok((header, header.next_uid.max(1)));
+                    return Ok(Tail {
+                        header,
+                        next_uid: header.next_uid.max(1),
+                        last_end: None,
+                    });
                 }
                 let mut rb = [0u8; RECORD_SIZE];
                 f.read_exact_at(&mut rb, len - RECORD_SIZE as u64)
                     .at(&path)?;
                 if let Ok(last) = Record::decode(&rb) {
-                    return Ok((header, header.next_uid.max(last.uid + 1)));
+                    return Ok(Tail {
+                        header,
+                        next_uid: header.next_uid.max(last.uid + 1),
+                        last_end: Some(last.end()),
+                    });
                 }
             }
         }
         let parsed = self.read_index()?;
+        let last_end = parsed.records.last().map(Record::end);
         if parsed.torn_tail {
-            self.repair_locked(&parsed)?;
+            let header = self.repair_locked(&parsed)?;
+            return Ok(Tail {
+                header,
+                next_uid: header.next_uid,
+                last_end,
+            });
         }
-        Ok((parsed.header, parsed.next_uid()))
+        Ok(Tail {
+            header: parsed.header,
+            next_uid: parsed.next_uid(),
+            last_end,
+        })
     }
 
-    /// The segment the next `len` bytes go to, created if needed.
-    fn segment_for(&self, len: u64) -> Result<(u32, File, u64)> {
+    /// The segment the next `len` bytes go to, created if needed. `last_end`
+    /// is where the index's last message ends (segment, offset): a last
+    /// segment shorter than that was cut outside pop3sd (a restore copied
+    /// over it, a damaged file system), and appending at its end would put
+    /// new mail in bytes the index's messages still claim, to be served under
+    /// their UIDLs. New mail then goes to a new segment.
+    fn segment_for(&self, len: u64, last_end: Option<(u32, u64)>) -> Result<(u32, File, u64)> {
         let dir = &self.shared.dir;
         let ids = segment::list(dir)?;
         if let Some(&id) = ids.last() {
-            let (f, end) = segment::open_for_append(dir, id)?;
-            if end <= segment::HEADER_SIZE || end + len <= self.shared.options.segment_max {
-                return Ok((id, f, end));
+            let p = segment::path(dir, id);
+            let shrunk = match last_end {
+                Some((seg, end)) if seg == id => {
+                    let on_disk = std::fs::metadata(&p).at(&p)?.len();
+                    (on_disk < end).then_some((on_disk, end))
+                }
+                _ => None,
+            };
+            if let Some((on_disk, end)) = shrunk {
+                tracing::error!(
+                    file = %p.display(),
+                    len = on_disk,
+                    indexed_end = end,
+                    "segment is shorter than the messages the index places in it (cut outside pop3sd?); new mail goes to a new segment"
+                );
+            } else {
+                let (f, end) = segment::open_for_append(dir, id)?;
+                if end <= segment::HEADER_SIZE || end + len <= self.shared.options.segment_max {
+                    return Ok((id, f, end));
+                }
             }
             let next = id.checked_add(1).ok_or_else(|| Error::Corrupt {
                 path: dir.clone(),
@@ -565,7 +617,11 @@ impl Maildrop {
     fn write_batch_locked(&self, batch: &[&PreparedMessage]) -> Result<Vec<Result<Receipt>>> {
         let dir = &self.shared.dir;
         let _lock = FileLock::exclusive(&dir.join(APPEND_LOCK))?;
-        let (header, mut next_uid) = self.tail_for_append()?;
+        let Tail {
+            header,
+            mut next_uid,
+            last_end,
+        } = self.tail_for_append()?;
 
         // Per-message checks; rejected messages get their own error.
         let mut results: Vec<Option<Result<Receipt>>> = batch.iter().map(|_| None).collect();
@@ -613,7 +669,7 @@ impl Maildrop {
             });
         }
         let total: u64 = accepted.iter().map(|&i| batch[i].wire_len()).sum();
-        let (seg_id, seg, start) = self.segment_for(total)?;
+        let (seg_id, seg, start) = self.segment_for(total, last_end)?;
         let seg_path = segment::path(dir, seg_id);
         let now = unix_now();
         let first_uid = next_uid;
@@ -915,8 +971,9 @@ impl Maildrop {
         if let Some((id, f, _)) = out.take() {
             f.sync_data().at(&segment::path(dir, id))?;
         }
+        // A torn tail is cut here too: past its uids as in a repair.
         let header = Header {
-            next_uid: parsed.next_uid(),
+            next_uid: parsed.next_uid_past_tail(),
             ..parsed.header
         };
         replace_file(&self.index_path(), &index::encode(&header, &new_records))?;
@@ -1106,7 +1163,8 @@ impl Session {
         let md = &self.maildrop;
         let _l = FileLock::exclusive(&md.shared.dir.join(APPEND_LOCK))?;
         let parsed = md.read_index()?;
-        let next_uid = parsed.next_uid();
+        // The rewrite drops a torn tail, if any: past its uids.
+        let next_uid = parsed.next_uid_past_tail();
         let mut records = parsed.records;
         let mut found = 0usize;
         for r in records.iter_mut() {

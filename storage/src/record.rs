@@ -123,6 +123,12 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 impl Record {
+    /// The segment this message is in, and the offset just past its last
+    /// byte there.
+    pub fn end(&self) -> (u32, u64) {
+        (self.segment, self.offset.saturating_add(self.wire_len))
+    }
+
     /// Serializes into exactly [`RECORD_SIZE`] bytes.
     pub fn encode(&self) -> [u8; RECORD_SIZE] {
         let mut b = [0u8; RECORD_SIZE];

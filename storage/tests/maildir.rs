@@ -166,7 +166,11 @@ fn links_in_a_maildir_are_not_followed() {
     let report = import_maildir(&md, &maildir, &UidlSource::default()).unwrap();
     assert_eq!(report.imported, 3);
     assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
-    assert!(report.skipped[0].1.contains("symbolic link"), "{:?}", report.skipped);
+    assert!(
+        report.skipped[0].1.contains("symbolic link"),
+        "{:?}",
+        report.skipped
+    );
     let s = md.open_session().unwrap();
     for i in 0..s.snapshot().len() {
         let body = s.snapshot().wire(i).unwrap().to_vec();

@@ -400,11 +400,26 @@ fn torn_tail_is_repaired_and_middle_corruption_is_reported() {
     let repaired = std::fs::read(&index).unwrap();
     assert_eq!(repaired.len(), good.len(), "tail cut back");
     assert_eq!(repaired[64..], good[64..], "records kept");
-    // Appending after a torn tail works too.
+    // Appending after a torn tail works too, and its message does not take
+    // the uid (and so the UIDL) the torn record may have had: a client that
+    // listed uid 4 before the crash would take a new uid 4 for that one
+    // and never download it.
     std::fs::write(&index, &torn).unwrap();
     assert_eq!(
         md.append(PreparedMessage::from_raw(&msg(3))).unwrap().uid,
-        4
+        5
+    );
+    // The repaired index (the open above) keeps that promise too.
+    assert_eq!(
+        md.append(PreparedMessage::from_raw(&msg(4))).unwrap().uid,
+        6
+    );
+    std::fs::write(&index, &torn).unwrap();
+    drop(md.open_session().unwrap());
+    assert_eq!(
+        md.append(PreparedMessage::from_raw(&msg(5))).unwrap().uid,
+        5,
+        "the cut record's uid stays used"
     );
 
     // A flipped byte in the first record is corruption, named with its file.
@@ -434,6 +449,40 @@ fn a_record_pointing_outside_its_segment_is_an_error_not_a_crash() {
         session.snapshot().wire(0),
         Err(Error::Corrupt { .. })
     ));
+}
+
+/// A segment cut outside pop3sd (a restore copying over it, a damaged file
+/// system) is not appended to: new mail there would land in bytes the
+/// index's messages still claim, and be served under their UIDLs.
+#[test]
+fn new_mail_does_not_land_in_a_segment_cut_short() {
+    let (_d, s) = store();
+    let md = s.create_maildrop(&addr("a@x.org")).unwrap();
+    md.append(PreparedMessage::from_raw(&msg(1))).unwrap();
+    md.append(PreparedMessage::from_raw(&msg(2))).unwrap();
+    let seg = md.dir().join("seg-00000001");
+    let before = std::fs::metadata(&seg).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(before - 10).unwrap();
+    drop(f);
+    let r = md.append(PreparedMessage::from_raw(&msg(3))).unwrap();
+    assert_eq!(r.uid, 3);
+    let session = md.open_session().unwrap();
+    let snap = session.snapshot();
+    assert_eq!(snap.len(), 3);
+    // The first message is intact, the cut one is reported, the new one
+    // is whole in a segment of its own.
+    assert_eq!(
+        wire::decode(snap.wire(0).unwrap()).unwrap(),
+        wire::canonical_crlf(&msg(1))
+    );
+    assert!(matches!(snap.wire(1), Err(Error::Corrupt { .. })));
+    assert_eq!(
+        wire::decode(snap.wire(2).unwrap()).unwrap(),
+        wire::canonical_crlf(&msg(3))
+    );
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), before - 10);
+    assert!(md.dir().join("seg-00000002").exists());
 }
 
 #[test]
