@@ -469,7 +469,23 @@ impl Maildrop {
                 let batch: Vec<(u64, PreparedMessage)> = st.queue.drain(..take).collect();
                 drop(st);
                 let msgs: Vec<&PreparedMessage> = batch.iter().map(|(_, m)| m).collect();
-                let results = self.write_batch(&msgs);
+                // A panic here must not leave `leader` set and the batch's
+                // waiters asleep for ever (and every later append to this
+                // maildrop with them): it fails this batch like an error.
+                let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.write_batch(&msgs)
+                }))
+                .unwrap_or_else(|_| {
+                    tracing::error!(maildrop = %shared.name, "append panicked; its messages were not delivered");
+                    msgs.iter()
+                        .map(|_| {
+                            Err(Error::Io {
+                                path: shared.dir.clone(),
+                                source: std::io::Error::other("append panicked"),
+                            })
+                        })
+                        .collect()
+                });
                 st = lock_group(&shared.group);
                 for ((t, _), r) in batch.into_iter().zip(results) {
                     st.done.insert(t, r);
@@ -504,6 +520,10 @@ impl Maildrop {
     }
 
     fn write_batch(&self, batch: &[&PreparedMessage]) -> Vec<Result<Receipt>> {
+        #[cfg(test)]
+        if tests::PANIC_IN_WRITE.with(|p| p.replace(false)) {
+            panic!("a panic injected by a test");
+        }
         match self.write_batch_locked(batch) {
             Ok(v) => v,
             Err(e) => {
@@ -1230,6 +1250,38 @@ impl Session {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    thread_local! {
+        /// Makes this thread's next `write_batch` panic.
+        pub(super) static PANIC_IN_WRITE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    #[test]
+    fn a_panicking_append_fails_its_batch_and_the_next_append_works() {
+        let d = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
+        let md = store
+            .create_maildrop(&crate::Address::parse("a@x.org").unwrap())
+            .unwrap();
+        PANIC_IN_WRITE.with(|p| p.set(true));
+        assert!(md.append(PreparedMessage::from_raw(&raw(1))).is_err());
+        // Were the group-commit leader flag left set, this would wait for
+        // ever: run it on a thread and give it ten seconds.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let md2 = md.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                md2.append(PreparedMessage::from_raw(&raw(2)))
+                    .map(|r| r.uid),
+            );
+        });
+        let uid = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the append after a panic hung")
+            .unwrap();
+        assert_eq!(uid, 1);
+        assert_eq!(md.stats().unwrap().messages, 1);
+    }
 
     fn raw(i: usize) -> Vec<u8> {
         format!("Subject: {i}\n\n{}\n", "y".repeat(1000)).into_bytes()
