@@ -269,6 +269,16 @@ impl Directory {
     pub fn any_cleartext(&self) -> bool {
         self.tenants.iter().any(|t| t.policy.allow_cleartext)
     }
+
+    /// The domains whose tenants accept passwords only over TLS (for a
+    /// connection without it: its USER for them is refused at once).
+    pub fn tls_required(&self) -> Vec<Domain> {
+        self.tenants
+            .iter()
+            .filter(|t| !t.policy.allow_cleartext)
+            .map(|t| t.domain.clone())
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -707,6 +707,18 @@ impl<M: Mailbox> Engine<M> {
             );
             return;
         }
+        // Decided by the domain, as the refusal after PASS would be: it
+        // tells nothing of which users exist.
+        let tls_required = !self.ctx.tls
+            && self
+                .resolve(name)
+                .is_some_and(|a| self.ctx.tls_required.contains(&a.domain));
+        if tls_required {
+            self.out.text(
+                b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n",
+            );
+            return;
+        }
         self.state = State::Authorization {
             user: Some(name.to_vec()),
         };

@@ -507,6 +507,38 @@ fn capa_changes_with_state() {
     assert_eq!(h.send("STLS\r\n"), "-ERR TLS is already active.\r\n");
 }
 
+/// Without TLS, USER for a tenant that takes passwords only over TLS is
+/// refused before the client sends its password in the clear.
+#[test]
+fn user_for_a_tls_only_tenant_is_refused_before_the_password() {
+    let ctx = || SessionContext {
+        tls: false,
+        stls_offered: true,
+        cleartext_login: true,
+        tls_required: vec![pop3sd_storage::Domain::parse("example.org").unwrap()],
+        ..SessionContext::default()
+    };
+    let mut h = Harness::new(ctx());
+    h.drain();
+    assert_eq!(
+        h.send("USER bob@example.org\r\n"),
+        "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n"
+    );
+    // Not taken as a user: PASS has nothing to go with.
+    assert_eq!(h.send("PASS secret\r\n"), "-ERR USER first.\r\n");
+    assert!(h.auth_requests.is_empty());
+    // Another tenant's user goes on as before.
+    assert_eq!(h.send("USER alice@example.com\r\n"), "+OK\r\n");
+    // After STLS the same USER is taken.
+    let mut h = Harness::new(ctx());
+    h.drain();
+    assert_eq!(
+        h.send("STLS\r\n"),
+        "+OK Begin TLS negotiation now.\r\n<TLS>"
+    );
+    assert_eq!(h.send("USER bob@example.org\r\n"), "+OK\r\n");
+}
+
 #[test]
 fn stls_refused_where_not_offered_and_after_login() {
     let mut h = Harness::new(SessionContext {

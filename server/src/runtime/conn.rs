@@ -338,6 +338,11 @@ impl Conn {
             tls: self.tls.is_some(),
             stls_offered: self.listener.kind == ListenerKind::Pop3,
             cleartext_login: dir.any_cleartext(),
+            tls_required: if self.tls.is_some() {
+                Vec::new()
+            } else {
+                dir.tls_required()
+            },
             default_domain: tenant
                 .as_ref()
                 .filter(|t| t.policy.allow_bare_user)
