@@ -53,13 +53,18 @@ pub struct Fetch {
 }
 
 /// What a [`Fetch`] made: the segment's map, unless mapping it failed
-/// (reading the message then reports why).
+/// (reading the message then reports why), and whether the message's pages
+/// could be read at all.
 #[derive(Debug)]
 pub struct Fetched {
     pub(crate) snapshot: u64,
     pub(crate) seg_ix: usize,
     pub(crate) seg_id: u32,
     pub(crate) map: Option<Arc<SegmentMap>>,
+    /// The message (its offset in the segment) could not be read in, and
+    /// why: copying it on the core would raise `SIGBUS` there, killing the
+    /// process, so the snapshot refuses to read it instead.
+    pub(crate) unreadable: Option<(u64, String)>,
 }
 
 impl Fetch {
@@ -76,9 +81,20 @@ impl Fetch {
                 }
             },
         };
+        let mut unreadable = None;
         if let Some(map) = &map {
+            let offset = self.ranges[0].start as u64;
             for r in self.ranges {
-                populate(map, r);
+                if let Err(e) = populate(map, r) {
+                    tracing::error!(
+                        file = %segment::path(&self.dir, self.seg_id).display(),
+                        offset,
+                        error = %e,
+                        "message cannot be read from the disk (an I/O error, or the file was cut short outside pop3sd)"
+                    );
+                    unreadable = Some((offset, e.to_string()));
+                    break;
+                }
             }
         }
         Fetched {
@@ -86,6 +102,7 @@ impl Fetch {
             seg_ix: self.seg_ix,
             seg_id: self.seg_id,
             map,
+            unreadable,
         }
     }
 }
@@ -149,11 +166,14 @@ pub(crate) fn resident(map: &SegmentMap, range: Range<usize>) -> bool {
 
 /// Reads `range`'s pages of `map` into the page cache and maps them
 /// (`MADV_POPULATE_READ`, Linux 5.14; before it, `MADV_WILLNEED` starts
-/// the reads). Failures only mean the copy on the core will fault the
+/// the reads). An error is a page that cannot be read: the disk failed to
+/// read it, or it lies past the end of a file cut short since it was
+/// mapped; touching it would raise `SIGBUS`. Other failures (an older
+/// kernel, an interruption) only mean the copy on the core faults the
 /// pages in itself.
-fn populate(map: &SegmentMap, range: Range<usize>) {
+fn populate(map: &SegmentMap, range: Range<usize>) -> std::io::Result<()> {
     let Some((start, len)) = pages_of(map, &range) else {
-        return;
+        return Ok(());
     };
     // SAFETY: madvise only advises the kernel about pages of `map`
     // (pages_of), which stay mapped while `map` is borrowed; it writes no
@@ -161,9 +181,18 @@ fn populate(map: &SegmentMap, range: Range<usize>) {
     // not a fault.
     let rc = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_READ) };
     if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        // EFAULT: "a SIGBUS would have been generated on actual access".
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::EFAULT | libc::EHWPOISON | libc::EIO)
+        ) {
+            return Err(e);
+        }
         // SAFETY: as above.
         unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_WILLNEED) };
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -210,7 +239,7 @@ mod tests {
             // Some file systems (tmpfs) keep their pages: nothing to test.
             return;
         }
-        populate(&m, page..10 * page);
+        populate(&m, page..10 * page).unwrap();
         assert!(resident(&m, page..10 * page));
         assert_eq!(m[5 * page], 1);
     }

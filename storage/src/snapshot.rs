@@ -6,7 +6,7 @@
 //! borrowed from read-only memory maps of the segments, mapped on first use so
 //! that an idle logged-in session holds no mapping at all.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -72,6 +72,9 @@ pub struct Snapshot {
     messages: Vec<MessageMeta>,
     segments: Vec<SegmentSlot>,
     total_size: u64,
+    /// Messages a fetch could not read in, as (segment index, offset, why):
+    /// reading them fails instead of faulting on the core.
+    unreadable: RefCell<Vec<(usize, u64, String)>>,
 }
 
 impl Snapshot {
@@ -131,6 +134,7 @@ impl Snapshot {
                 messages,
                 segments,
                 total_size,
+                unreadable: RefCell::new(Vec::new()),
             },
             summary,
         ))
@@ -230,10 +234,15 @@ impl Snapshot {
     /// maildrop's, or an earlier session's whose segment may since have
     /// been replaced) is ignored.
     pub fn install(&self, fetched: Fetched) {
-        let Some(map) = fetched.map else { return };
         if fetched.snapshot != self.id {
             return;
         }
+        if let Some((offset, why)) = fetched.unreadable {
+            self.unreadable
+                .borrow_mut()
+                .push((fetched.seg_ix, offset, why));
+        }
+        let Some(map) = fetched.map else { return };
         if let Some(slot) = self.segments.get(fetched.seg_ix) {
             if slot.id == fetched.seg_id {
                 let _ = slot.map.set(map);
@@ -245,6 +254,22 @@ impl Snapshot {
     /// borrowed from the segment's memory map: RETR sends exactly this.
     pub fn wire(&self, i: usize) -> Result<&[u8]> {
         let m = self.messages.get(i).ok_or(Error::NoSuchMessage(i as u64))?;
+        let unreadable = self
+            .unreadable
+            .borrow()
+            .iter()
+            .find(|(ix, offset, _)| *ix == m.segment_ix as usize && *offset == m.offset)
+            .map(|(_, _, why)| why.clone());
+        if let Some(why) = unreadable {
+            let path = segment::path(&self.dir, self.segments[m.segment_ix as usize].id);
+            return Err(Error::Io {
+                path,
+                source: std::io::Error::other(format!(
+                    "message uid {} cannot be read: {why}",
+                    m.uid
+                )),
+            });
+        }
         let map = self.segment_map(m.segment_ix as usize)?;
         let start = m.offset as usize;
         let end = start.checked_add(m.wire_len as usize);

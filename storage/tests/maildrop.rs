@@ -485,6 +485,51 @@ fn new_mail_does_not_land_in_a_segment_cut_short() {
     assert!(md.dir().join("seg-00000002").exists());
 }
 
+/// A segment cut short while a session has it mapped (a restore copying
+/// over a running server's files): a RETR of a message whose pages are gone
+/// must fail with an error, not raise SIGBUS in the process. The fetch that
+/// precedes every read of a message not in memory finds the pages cannot be
+/// read, and the snapshot then refuses the message.
+#[test]
+fn a_message_cut_from_under_its_map_is_an_error_not_a_crash() {
+    use pop3sd_storage::fetch::Extent;
+    let (_d, s) = store();
+    let md = s.create_maildrop(&addr("a@x.org")).unwrap();
+    md.append(PreparedMessage::from_raw(b"Subject: small\n\nhi\n"))
+        .unwrap();
+    let big = format!("Subject: big\n\n{}\n", "z".repeat(64 * 1024));
+    md.append(PreparedMessage::from_raw(big.as_bytes()))
+        .unwrap();
+    let session = md.open_session().unwrap();
+    let snap = session.snapshot();
+    // Mapped now, at the segment's full length.
+    assert!(snap.wire(0).is_ok());
+    let seg = md.dir().join("seg-00000001");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let fetch = snap
+        .fetch_for(1, Extent::Whole)
+        .expect("pages past the new end are not in memory");
+    snap.install(fetch.run());
+    match snap.wire(1) {
+        Err(Error::Io { path, source }) => {
+            assert_eq!(path, seg);
+            assert!(source.to_string().contains("cannot be read"), "{source}");
+        }
+        other => panic!("expected an I/O error, got {:?}", other.map(|b| b.len())),
+    }
+    assert!(snap.top(1, 0).is_err());
+    // The message in the part that is left is still served.
+    assert_eq!(
+        wire::decode(snap.wire(0).unwrap()).unwrap(),
+        wire::canonical_crlf(b"Subject: small\n\nhi\n")
+    );
+}
+
 #[test]
 fn opening_ten_thousand_messages_reads_only_the_index() {
     let (_d, s) = store();
