@@ -19,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::durable::{replace_file, sync_dir, unix_now};
@@ -218,9 +218,50 @@ pub(crate) struct Shared {
     /// orders a waiter's check against the release.
     released: Mutex<()>,
     released_cv: Condvar,
+    /// While this process appends records to the index and has not yet
+    /// fsynced them: the index length they start at ([`NOT_APPENDING`]
+    /// otherwise). A login reads the index without the append lock, and
+    /// takes no record from there on: a record not yet durable could vanish
+    /// in a power cut after the client listed it, and its uid (so its
+    /// UIDL) then be given to another message, which a client that leaves
+    /// mail on the server would take for one it has and never download.
+    appending_from: AtomicU64,
+}
+
+/// [`Shared::appending_from`] when no append is between its index write and
+/// that write's fsync.
+const NOT_APPENDING: u64 = u64::MAX;
+
+/// Marks an append's index records as not yet durable until dropped (after
+/// their fsync, or on any way out of the append).
+struct AppendingGuard<'a>(&'a AtomicU64);
+
+impl<'a> AppendingGuard<'a> {
+    fn start(at: &'a AtomicU64, from: u64) -> Self {
+        at.store(from, Ordering::SeqCst);
+        AppendingGuard(at)
+    }
+}
+
+impl Drop for AppendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(NOT_APPENDING, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
+    /// The part of index bytes a login may use: all of them, except
+    /// records an append in this process has written and not yet fsynced.
+    /// (The load follows the read: a read that saw the records comes after
+    /// the write, which comes after the store that marks them.)
+    fn durable_part<'b>(&self, index: &'b [u8]) -> &'b [u8] {
+        let from = self.appending_from.load(Ordering::SeqCst);
+        match usize::try_from(from) {
+            Ok(from) if from < index.len() => &index[..from],
+            _ => index,
+        }
+    }
+
     fn winding_down(&self) -> bool {
         self.session_state.load(Ordering::Acquire) == LOCK_WINDING_DOWN
     }
@@ -241,6 +282,7 @@ impl Shared {
             login_came: AtomicBool::new(false),
             released: Mutex::new(()),
             released_cv: Condvar::new(),
+            appending_from: AtomicU64::new(NOT_APPENDING),
         }
     }
 }
@@ -428,7 +470,8 @@ impl Maildrop {
 
     fn snapshot_from_index(&self) -> Result<(Snapshot, index::ScanSummary)> {
         let bytes = self.index_bytes()?;
-        Snapshot::from_index(self.shared.dir.clone(), bytes.as_ref()).map_err(|e| self.corrupt(e))
+        let durable = self.shared.durable_part(bytes.as_ref());
+        Snapshot::from_index(self.shared.dir.clone(), durable).map_err(|e| self.corrupt(e))
     }
 
     /// Builds a session's snapshot, repairing a torn tail left by a crash.
@@ -727,10 +770,14 @@ impl Maildrop {
         seg.sync_data().at(&seg_path)?;
 
         let index_path = self.index_path();
+        let mut _appending = None;
         let appended = OpenOptions::new()
             .append(true)
             .open(&index_path)
             .and_then(|mut f| {
+                // Under the append lock the length cannot change but by us.
+                let from = f.metadata()?.len();
+                _appending = Some(AppendingGuard::start(&self.shared.appending_from, from));
                 f.write_all(&records)?;
                 f.sync_data()
             });
@@ -805,7 +852,8 @@ impl Maildrop {
             return None;
         }
         let bytes = crate::cached::read(&file, usize::try_from(len).ok()?)?;
-        let (snapshot, summary) = Snapshot::from_index(self.shared.dir.clone(), &bytes).ok()?;
+        let durable = self.shared.durable_part(&bytes);
+        let (snapshot, summary) = Snapshot::from_index(self.shared.dir.clone(), durable).ok()?;
         if summary.torn_tail {
             return None;
         }
@@ -1254,6 +1302,36 @@ mod tests {
     thread_local! {
         /// Makes this thread's next `write_batch` panic.
         pub(super) static PANIC_IN_WRITE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    #[test]
+    fn a_login_takes_no_record_an_append_has_not_made_durable() {
+        let d = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
+        let md = store
+            .create_maildrop(&crate::Address::parse("a@x.org").unwrap())
+            .unwrap();
+        for i in 0..3 {
+            md.append(PreparedMessage::from_raw(&raw(i))).unwrap();
+        }
+        assert_eq!(
+            md.shared.appending_from.load(Ordering::SeqCst),
+            NOT_APPENDING,
+            "cleared once the append is durable"
+        );
+        // As if the third record were written and not yet fsynced.
+        let len = std::fs::metadata(md.index_path()).unwrap().len();
+        let guard = AppendingGuard::start(&md.shared.appending_from, len - RECORD_SIZE as u64);
+        let s = md.open_session().unwrap();
+        assert_eq!(s.snapshot().len(), 2);
+        drop(s);
+        let s = md.open_session_cached().expect("index in memory").unwrap();
+        assert_eq!(s.snapshot().len(), 2);
+        drop(s);
+        drop(guard);
+        assert_eq!(md.open_session().unwrap().snapshot().len(), 3);
+        // The index itself was never touched.
+        assert_eq!(std::fs::metadata(md.index_path()).unwrap().len(), len);
     }
 
     #[test]
