@@ -215,18 +215,73 @@ impl Store {
     /// at once), then removed. The rename happens under the append lock, so
     /// a delivery in progress either completes before it or fails after it
     /// (its paths are gone); none writes into the directory being removed.
+    /// Deletions in the tenant that a crash interrupted are finished too, so
+    /// that a deleted user's mail does not stay on disk for ever.
     pub fn delete_maildrop(&self, addr: &Address) -> Result<()> {
         let md = self.maildrop(addr)?;
         let session = md.open_session()?;
         let appends = md.lock_appends()?;
         let dir = self.maildrop_dir(addr);
         let tenant = self.tenant_dir(&addr.domain);
-        let grave = tenant.join(format!(".deleted-{}-{}", addr.local, std::process::id()));
+        // Unique even for a second deletion of the same user by the same
+        // process (a re-created user deleted again).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let grave = tenant.join(format!(
+            "{GRAVE_PREFIX}{}-{}-{nanos}",
+            addr.local,
+            std::process::id()
+        ));
         std::fs::rename(&dir, &grave).at(&dir)?;
         sync_dir(&tenant)?;
         drop(appends);
         drop(session);
-        std::fs::remove_dir_all(&grave).at(&grave)
+        std::fs::remove_dir_all(&grave).at(&grave)?;
+        remove_interrupted_deletions(&tenant);
+        Ok(())
+    }
+}
+
+/// Name prefix of a maildrop directory being removed; then the user, the
+/// deleting process's id and a timestamp, joined by `-`.
+const GRAVE_PREFIX: &str = ".deleted-";
+
+/// Removes what deletions left in `tenant` when their process died before
+/// finishing: graves whose process is gone. One whose process still runs
+/// (this one included) is another deletion in progress, and is left to it.
+fn remove_interrupted_deletions(tenant: &Path) {
+    let Ok(entries) = std::fs::read_dir(tenant) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(GRAVE_PREFIX)) else {
+            continue;
+        };
+        let mut fields = rest.rsplitn(3, '-');
+        let (Some(_stamp), Some(pid), Some(_user)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::warn!(
+                dir = %path.display(),
+                "removed a maildrop whose deletion a crash interrupted"
+            ),
+            Err(e) => tracing::warn!(
+                dir = %path.display(),
+                error = %e,
+                "cannot remove a maildrop whose deletion a crash interrupted"
+            ),
+        }
     }
 }
 
@@ -234,6 +289,38 @@ impl Store {
 mod tests {
     use super::*;
     use crate::maildrop::PreparedMessage;
+
+    #[test]
+    fn deletion_removes_the_mail_and_what_crashed_deletions_left() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
+        let a = Address::parse("alice@example.com").unwrap();
+        let tenant = d.path().join("root/example.com");
+        // A deletion whose process died (no pid is this large), and one
+        // this process is still making.
+        let crashed = tenant.join(".deleted-bob-999999999-1");
+        let running = tenant.join(format!(".deleted-carol-{}-1", std::process::id()));
+        for g in [&crashed, &running] {
+            std::fs::create_dir_all(g).unwrap();
+            std::fs::write(g.join("seg-00000001"), b"old mail").unwrap();
+        }
+        // The same user deleted twice by one process (re-created between).
+        for _ in 0..2 {
+            let md = s.create_maildrop(&a).unwrap();
+            md.append(PreparedMessage::from_raw(b"Subject: x\n\ny\n"))
+                .unwrap();
+            drop(md);
+            s.delete_maildrop(&a).unwrap();
+            assert!(!tenant.join("alice").exists());
+        }
+        assert!(!crashed.exists(), "a crashed deletion is finished");
+        assert!(running.exists(), "a running one is left to its process");
+        let left: Vec<String> = std::fs::read_dir(&tenant)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+    }
 
     #[test]
     fn layout_and_listing() {
