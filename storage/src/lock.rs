@@ -55,10 +55,28 @@ impl FileLock {
 
     /// Waits for the exclusive lock. Only for short critical sections (an
     /// append batch, an index rewrite), never for a whole POP3 session.
+    ///
+    /// The lock is held on the file at `path` when this returns: a waiter
+    /// can be handed the lock of a file that is no longer there (its
+    /// maildrop was deleted, renamed away while the holder had it, and
+    /// perhaps created anew), and locking that file would guard nothing. So
+    /// the file locked is checked to be the one the path names, and the
+    /// lock taken again on the new one if not.
     pub fn exclusive(path: &Path) -> Result<Self> {
-        let file = open_lock_file(path)?;
-        flock(&file, libc::LOCK_EX).at(path)?;
-        Ok(FileLock { _file: file })
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let file = open_lock_file(path)?;
+            flock(&file, libc::LOCK_EX).at(path)?;
+            let held = file.metadata().at(path)?;
+            match std::fs::metadata(path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                    return Ok(FileLock { _file: file })
+                }
+                // Gone or replaced: the next open fails with the path's
+                // error, or locks the file there now.
+                _ => continue,
+            }
+        }
     }
 
     /// Takes the exclusive lock if it is free; `Ok(None)` if someone holds it.
@@ -90,5 +108,37 @@ mod tests {
         assert!(FileLock::try_exclusive(&p).unwrap().is_none());
         drop(a);
         assert!(FileLock::try_exclusive(&p).unwrap().is_some());
+    }
+
+    /// A waiter handed the lock of a file renamed away (a maildrop deleted
+    /// and created anew while it waited) ends up holding the new file's.
+    #[test]
+    fn a_waiter_locks_the_file_the_path_names_now() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("maildrop");
+        std::fs::create_dir(&dir).unwrap();
+        let p = dir.join("append.lock");
+        let holder = FileLock::exclusive(&p).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter_path = p.clone();
+        let waiter = std::thread::spawn(move || {
+            let lock = FileLock::exclusive(&waiter_path).unwrap();
+            tx.send(()).unwrap();
+            // Hold it until the main thread has looked.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            drop(lock);
+        });
+        // Let the waiter open the old file and block on it.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::fs::rename(&dir, root.path().join(".deleted")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        FileLock::create_file(&p).unwrap();
+        drop(holder);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert!(
+            FileLock::try_exclusive(&p).unwrap().is_none(),
+            "the waiter holds the lock of the file now at the path"
+        );
+        waiter.join().unwrap();
     }
 }
