@@ -640,26 +640,22 @@ impl Maildrop {
         let dir = &self.shared.dir;
         let ids = segment::list(dir)?;
         if let Some(&id) = ids.last() {
-            let p = segment::path(dir, id);
-            let shrunk = match last_end {
-                Some((seg, end)) if seg == id => {
-                    let on_disk = std::fs::metadata(&p).at(&p)?.len();
-                    (on_disk < end).then_some((on_disk, end))
+            let (f, end) = segment::open_for_append(dir, id)?;
+            match last_end {
+                Some((seg, indexed_end)) if seg == id && end < indexed_end => {
+                    tracing::error!(
+                        file = %segment::path(dir, id).display(),
+                        len = end,
+                        indexed_end,
+                        "segment is shorter than the messages the index places in it (cut outside pop3sd?); new mail goes to a new segment"
+                    );
                 }
-                _ => None,
-            };
-            if let Some((on_disk, end)) = shrunk {
-                tracing::error!(
-                    file = %p.display(),
-                    len = on_disk,
-                    indexed_end = end,
-                    "segment is shorter than the messages the index places in it (cut outside pop3sd?); new mail goes to a new segment"
-                );
-            } else {
-                let (f, end) = segment::open_for_append(dir, id)?;
-                if end <= segment::HEADER_SIZE || end + len <= self.shared.options.segment_max {
+                _ if end <= segment::HEADER_SIZE
+                    || end + len <= self.shared.options.segment_max =>
+                {
                     return Ok((id, f, end));
                 }
+                _ => {}
             }
             let next = id.checked_add(1).ok_or_else(|| Error::Corrupt {
                 path: dir.clone(),
