@@ -5,7 +5,7 @@
 //! [`Address`] to its tenant by domain, then to the user within that tenant
 //! only: there is no operation that takes a user of one tenant to another.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use pop3sd_storage::{Address, Domain, LocalPart};
@@ -169,6 +169,8 @@ pub struct Found<'a> {
 pub struct Directory {
     tenants: Vec<Arc<Tenant>>,
     by_name: HashMap<Domain, usize>,
+    /// See [`Directory::tls_required`]; built once per configuration.
+    tls_required: Option<Arc<HashSet<Domain>>>,
 }
 
 impl Directory {
@@ -185,9 +187,23 @@ impl Directory {
                 }
             }
         }
+        // Only where some tenant takes passwords without TLS: otherwise
+        // every password login without TLS is refused anyway.
+        let tls_required = tenants
+            .iter()
+            .any(|t| t.policy.allow_cleartext)
+            .then(|| {
+                let names = tenants
+                    .iter()
+                    .filter(|t| !t.policy.allow_cleartext)
+                    .flat_map(|t| t.names().cloned());
+                Arc::new(names.collect::<HashSet<Domain>>())
+            })
+            .filter(|names| !names.is_empty());
         Ok(Directory {
             tenants: tenants.into_iter().map(Arc::new).collect(),
             by_name,
+            tls_required,
         })
     }
 
@@ -270,14 +286,11 @@ impl Directory {
         self.tenants.iter().any(|t| t.policy.allow_cleartext)
     }
 
-    /// The domains whose tenants accept passwords only over TLS (for a
-    /// connection without it: its USER for them is refused at once).
-    pub fn tls_required(&self) -> Vec<Domain> {
-        self.tenants
-            .iter()
-            .filter(|t| !t.policy.allow_cleartext)
-            .map(|t| t.domain.clone())
-            .collect()
+    /// Where some tenants take passwords without TLS and others do not:
+    /// the domains and aliases of the others. A connection without TLS
+    /// refuses USER for them at once, before the password is sent.
+    pub fn tls_required(&self) -> Option<Arc<HashSet<Domain>>> {
+        self.tls_required.clone()
     }
 }
 
@@ -304,6 +317,39 @@ mod tests {
             ),
         ])
         .unwrap()
+    }
+
+    #[test]
+    fn tls_only_names_include_aliases_and_only_matter_beside_cleartext() {
+        let d = |s: &str| Domain::parse(s).unwrap();
+        let tenants = |b_cleartext: bool| {
+            vec![
+                Tenant::new(
+                    d("a.example"),
+                    vec![d("alias.example")],
+                    TenantPolicy::default(),
+                    [],
+                ),
+                Tenant::new(
+                    d("b.example"),
+                    vec![],
+                    TenantPolicy {
+                        allow_cleartext: b_cleartext,
+                        ..TenantPolicy::default()
+                    },
+                    [],
+                ),
+            ]
+        };
+        let mixed = Directory::new(tenants(true)).unwrap();
+        let names = mixed.tls_required().expect("some tenants need TLS");
+        assert!(names.contains(&d("a.example")) && names.contains(&d("alias.example")));
+        assert!(!names.contains(&d("b.example")));
+        // No tenant takes passwords without TLS: nothing to list.
+        assert!(Directory::new(tenants(false))
+            .unwrap()
+            .tls_required()
+            .is_none());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What the driver tells the engine about a connection, and the policies
 //! that shape responses (CAPA, EXPIRE, LOGIN-DELAY, timeouts).
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pop3sd_storage::{Address, Domain};
@@ -77,10 +79,11 @@ pub struct SessionContext {
     pub stls_offered: bool,
     /// Whether any tenant on this listener allows login without TLS.
     pub cleartext_login: bool,
-    /// Without TLS: the domains whose tenants refuse passwords without it.
-    /// USER for one of them is refused at once, before the client sends
-    /// the password in the clear only to have it refused.
-    pub tls_required: Vec<Domain>,
+    /// Without TLS: the domains (aliases included) whose tenants refuse
+    /// passwords without it. USER for one of them is refused at once,
+    /// before the client sends the password in the clear only to have it
+    /// refused.
+    pub tls_required: Option<Arc<HashSet<Domain>>>,
     /// Domain for bare user names (the SNI tenant, if it allows them).
     pub default_domain: Option<Domain>,
     /// Set when a verified client certificate maps to a user.
@@ -99,7 +102,7 @@ impl Default for SessionContext {
             tls: true,
             stls_offered: false,
             cleartext_login: false,
-            tls_required: Vec::new(),
+            tls_required: None,
             default_domain: None,
             external: None,
             apop_banner: None,

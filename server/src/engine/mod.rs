@@ -710,10 +710,13 @@ impl<M: Mailbox> Engine<M> {
         // Decided by the domain, as the refusal after PASS would be: it
         // tells nothing of which users exist.
         let tls_required = !self.ctx.tls
-            && self
-                .resolve(name)
-                .is_some_and(|a| self.ctx.tls_required.contains(&a.domain));
+            && self.ctx.tls_required.as_ref().is_some_and(|domains| {
+                self.resolve(name)
+                    .is_some_and(|a| domains.contains(&a.domain))
+            });
         if tls_required {
+            // Any name an earlier USER gave is dropped with this one.
+            self.state = State::Authorization { user: None };
             self.out.text(
                 b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n",
             );

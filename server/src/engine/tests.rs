@@ -515,7 +515,11 @@ fn user_for_a_tls_only_tenant_is_refused_before_the_password() {
         tls: false,
         stls_offered: true,
         cleartext_login: true,
-        tls_required: vec![pop3sd_storage::Domain::parse("example.org").unwrap()],
+        tls_required: Some(std::sync::Arc::new(
+            [pop3sd_storage::Domain::parse("example.org").unwrap()]
+                .into_iter()
+                .collect(),
+        )),
         ..SessionContext::default()
     };
     let mut h = Harness::new(ctx());
@@ -529,6 +533,14 @@ fn user_for_a_tls_only_tenant_is_refused_before_the_password() {
     assert!(h.auth_requests.is_empty());
     // Another tenant's user goes on as before.
     assert_eq!(h.send("USER alice@example.com\r\n"), "+OK\r\n");
+    // A refused USER also drops the name an earlier one gave: PASS then has
+    // nothing to go with, and alice's password is not tried.
+    assert_eq!(
+        h.send("USER bob@example.org\r\n"),
+        "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n"
+    );
+    assert_eq!(h.send("PASS secret\r\n"), "-ERR USER first.\r\n");
+    assert!(h.auth_requests.is_empty());
     // After STLS the same USER is taken.
     let mut h = Harness::new(ctx());
     h.drain();

@@ -339,7 +339,7 @@ impl Conn {
             stls_offered: self.listener.kind == ListenerKind::Pop3,
             cleartext_login: dir.any_cleartext(),
             tls_required: if self.tls.is_some() {
-                Vec::new()
+                None
             } else {
                 dir.tls_required()
             },
