@@ -63,20 +63,32 @@ impl FileLock {
     /// the file locked is checked to be the one the path names, and the
     /// lock taken again on the new one if not.
     pub fn exclusive(path: &Path) -> Result<Self> {
+        Self::exclusive_from(open_lock_file(path)?, path)
+    }
+
+    /// [`FileLock::exclusive`] starting from `file`, opened from `path`
+    /// earlier (and perhaps since replaced there).
+    fn exclusive_from(mut file: File, path: &Path) -> Result<Self> {
         use std::os::unix::fs::MetadataExt;
-        loop {
-            let file = open_lock_file(path)?;
+        // Each round needs the path's file to be replaced again while this
+        // one waits: a few rounds are plenty, and the bound keeps a broken
+        // file system from spinning here.
+        for _ in 0..16 {
             flock(&file, libc::LOCK_EX).at(path)?;
             let held = file.metadata().at(path)?;
             match std::fs::metadata(path) {
                 Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
                     return Ok(FileLock { _file: file })
                 }
-                // Gone or replaced: the next open fails with the path's
-                // error, or locks the file there now.
-                _ => continue,
+                // Replaced or removed: lock what the path names now (the
+                // open fails with the path's error if its directory went).
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).at(path),
             }
+            file = open_lock_file(path)?;
         }
+        Err(io::Error::other("the lock file keeps being replaced")).at(path)
     }
 
     /// Takes the exclusive lock if it is free; `Ok(None)` if someone holds it.
@@ -119,17 +131,19 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let p = dir.join("append.lock");
         let holder = FileLock::exclusive(&p).unwrap();
+        // The waiter's open comes before the rename, as a delivery's would
+        // that then waits for the deletion holding the lock.
+        let opened = open_lock_file(&p).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let waiter_path = p.clone();
         let waiter = std::thread::spawn(move || {
-            let lock = FileLock::exclusive(&waiter_path).unwrap();
+            let lock = FileLock::exclusive_from(opened, &waiter_path).unwrap();
             tx.send(()).unwrap();
-            // Hold it until the main thread has looked.
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            // Held until the main thread has looked.
+            let _ = done_rx.recv();
             drop(lock);
         });
-        // Let the waiter open the old file and block on it.
-        std::thread::sleep(std::time::Duration::from_millis(100));
         std::fs::rename(&dir, root.path().join(".deleted")).unwrap();
         std::fs::create_dir(&dir).unwrap();
         FileLock::create_file(&p).unwrap();
@@ -139,6 +153,7 @@ mod tests {
             FileLock::try_exclusive(&p).unwrap().is_none(),
             "the waiter holds the lock of the file now at the path"
         );
+        done_tx.send(()).unwrap();
         waiter.join().unwrap();
     }
 }

@@ -16,10 +16,11 @@
 //! store's owner: a symbolic link in it (`cur/` itself, a message, the
 //! uidlist) could point at another tenant's mail or at `/etc/shadow`, which
 //! would then be served as a message. Nothing inside the Maildir is reached
-//! through a link: `cur/` and `new/` are opened without following one, and
-//! every message is opened relative to its directory's descriptor, without
-//! following one, and read only if it is a regular file. A link is reported
-//! as skipped (or, for `cur/` or `new/`, refused with an error), never read.
+//! through a link: the Maildir, then `cur/`, `new/` and the uidlist relative
+//! to it, are opened without following one, and every message is opened
+//! relative to its directory's descriptor, without following one, and read
+//! only if it is a regular file. A message that is a link is reported as
+//! skipped; any of the others that is one is refused with an error.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -213,55 +214,87 @@ fn parse_map_file(path: &Path) -> Result<HashMap<String, String>> {
 /// Why a file in the Maildir was not read: a link is not followed.
 const LINK_SKIPPED: &str = "a symbolic link; an import does not follow links";
 
-/// Opens `cur/` or `new/` of the Maildir (None if there is none), refusing
-/// a symbolic link: its messages are then opened relative to it.
-fn open_subdir(d: &Path) -> Result<Option<File>> {
+/// Opens `name` in the directory `dir` without following a symbolic link
+/// (one fails with `ELOOP`, or `ENOTDIR` with `O_DIRECTORY`); `extra` adds
+/// flags.
+fn open_at(dir: &File, name: &OsStr, extra: libc::c_int) -> std::io::Result<File> {
+    let c_name = CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a file name"))?;
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | extra;
+    // SAFETY: `dir` is an open directory descriptor for the whole call and
+    // `c_name` a NUL-terminated string that outlives it; openat only reads
+    // them and returns a new descriptor (or -1).
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c_name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by openat, is valid, and nothing else
+    // owns it: the File closes it exactly once.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Opens the Maildir itself, refusing a symbolic link: the user who owns
+/// it could point their `Maildir` at someone else's.
+fn open_root(maildir: &Path) -> Result<File> {
     let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(d);
+        .open(maildir);
     match opened {
+        Ok(f) => Ok(f),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+            let link = std::fs::symlink_metadata(maildir).is_ok_and(|m| m.file_type().is_symlink());
+            Err(Error::Import {
+                path: maildir.to_path_buf(),
+                reason: if link {
+                    format!("{LINK_SKIPPED} (give the directory it points to, if it is trusted)")
+                } else {
+                    "not a directory".into()
+                },
+            })
+        }
+        Err(e) => Err(e).at(maildir),
+    }
+}
+
+/// Opens `cur/` or `new/` in the Maildir (None if there is none), refusing
+/// a symbolic link: its messages are then opened relative to it.
+fn open_subdir(root: &File, maildir: &Path, sub: &str) -> Result<Option<File>> {
+    let d = maildir.join(sub);
+    match open_at(root, OsStr::new(sub), libc::O_DIRECTORY) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         // With O_DIRECTORY a link is refused as "not a directory" (ELOOP
         // without it): tell a link from a plain file by looking at it.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
-            let link = std::fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_symlink());
-            if link || e.raw_os_error() == Some(libc::ELOOP) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            if std::fs::symlink_metadata(&d).is_ok_and(|m| m.file_type().is_symlink()) {
                 Err(Error::Import {
-                    path: d.to_path_buf(),
+                    path: d,
                     reason: LINK_SKIPPED.into(),
                 })
             } else {
                 Ok(None)
             }
         }
-        Err(e) => Err(e).at(d),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(Error::Import {
+            path: d,
+            reason: LINK_SKIPPED.into(),
+        }),
+        Err(e) => Err(e).at(&d),
     }
 }
 
-/// Opens the message `name` in the directory `dir` for reading, only if it
-/// is a regular file reached without a symbolic link. `O_NONBLOCK` keeps a
+/// Opens the file `name` in the directory `dir` for reading, only if it is
+/// a regular file reached without a symbolic link. `O_NONBLOCK` keeps a
 /// FIFO put in the Maildir from stalling the import on its open.
 fn open_message(dir: &File, name: &OsStr) -> std::io::Result<File> {
-    let c_name = CString::new(name.as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a file name"))?;
-    let flags =
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
-    // SAFETY: `dir` is an open directory descriptor for the whole call and
-    // `c_name` a NUL-terminated string that outlives it; openat only reads
-    // them and returns a new descriptor (or -1).
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), c_name.as_ptr(), flags) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
+    let file = open_at(dir, name, libc::O_NONBLOCK).map_err(|e| {
         if e.raw_os_error() == Some(libc::ELOOP) {
-            return Err(std::io::Error::other(LINK_SKIPPED));
+            std::io::Error::other(LINK_SKIPPED)
+        } else {
+            e
         }
-        return Err(e);
-    }
-    // SAFETY: `fd` was just returned by openat, is valid, and nothing else
-    // owns it: the File closes it exactly once.
-    let file = unsafe { File::from_raw_fd(fd) };
+    })?;
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
@@ -289,11 +322,8 @@ fn arrival_of(mtime: Option<SystemTime>, base: &str) -> i64 {
 }
 
 /// The Maildir's `dovecot-uidlist`, not through a symbolic link.
-fn read_uidlist(p: &Path) -> std::io::Result<String> {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(p)?;
+fn read_uidlist(root: &File) -> std::io::Result<String> {
+    let mut f = open_at(root, OsStr::new("dovecot-uidlist"), libc::O_NONBLOCK)?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
@@ -312,9 +342,10 @@ pub fn import_maildir(
     let mut files: Vec<(String, usize, std::ffi::OsString, PathBuf)> = Vec::new();
     let mut dirs: Vec<File> = Vec::new();
     let mut skipped: Vec<(PathBuf, String)> = Vec::new();
+    let root = open_root(maildir)?;
     for sub in ["cur", "new"] {
         let d = maildir.join(sub);
-        let Some(dir) = open_subdir(&d)? else {
+        let Some(dir) = open_subdir(&root, maildir, sub)? else {
             continue;
         };
         // Only names come from this listing: each is then opened relative
@@ -354,7 +385,7 @@ pub fn import_maildir(
         UidlSource::Native => (None, None),
         UidlSource::Dovecot { .. } => {
             let p = maildir.join("dovecot-uidlist");
-            match read_uidlist(&p) {
+            match read_uidlist(&root) {
                 Ok(t) => (
                     Some(parse_uidlist(&t).map_err(|reason| Error::Import {
                         path: p.clone(),

@@ -252,9 +252,11 @@ impl Drop for AppendingGuard<'_> {
 impl Shared {
     /// The part of index bytes a login may use: all of them, except
     /// records an append in this process has written and not yet fsynced.
-    /// (The load follows the read: a read that saw the records comes after
-    /// the write, which comes after the store that marks them.)
+    /// A read that saw the records comes after their write (the kernel
+    /// orders the two system calls), which comes after the store that
+    /// marks them; the fence keeps the load from moving before the read.
     fn durable_part<'b>(&self, index: &'b [u8]) -> &'b [u8] {
+        std::sync::atomic::fence(Ordering::SeqCst);
         let from = self.appending_from.load(Ordering::SeqCst);
         match usize::try_from(from) {
             Ok(from) if from < index.len() => &index[..from],
@@ -639,32 +641,49 @@ impl Maildrop {
     fn segment_for(&self, len: u64, last_end: Option<(u32, u64)>) -> Result<(u32, File, u64)> {
         let dir = &self.shared.dir;
         let ids = segment::list(dir)?;
-        if let Some(&id) = ids.last() {
-            let (f, end) = segment::open_for_append(dir, id)?;
-            match last_end {
-                Some((seg, indexed_end)) if seg == id && end < indexed_end => {
-                    tracing::error!(
-                        file = %segment::path(dir, id).display(),
-                        len = end,
-                        indexed_end,
-                        "segment is shorter than the messages the index places in it (cut outside pop3sd?); new mail goes to a new segment"
-                    );
+        let highest = ids.last().copied();
+        let indexed = last_end.map(|(seg, _)| seg);
+        // The highest segment on disk, unless it is below the one the
+        // newest message is in (that one went missing): the next id must
+        // then pass both, never reuse an id that records still name.
+        match highest {
+            Some(id) if indexed.is_none_or(|seg| id >= seg) => {
+                let (f, end) = segment::open_for_append(dir, id)?;
+                match last_end {
+                    Some((seg, indexed_end)) if seg == id && end < indexed_end => {
+                        tracing::error!(
+                            file = %segment::path(dir, id).display(),
+                            len = end,
+                            indexed_end,
+                            "segment is shorter than the messages the index places in it (cut outside pop3sd?); new mail goes to a new segment"
+                        );
+                    }
+                    _ if end <= segment::HEADER_SIZE
+                        || end + len <= self.shared.options.segment_max =>
+                    {
+                        return Ok((id, f, end));
+                    }
+                    _ => {}
                 }
-                _ if end <= segment::HEADER_SIZE
-                    || end + len <= self.shared.options.segment_max =>
-                {
-                    return Ok((id, f, end));
-                }
-                _ => {}
             }
-            let next = id.checked_add(1).ok_or_else(|| Error::Corrupt {
+            _ if indexed.is_some() => {
+                tracing::error!(
+                    dir = %dir.display(),
+                    segment = indexed.unwrap_or_default(),
+                    "the segment holding the newest message is missing (removed outside pop3sd?); new mail goes to a new segment"
+                );
+            }
+            _ => {}
+        }
+        let next = highest
+            .max(indexed)
+            .map_or(Some(1), |id| id.checked_add(1))
+            .ok_or_else(|| Error::Corrupt {
                 path: dir.clone(),
                 offset: 0,
                 reason: "segment ids exhausted".into(),
             })?;
-            return Ok((next, segment::create(dir, next)?, segment::HEADER_SIZE));
-        }
-        Ok((1, segment::create(dir, 1)?, segment::HEADER_SIZE))
+        Ok((next, segment::create(dir, next)?, segment::HEADER_SIZE))
     }
 
     /// Holds off every append (of any process) until dropped: for whole-

@@ -237,7 +237,13 @@ impl Store {
         sync_dir(&tenant)?;
         drop(appends);
         drop(session);
-        std::fs::remove_dir_all(&grave).at(&grave)?;
+        match std::fs::remove_dir_all(&grave) {
+            Ok(()) => {}
+            // Finished by another deletion's sweep that took this one for
+            // an interrupted one (its process looked gone): it is gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).at(&grave),
+        }
         remove_interrupted_deletions(&tenant);
         Ok(())
     }
@@ -246,6 +252,20 @@ impl Store {
 /// Name prefix of a maildrop directory being removed; then the user, the
 /// deleting process's id and a timestamp, joined by `-`.
 const GRAVE_PREFIX: &str = ".deleted-";
+
+/// Whether process `pid` exists (one we may not signal exists too).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists and may be
+    // signalled; nothing is sent and no memory is touched.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
 
 /// Removes what deletions left in `tenant` when their process died before
 /// finishing: graves whose process is gone. One whose process still runs
@@ -267,7 +287,7 @@ fn remove_interrupted_deletions(tenant: &Path) {
         let Ok(pid) = pid.parse::<u32>() else {
             continue;
         };
-        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+        if pid == std::process::id() || process_alive(pid) {
             continue;
         }
         let path = entry.path();

@@ -192,6 +192,19 @@ fn links_in_a_maildir_are_not_followed() {
     }
     assert_eq!(md.stats().unwrap().messages, before);
 
+    // The Maildir itself a link (a user pointing theirs at another's):
+    // refused, naming it.
+    let pointed = d.path().join("Pointed");
+    symlink(&maildir, &pointed).unwrap();
+    match import_maildir(&md, &pointed, &UidlSource::Native) {
+        Err(Error::Import { path, reason }) => {
+            assert_eq!(path, pointed);
+            assert!(reason.contains("symbolic link"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(md.stats().unwrap().messages, before);
+
     // A uidlist that is a link is refused too.
     let uidlist = d.path().join("Uidlist");
     make_maildir(&uidlist);
