@@ -242,6 +242,10 @@ fn open_root(maildir: &Path) -> Result<File> {
         .open(maildir);
     match opened {
         Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Import {
+            path: maildir.to_path_buf(),
+            reason: "not a Maildir (no such directory)".into(),
+        }),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
             let link = std::fs::symlink_metadata(maildir).is_ok_and(|m| m.file_type().is_symlink());
             Err(Error::Import {
@@ -249,7 +253,7 @@ fn open_root(maildir: &Path) -> Result<File> {
                 reason: if link {
                     format!("{LINK_SKIPPED} (give the directory it points to, if it is trusted)")
                 } else {
-                    "not a directory".into()
+                    "not a Maildir (not a directory)".into()
                 },
             })
         }
