@@ -376,7 +376,13 @@ fn getmail6_keep_then_delete() {
     for delete in [false, true] {
         let name = if delete { "delete" } else { "keep" };
         // An external MDA that writes each message to its own file: getmail's
-        // own Maildir writer refuses to run as root, which CI is.
+        // own Maildir writer refuses to run as root, which CI is. It lingers
+        // 0.2 s before exiting: getmail 6 learns of its child's exit from a
+        // SIGCHLD handler that notifies a condition variable, and a child
+        // that exits before getmail starts waiting on it is a wake-up lost,
+        // which getmail reports as "waiting child pid N timed out" after its
+        // socket timeout (3 minutes; seen once in this test, for a 104-byte
+        // message whose `cat` was done at once).
         let maildir = demo.scratch(&format!("getmail-{name}/mail"));
         let gdir = demo.scratch(&format!("getmail-{name}/state"));
         let rc = gdir.join("getmailrc");
@@ -386,7 +392,7 @@ fn getmail6_keep_then_delete() {
                 "[retriever]\ntype = SimplePOP3SSLRetriever\nserver = 127.0.0.1\nport = {port}\n\
                  username = {user}\npassword = {pw}\nca_certs = {ca}\nssl_cert_hostname = example.com\n\n\
                  [destination]\ntype = MDA_external\npath = /bin/sh\n\
-                 arguments = (\"-c\", \"cat > $(mktemp -p {md})\")\nallow_root_commands = true\n\n\
+                 arguments = (\"-c\", \"cat > $(mktemp -p {md}); sleep 0.2\")\nallow_root_commands = true\n\n\
                  [options]\nread_all = true\ndelete = {delete}\ndelivered_to = false\nreceived = false\nverbose = 0\n",
                 pw = demo.password(user),
                 ca = demo.ca(),
