@@ -1319,13 +1319,18 @@ mod tests {
         pub(super) static PANIC_IN_WRITE: Cell<bool> = const { Cell::new(false) };
     }
 
+    /// A new, empty maildrop with the default options.
+    fn empty_maildrop(d: &Path) -> Maildrop {
+        let store = crate::Store::open(d.join("root"), StoreOptions::default()).unwrap();
+        store
+            .create_maildrop(&crate::Address::parse("a@x.org").unwrap())
+            .unwrap()
+    }
+
     #[test]
     fn a_login_takes_no_record_an_append_has_not_made_durable() {
         let d = tempfile::tempdir().unwrap();
-        let store = crate::Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
-        let md = store
-            .create_maildrop(&crate::Address::parse("a@x.org").unwrap())
-            .unwrap();
+        let md = empty_maildrop(d.path());
         for i in 0..3 {
             md.append(PreparedMessage::from_raw(&raw(i))).unwrap();
         }
@@ -1352,10 +1357,7 @@ mod tests {
     #[test]
     fn a_panicking_append_fails_its_batch_and_the_next_append_works() {
         let d = tempfile::tempdir().unwrap();
-        let store = crate::Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
-        let md = store
-            .create_maildrop(&crate::Address::parse("a@x.org").unwrap())
-            .unwrap();
+        let md = empty_maildrop(d.path());
         PANIC_IN_WRITE.with(|p| p.set(true));
         assert!(md.append(PreparedMessage::from_raw(&raw(1))).is_err());
         // Were the group-commit leader flag left set, this would wait for

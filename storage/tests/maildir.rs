@@ -1,7 +1,7 @@
 //! Maildir import keeps Dovecot's POP3 UIDLs so clients do not re-download.
 
 use pop3sd_storage::maildir::{import_maildir, UidlSource};
-use pop3sd_storage::{wire, Address, Error, Store, StoreOptions};
+use pop3sd_storage::{wire, Address, Error, Maildrop, Store, StoreOptions};
 
 fn make_maildir(root: &std::path::Path) {
     for d in ["cur", "new", "tmp"] {
@@ -30,6 +30,15 @@ fn make_maildir(root: &std::path::Path) {
          3 :1500000003.M3P3.host\n",
     )
     .unwrap();
+}
+
+/// A store under `d` and an empty maildrop for `user` in it.
+fn empty_maildrop(d: &std::path::Path, user: &str) -> (Store, Maildrop) {
+    let store = Store::open(d.join("root"), StoreOptions::default()).unwrap();
+    let md = store
+        .create_maildrop(&Address::parse(user).unwrap())
+        .unwrap();
+    (store, md)
 }
 
 fn uidls(store: &Store, a: &Address) -> Vec<String> {
@@ -118,10 +127,7 @@ fn map_file_and_native_sources() {
 #[test]
 fn bad_inputs_are_clear_errors() {
     let d = tempfile::tempdir().unwrap();
-    let store = Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
-    let md = store
-        .create_maildrop(&Address::parse("x@example.com").unwrap())
-        .unwrap();
+    let (_store, md) = empty_maildrop(d.path(), "x@example.com");
     assert!(matches!(
         import_maildir(&md, d.path(), &UidlSource::default()),
         Err(Error::Import { .. })
@@ -149,10 +155,7 @@ fn bad_inputs_are_clear_errors() {
 fn links_in_a_maildir_are_not_followed() {
     use std::os::unix::fs::symlink;
     let d = tempfile::tempdir().unwrap();
-    let store = Store::open(d.path().join("root"), StoreOptions::default()).unwrap();
-    let md = store
-        .create_maildrop(&Address::parse("mallory@example.com").unwrap())
-        .unwrap();
+    let (_store, md) = empty_maildrop(d.path(), "mallory@example.com");
     let secret = d.path().join("other-tenant-secret");
     std::fs::write(&secret, b"Subject: secret\n\nnot yours\n").unwrap();
     let other_dir = d.path().join("other-tenant-dir");

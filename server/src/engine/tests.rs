@@ -511,6 +511,8 @@ fn capa_changes_with_state() {
 /// refused before the client sends its password in the clear.
 #[test]
 fn user_for_a_tls_only_tenant_is_refused_before_the_password() {
+    const REFUSED: &str =
+        "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n";
     let ctx = || SessionContext {
         tls: false,
         stls_offered: true,
@@ -524,10 +526,7 @@ fn user_for_a_tls_only_tenant_is_refused_before_the_password() {
     };
     let mut h = Harness::new(ctx());
     h.drain();
-    assert_eq!(
-        h.send("USER bob@example.org\r\n"),
-        "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n"
-    );
+    assert_eq!(h.send("USER bob@example.org\r\n"), REFUSED);
     // Not taken as a user: PASS has nothing to go with.
     assert_eq!(h.send("PASS secret\r\n"), "-ERR USER first.\r\n");
     assert!(h.auth_requests.is_empty());
@@ -535,10 +534,7 @@ fn user_for_a_tls_only_tenant_is_refused_before_the_password() {
     assert_eq!(h.send("USER alice@example.com\r\n"), "+OK\r\n");
     // A refused USER also drops the name an earlier one gave: PASS then has
     // nothing to go with, and alice's password is not tried.
-    assert_eq!(
-        h.send("USER bob@example.org\r\n"),
-        "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n"
-    );
+    assert_eq!(h.send("USER bob@example.org\r\n"), REFUSED);
     assert_eq!(h.send("PASS secret\r\n"), "-ERR USER first.\r\n");
     assert!(h.auth_requests.is_empty());
     // After STLS the same USER is taken.
