@@ -23,6 +23,7 @@ pub mod record;
 pub mod segment;
 pub mod snapshot;
 pub mod store;
+mod unsynced;
 pub mod wire;
 
 pub use error::{Error, Result};

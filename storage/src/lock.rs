@@ -13,10 +13,11 @@ use std::path::Path;
 
 use crate::error::{IoContext, Result};
 
-/// A held exclusive flock; released when dropped (the descriptor is closed).
+/// A held flock (exclusive, unless taken with [`FileLock::try_shared`]);
+/// released when dropped (the descriptor is closed).
 #[derive(Debug)]
 pub struct FileLock {
-    _file: File,
+    file: File,
 }
 
 fn open_lock_file(path: &Path) -> Result<File> {
@@ -78,7 +79,7 @@ impl FileLock {
             let held = file.metadata().at(path)?;
             match std::fs::metadata(path) {
                 Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
-                    return Ok(FileLock { _file: file })
+                    return Ok(FileLock { file })
                 }
                 // Replaced or removed: lock what the path names now (the
                 // open fails with the path's error if its directory went).
@@ -96,11 +97,29 @@ impl FileLock {
         Self::try_exclusive_file(open_lock_file(path)?, path)
     }
 
+    /// Takes the lock shared if no one holds it exclusively; `Ok(None)` if
+    /// someone does. Holding it shared keeps exclusive holders out while
+    /// letting other shared holders in: for checking that no append is
+    /// running, and keeping it so for a moment.
+    pub fn try_shared(path: &Path) -> Result<Option<Self>> {
+        let file = open_lock_file(path)?;
+        match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
+            Ok(()) => Ok(Some(FileLock { file })),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e).at(path),
+        }
+    }
+
+    /// The open lock file, for reading what its holder keeps in it.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// [`FileLock::try_exclusive`] on a lock file already open (read-only
     /// will do: flock needs no write access).
     pub fn try_exclusive_file(file: File, path: &Path) -> Result<Option<Self>> {
         match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => Ok(Some(FileLock { _file: file })),
+            Ok(()) => Ok(Some(FileLock { file })),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e).at(path),
         }

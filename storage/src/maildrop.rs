@@ -19,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::durable::{replace_file, sync_dir, unix_now};
@@ -218,52 +218,19 @@ pub(crate) struct Shared {
     /// orders a waiter's check against the release.
     released: Mutex<()>,
     released_cv: Condvar,
-    /// While this process appends records to the index and has not yet
-    /// fsynced them: the index length they start at ([`NOT_APPENDING`]
-    /// otherwise). A login reads the index without the append lock, and
-    /// takes no record from there on: a record not yet durable could vanish
-    /// in a power cut after the client listed it, and its uid (so its
-    /// UIDL) then be given to another message, which a client that leaves
-    /// mail on the server would take for one it has and never download.
-    appending_from: AtomicU64,
 }
 
-/// [`Shared::appending_from`] when no append is between its index write and
-/// that write's fsync.
-const NOT_APPENDING: u64 = u64::MAX;
-
-/// Marks an append's index records as not yet durable until dropped (after
-/// their fsync, or on any way out of the append).
-struct AppendingGuard<'a>(&'a AtomicU64);
-
-impl<'a> AppendingGuard<'a> {
-    fn start(at: &'a AtomicU64, from: u64) -> Self {
-        at.store(from, Ordering::SeqCst);
-        AppendingGuard(at)
-    }
-}
-
-impl Drop for AppendingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.store(NOT_APPENDING, Ordering::SeqCst);
+/// `index` without its bytes from `from` on: where an append marked records
+/// not yet durable ([`crate::unsynced`]). A mark outside the records (a
+/// damaged lock file) cuts nothing.
+fn cut_at(index: &[u8], from: u64) -> &[u8] {
+    match usize::try_from(from) {
+        Ok(from) if from >= index::HEADER_SIZE && from < index.len() => &index[..from],
+        _ => index,
     }
 }
 
 impl Shared {
-    /// The part of index bytes a login may use: all of them, except
-    /// records an append in this process has written and not yet fsynced.
-    /// A read that saw the records comes after their write (the kernel
-    /// orders the two system calls), which comes after the store that
-    /// marks them; the fence keeps the load from moving before the read.
-    fn durable_part<'b>(&self, index: &'b [u8]) -> &'b [u8] {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        let from = self.appending_from.load(Ordering::SeqCst);
-        match usize::try_from(from) {
-            Ok(from) if from < index.len() => &index[..from],
-            _ => index,
-        }
-    }
-
     fn winding_down(&self) -> bool {
         self.session_state.load(Ordering::Acquire) == LOCK_WINDING_DOWN
     }
@@ -284,7 +251,6 @@ impl Shared {
             login_came: AtomicBool::new(false),
             released: Mutex::new(()),
             released_cv: Condvar::new(),
-            appending_from: AtomicU64::new(NOT_APPENDING),
         }
     }
 }
@@ -434,7 +400,41 @@ impl Maildrop {
             ..parsed.header
         };
         replace_file(&self.index_path(), &index::encode(&header, &parsed.records))?;
+        // The mark of the appender that left the tail died with it; every
+        // record now in the index is durable.
+        self.clear_dead_mark();
         Ok(header)
+    }
+
+    /// Clears an append's mark known to be dead: the caller holds the
+    /// append lock (shared or exclusive), so no append runs.
+    fn clear_dead_mark(&self) {
+        let path = self.shared.dir.join(SESSION_LOCK);
+        if let Err(e) = crate::unsynced::clear(&path) {
+            tracing::warn!(file = %path.display(), error = %e, "could not clear a dead append's mark");
+        }
+    }
+
+    /// The part of `index` (just read) that a login may take: all of it,
+    /// unless an append, in any process, has written records to it and not
+    /// yet fsynced them ([`crate::unsynced`]). `mark` is the session lock's
+    /// file, read now: after the index, so that a mark set before records
+    /// the read saw is seen too.
+    fn durable_part<'b>(&self, index: &'b [u8], mark: &File) -> Result<&'b [u8]> {
+        let lock_path = self.shared.dir.join(SESSION_LOCK);
+        let Some(from) = crate::unsynced::read(mark).at(&lock_path)? else {
+            return Ok(index);
+        };
+        match FileLock::try_shared(&self.shared.dir.join(APPEND_LOCK))? {
+            // An append holds the lock (or an expunge or compaction, which
+            // set no mark: the cut then hides durable records from this
+            // session only).
+            None => Ok(cut_at(index, from)),
+            Some(_no_append_now) => {
+                self.clear_dead_mark();
+                Ok(index)
+            }
+        }
     }
 
     /// The index's bytes for one scan: read into memory when small (one
@@ -470,26 +470,29 @@ impl Maildrop {
         Ok(IndexBytes::Read(buf))
     }
 
-    fn snapshot_from_index(&self) -> Result<(Snapshot, index::ScanSummary)> {
+    fn snapshot_from_index(&self, mark: &File) -> Result<(Snapshot, index::ScanSummary)> {
         let bytes = self.index_bytes()?;
-        let durable = self.shared.durable_part(bytes.as_ref());
+        let durable = self.durable_part(bytes.as_ref(), mark)?;
         Snapshot::from_index(self.shared.dir.clone(), durable).map_err(|e| self.corrupt(e))
     }
 
     /// Builds a session's snapshot, repairing a torn tail left by a crash.
-    fn open_snapshot(&self) -> Result<Snapshot> {
-        let (snapshot, summary) = self.snapshot_from_index()?;
+    /// `mark` is the session lock's file.
+    fn open_snapshot(&self, mark: &File) -> Result<Snapshot> {
+        let (snapshot, summary) = self.snapshot_from_index(mark)?;
         if !summary.torn_tail {
             return Ok(snapshot);
         }
-        // Either an append is writing right now or a crash left a partial
-        // record: under the append lock only the second remains possible.
+        // An append that marks its records is cut off above, so this is a
+        // crash's partial record, or an append that set no mark (an older
+        // pop3sd) writing right now: under the append lock only the first
+        // remains possible.
         let _l = FileLock::exclusive(&self.shared.dir.join(APPEND_LOCK))?;
         let parsed = self.read_index()?;
         if parsed.torn_tail {
             self.repair_locked(&parsed)?;
         }
-        Ok(self.snapshot_from_index()?.0)
+        Ok(self.snapshot_from_index(mark)?.0)
     }
 
     /// Appends one message durably. Returns once its bytes and index record
@@ -785,17 +788,20 @@ impl Maildrop {
         seg.sync_data().at(&seg_path)?;
 
         let index_path = self.index_path();
-        let mut _appending = None;
-        let appended = OpenOptions::new()
+        let mut index = OpenOptions::new()
             .append(true)
             .open(&index_path)
-            .and_then(|mut f| {
-                // Under the append lock the length cannot change but by us.
-                let from = f.metadata()?.len();
-                _appending = Some(AppendingGuard::start(&self.shared.appending_from, from));
-                f.write_all(&records)?;
-                f.sync_data()
-            });
+            .at(&index_path)?;
+        // Under the append lock the length cannot change but by us. The mark
+        // stays until the records are durable, or rolled back below.
+        let from = index.metadata().at(&index_path)?.len();
+        let mark_path = dir.join(SESSION_LOCK);
+        let _unsynced = crate::unsynced::Mark::set(&mark_path, from).at(&mark_path)?;
+        let appended = index.write_all(&records).and_then(|()| {
+            #[cfg(test)]
+            tests::BEFORE_INDEX_SYNC.with(|hook| hook.borrow_mut().take().map(|f| f()));
+            index.sync_data()
+        });
         if let Err(e) = appended {
             // Nothing of this batch may stay visible once we report failure.
             if let Ok(parsed) = self.read_index() {
@@ -835,7 +841,7 @@ impl Maildrop {
     }
 
     fn session_with(&self, lock: SessionLock) -> Result<Session> {
-        let snapshot = self.open_snapshot()?;
+        let snapshot = self.open_snapshot(lock.file())?;
         Ok(Session {
             maildrop: self.clone(),
             snapshot,
@@ -867,8 +873,13 @@ impl Maildrop {
             return None;
         }
         let bytes = crate::cached::read(&file, usize::try_from(len).ok()?)?;
-        let durable = self.shared.durable_part(&bytes);
-        let (snapshot, summary) = Snapshot::from_index(self.shared.dir.clone(), durable).ok()?;
+        // Read after the index, as in [`Maildrop::durable_part`]. A mark is
+        // rare (a login during an append's fsync, or a dead appender's): the
+        // blocking path tells which.
+        if crate::unsynced::read_cached(lock.file())?.is_some() {
+            return None;
+        }
+        let (snapshot, summary) = Snapshot::from_index(self.shared.dir.clone(), &bytes).ok()?;
         if summary.torn_tail {
             return None;
         }
@@ -1092,6 +1103,15 @@ enum Claim {
 }
 
 impl SessionLock {
+    /// The lock file, open while the lock is held: it also carries an
+    /// append's mark ([`crate::unsynced`]).
+    fn file(&self) -> &File {
+        self.file
+            .as_ref()
+            .expect("the file lock is taken only when the session lock is dropped")
+            .file()
+    }
+
     /// Takes the in-process state, then the file lock `take` gives for the
     /// lock file's path (the state given back when it gives none). The
     /// holder's kind is the value the failed exchange saw, not a second
@@ -1312,11 +1332,15 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
 
     thread_local! {
         /// Makes this thread's next `write_batch` panic.
         pub(super) static PANIC_IN_WRITE: Cell<bool> = const { Cell::new(false) };
+        /// Run by this thread's next append between writing its index
+        /// records and fsyncing them.
+        pub(super) static BEFORE_INDEX_SYNC: RefCell<Option<Box<dyn FnOnce()>>> =
+            const { RefCell::new(None) };
     }
 
     /// A new, empty maildrop with the default options.
@@ -1327,29 +1351,74 @@ mod tests {
             .unwrap()
     }
 
+    /// What a login on another thread or process would take now.
+    fn messages_a_login_sees(md: &Maildrop) -> usize {
+        md.open_session().unwrap().snapshot().len()
+    }
+
     #[test]
     fn a_login_takes_no_record_an_append_has_not_made_durable() {
+        let d = tempfile::tempdir().unwrap();
+        let md = empty_maildrop(d.path());
+        for i in 0..2 {
+            md.append(PreparedMessage::from_raw(&raw(i))).unwrap();
+        }
+        // The login runs inside the append, between the index write and its
+        // fsync; it takes the append lock no more than one in another
+        // process would (flock locks of separate opens conflict).
+        let seen = std::rc::Rc::new(Cell::new(None));
+        let (md2, seen2) = (md.clone(), seen.clone());
+        BEFORE_INDEX_SYNC.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                let cached = md2
+                    .open_session_cached()
+                    .map(|s| s.unwrap().snapshot().len());
+                seen2.set(Some((messages_a_login_sees(&md2), cached)));
+            }))
+        });
+        md.append(PreparedMessage::from_raw(&raw(2))).unwrap();
+        assert_eq!(
+            seen.get(),
+            Some((2, None)),
+            "the unsynced record is not taken; the core's path leaves it to the pool's"
+        );
+        assert_eq!(messages_a_login_sees(&md), 3, "taken once durable");
+        let lock_file = File::open(md.shared.dir.join(SESSION_LOCK)).unwrap();
+        assert_eq!(crate::unsynced::read(&lock_file).unwrap(), None);
+        let s = md
+            .open_session_cached()
+            .expect("no mark: served on the core");
+        assert_eq!(s.unwrap().snapshot().len(), 3);
+    }
+
+    #[test]
+    fn an_appender_that_died_between_write_and_fsync_hides_nothing() {
         let d = tempfile::tempdir().unwrap();
         let md = empty_maildrop(d.path());
         for i in 0..3 {
             md.append(PreparedMessage::from_raw(&raw(i))).unwrap();
         }
-        assert_eq!(
-            md.shared.appending_from.load(Ordering::SeqCst),
-            NOT_APPENDING,
-            "cleared once the append is durable"
-        );
-        // As if the third record were written and not yet fsynced.
         let len = std::fs::metadata(md.index_path()).unwrap().len();
-        let guard = AppendingGuard::start(&md.shared.appending_from, len - RECORD_SIZE as u64);
-        let s = md.open_session().unwrap();
-        assert_eq!(s.snapshot().len(), 2);
-        drop(s);
-        let s = md.open_session_cached().expect("index in memory").unwrap();
-        assert_eq!(s.snapshot().len(), 2);
-        drop(s);
-        drop(guard);
-        assert_eq!(md.open_session().unwrap().snapshot().len(), 3);
+        let lock_path = md.shared.dir.join(SESSION_LOCK);
+        // Its mark, left set: the process that set it is gone.
+        std::mem::forget(crate::unsynced::Mark::set(&lock_path, len - RECORD_SIZE as u64).unwrap());
+        // While another process holds the append lock, the mark counts.
+        let held = FileLock::exclusive(&md.shared.dir.join(APPEND_LOCK)).unwrap();
+        assert_eq!(messages_a_login_sees(&md), 2);
+        drop(held);
+        // With the lock free, the mark is a dead appender's: the record it
+        // marked is all there is of that append, and the login clears it.
+        assert!(
+            md.open_session_cached().is_none(),
+            "a mark sends the core's login to the pool"
+        );
+        assert_eq!(messages_a_login_sees(&md), 3);
+        let lock_file = File::open(&lock_path).unwrap();
+        assert_eq!(crate::unsynced::read(&lock_file).unwrap(), None);
+        let s = md
+            .open_session_cached()
+            .expect("mark cleared: served on the core");
+        assert_eq!(s.unwrap().snapshot().len(), 3);
         // The index itself was never touched.
         assert_eq!(std::fs::metadata(md.index_path()).unwrap().len(), len);
     }
