@@ -6,6 +6,10 @@
 //! one pass. Only the tail of a line split across reads is held back, so
 //! that the `.` line that ends the data is recognised; a line longer than
 //! that carry can never be the end marker and is passed on in pieces.
+//! Only `CRLF . CRLF` ends the data: a `.` line with a bare LF on either
+//! side is data (its dot dropped as transparency), or a relay that passes
+//! bare LFs through would let a message's body end it and smuggle the rest
+//! in as commands: another transaction, to any tenant.
 //! Past the size limit nothing more is kept, but the data is still read to
 //! its end so that the transaction can be answered.
 
@@ -22,6 +26,12 @@ pub struct DataReceiver {
     carry: Vec<u8>,
     /// The current line is longer than `CARRY` (cannot be the end marker).
     long_line: bool,
+    /// The previous line ended with CRLF (so the next may end the data);
+    /// true at the start, after the DATA command's own CRLF.
+    after_crlf: bool,
+    /// The part of a long line passed on so far ends with CR (its LF may
+    /// come alone in the next read).
+    long_line_cr: bool,
     /// Octets of data received so far (as sent, stuffing included).
     received: u64,
     limit: u64,
@@ -48,6 +58,8 @@ impl DataReceiver {
             wire,
             carry: Vec::new(),
             long_line: false,
+            after_crlf: true,
+            long_line_cr: false,
             received: 0,
             limit,
             too_big: false,
@@ -69,8 +81,19 @@ impl DataReceiver {
         }
     }
 
-    fn is_end_marker(line: &[u8]) -> bool {
-        line == b".\r\n" || line == b".\n"
+    /// Whether `line` (complete, LF included) ends the data.
+    fn is_end_marker(&self, line: &[u8]) -> bool {
+        !self.long_line && self.after_crlf && line == b".\r\n"
+    }
+
+    /// Notes how a complete line (LF included) ended, for the next one.
+    fn line_done(&mut self, line: &[u8]) {
+        self.after_crlf = match line.len() {
+            n if n >= 2 => line[n - 2] == b'\r',
+            _ => self.long_line && self.long_line_cr,
+        };
+        self.long_line = false;
+        self.long_line_cr = false;
     }
 
     /// Consumes input; returns how many bytes were used and, once the end
@@ -86,18 +109,19 @@ impl DataReceiver {
                     if !self.carry.is_empty() {
                         let mut whole = std::mem::take(&mut self.carry);
                         whole.extend_from_slice(line);
-                        if !self.long_line && Self::is_end_marker(&whole) {
+                        if self.is_end_marker(&whole) {
                             return (pos, Some(self.finish()));
                         }
                         self.feed(&whole);
+                        self.line_done(&whole);
                         whole.clear();
                         self.carry = whole;
-                    } else if !self.long_line && Self::is_end_marker(line) {
+                    } else if self.is_end_marker(line) {
                         return (pos, Some(self.finish()));
                     } else {
                         self.feed(line);
+                        self.line_done(line);
                     }
-                    self.long_line = false;
                 }
                 None => {
                     pos = input.len();
@@ -107,6 +131,7 @@ impl DataReceiver {
                         self.feed(&held);
                         self.feed(rest);
                         self.long_line = true;
+                        self.long_line_cr = rest.last() == Some(&b'\r');
                     } else {
                         self.carry.extend_from_slice(rest);
                     }
@@ -181,6 +206,52 @@ mod tests {
             panic!()
         };
         assert!(w.windows(5000).any(|x| x.iter().all(|&b| b == b'x')));
+    }
+
+    #[test]
+    fn only_crlf_dot_crlf_ends_the_data() {
+        // Each body holds a `.` line with a bare LF on one side or both, as
+        // an SMTP smuggling attempt would, and then a whole transaction.
+        let smuggled = b"MAIL FROM:<>\r\nRCPT TO:<ceo@other.example>\r\nDATA\r\nforged\r\n";
+        for dot_line in [&b"x\n.\r\n"[..], b"x\n.\n", b"x\r\n.\n", b"x\r.\r\n"] {
+            let mut data = b"Subject: s\r\n\r\n".to_vec();
+            data.extend_from_slice(dot_line);
+            data.extend_from_slice(smuggled);
+            data.extend_from_slice(b".\r\nQUIT\r\n");
+            for split in 0..data.len() {
+                let (m, used) = run(&[&data[..split], &data[split..]], 1 << 20);
+                let Received::Message { wire: w, .. } = m else {
+                    panic!("too big")
+                };
+                assert_eq!(
+                    used,
+                    data.len() - 6,
+                    "{dot_line:?} split {split}: ended early"
+                );
+                let body = wire::decode(&w).unwrap();
+                assert!(
+                    body.windows(10).any(|x| x == b"MAIL FROM:"),
+                    "{dot_line:?} split {split}: the rest is message data"
+                );
+                // Never a bare "." line in the wire form: RETR would end there.
+                assert!(!w[..w.len() - 3].windows(5).any(|x| x == b"\r\n.\r\n"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_lines_crlf_split_across_reads_still_lets_the_data_end() {
+        let mut data = vec![b'x'; 3000];
+        data.extend_from_slice(b"\r\n.\r\n");
+        // The CR ends one read and the LF starts the next.
+        let (m, used) = run(&[&data[..3001], &data[3001..]], 1 << 20);
+        assert!(matches!(m, Received::Message { .. }));
+        assert_eq!(used, data.len());
+        // A long line that ends with a bare LF does not.
+        let mut data = vec![b'x'; 3000];
+        data.extend_from_slice(b"\n.\r\nmore\r\n.\r\n");
+        let (_, used) = run(&[&data[..3000], &data[3000..]], 1 << 20);
+        assert_eq!(used, data.len());
     }
 
     #[test]
