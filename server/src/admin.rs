@@ -444,9 +444,19 @@ pub fn deliver(config: &Path, user: &str, input: &mut dyn Read) -> Result<String
         ));
     }
     let msg = PreparedMessage::from_raw(&raw);
-    let store = store(&cfg)?;
+    // An MTA's pipe bounces mail on any status but EX_TEMPFAIL and a few
+    // others: a store it cannot open now (permissions, a disk error, a
+    // FORMAT from a newer pop3sd) must have the mail retried, not bounced.
+    let store = store(&cfg).map_err(|e| {
+        AdminError::TempFail(addr.to_string(), format!("opening the store: {e}"))
+    })?;
     let delivered = delivery::deliver(&store, &dir, &TenantUsage::default(), &found.address, &msg);
-    hand_over(&cfg, &found.address)?;
+    // The delivery's outcome is what the MTA must hear: a message that is
+    // in the maildrop must not be bounced (nor retried, and so duplicated)
+    // because handing the files to the server's user failed afterwards.
+    if let Err(e) = hand_over(&cfg, &found.address) {
+        tracing::warn!(user = %found.address, error = %e, "the maildrop's files stay root's: the server may not open them until they are given to the store's owner");
+    }
     match delivered {
         DeliveryResult::Delivered => Ok(format!("delivered to {}", found.address)),
         DeliveryResult::OverQuota { permanent: true } => {

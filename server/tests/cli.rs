@@ -262,6 +262,17 @@ fn deliver_honours_users_sizes_and_quotas() {
         2,
         "nothing stored on refusal"
     );
+    // A store that cannot be opened now (here: a newer pop3sd's format)
+    // must have the MTA retry, not bounce.
+    let format = s.cfg.resolve(&s.cfg.storage_root).join("FORMAT");
+    let good = std::fs::read(&format).unwrap();
+    std::fs::write(&format, "pop3sd-store 9\n").unwrap();
+    fails(
+        &pop3sd(&["deliver", "-c", c(&s), "alice@example.com"], msg),
+        75,
+        "opening the store",
+    );
+    std::fs::write(&format, good).unwrap();
 }
 
 #[test]
