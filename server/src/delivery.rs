@@ -63,6 +63,24 @@ impl TenantUsage {
         }
     }
 
+    /// Gives back what [`TenantUsage::reserve`] took for a message that was
+    /// not stored after all.
+    fn release(&self, tenant: &Tenant, size: u64) {
+        if tenant.policy.tenant_quota == Quota::default() {
+            return;
+        }
+        let entry = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.get(&tenant.domain).cloned()
+        };
+        if let Some(entry) = entry {
+            if let Some(u) = entry.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                u.messages = u.messages.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(size);
+            }
+        }
+    }
+
     /// Reserves room for one message of `size` under the tenant's quota;
     /// false when it would not fit.
     fn reserve(&self, store: &Store, tenant: &Tenant, size: u64) -> bool {
@@ -138,7 +156,13 @@ pub fn deliver(
             tracing::info!(recipient = %recipient, uid = r.uid, size = r.size, "delivered");
             DeliveryResult::Delivered
         }
-        Err(e) => DeliveryResult::TempFail(e.to_string()),
+        Err(e) => {
+            // Not stored: its room goes back, or every failed try (a full
+            // disk, say) would count until the next recount, and refuse good
+            // mail as over quota meanwhile.
+            usage.release(tenant, msg.size());
+            DeliveryResult::TempFail(e.to_string())
+        }
     }
 }
 
@@ -212,6 +236,53 @@ mod tests {
             DeliveryResult::TooBig
         );
         assert_eq!(store.maildrop(&a).unwrap().stats().unwrap().messages, 2);
+    }
+
+    #[test]
+    fn a_failed_append_gives_its_quota_room_back() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path(), StoreOptions::default()).unwrap();
+        let t = Tenant::new(
+            Domain::parse("q.example").unwrap(),
+            vec![],
+            TenantPolicy {
+                tenant_quota: Quota {
+                    messages: 1,
+                    bytes: 0,
+                },
+                ..TenantPolicy::default()
+            },
+            [(
+                LocalPart::parse("u").unwrap(),
+                StoredHash::parse("{PLAIN}x").unwrap(),
+            )],
+        );
+        let dir = Directory::new(vec![t]).unwrap();
+        let usage = TenantUsage::default();
+        let u = Address::parse("u@q.example").unwrap();
+        let msg = PreparedMessage::from_raw(b"Subject: q\r\n\r\nhello\r\n");
+        // A segment that cannot be written (a directory in its place): the
+        // append fails after the quota check.
+        let md = store.ensure_maildrop(&u).unwrap();
+        let segment = d.path().join("q.example/u/seg-00000001");
+        std::fs::create_dir(&segment).unwrap();
+        for _ in 0..3 {
+            match deliver(&store, &dir, &usage, &u, &msg) {
+                DeliveryResult::TempFail(why) => assert!(why.contains("seg-00000001"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        std::fs::remove_dir(&segment).unwrap();
+        assert_eq!(
+            deliver(&store, &dir, &usage, &u, &msg),
+            DeliveryResult::Delivered,
+            "the failed tries still counted against the quota"
+        );
+        assert_eq!(md.stats().unwrap().messages, 1);
+        assert_eq!(
+            deliver(&store, &dir, &usage, &u, &msg),
+            DeliveryResult::OverQuota { permanent: false }
+        );
     }
 
     /// One tenant's recount (its lock held) does not hold up deliveries to
