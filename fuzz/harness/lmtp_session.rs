@@ -40,7 +40,8 @@ pub fn run(data: &[u8]) {
         s.consumed(n);
         while let Some(a) = s.poll_action() {
             match a {
-                Action::Deliver { recipients, wire, summary } => {
+                Action::Deliver { recipients, wire, summary, received } => {
+                    assert!(received <= 4096, "over the limit yet delivered");
                     assert!(wire.ends_with(b".\r\n"));
                     assert_eq!(summary.wire_len as usize, wire.len());
                     assert!(pop3sd_storage::wire::decode(&wire).is_ok());

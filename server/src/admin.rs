@@ -447,10 +447,16 @@ pub fn deliver(config: &Path, user: &str, input: &mut dyn Read) -> Result<String
     // An MTA's pipe bounces mail on any status but EX_TEMPFAIL and a few
     // others: a store it cannot open now (permissions, a disk error, a
     // FORMAT from a newer pop3sd) must have the mail retried, not bounced.
-    let store = store(&cfg).map_err(|e| {
-        AdminError::TempFail(addr.to_string(), format!("opening the store: {e}"))
-    })?;
-    let delivered = delivery::deliver(&store, &dir, &TenantUsage::default(), &found.address, &msg);
+    let store = store(&cfg)
+        .map_err(|e| AdminError::TempFail(addr.to_string(), format!("opening the store: {e}")))?;
+    let delivered = delivery::deliver(
+        &store,
+        &dir,
+        &TenantUsage::default(),
+        &found.address,
+        &msg,
+        raw.len() as u64,
+    );
     // The delivery's outcome is what the MTA must hear: a message that is
     // in the maildrop must not be bounced (nor retried, and so duplicated)
     // because handing the files to the server's user failed afterwards.

@@ -118,18 +118,23 @@ impl TenantUsage {
 }
 
 /// Delivers `msg` to `recipient` (a canonical address of `directory`).
+/// `sent` is the message's size as the sender gave it (LMTP's octets as
+/// sent, the bytes `pop3sd deliver` read): the tenant's size limit is held
+/// against that, as SIZE and the DATA limit are, so that a message they let
+/// through is not refused for the Return-Path line and CRs storing adds.
 pub fn deliver(
     store: &Store,
     directory: &Directory,
     usage: &TenantUsage,
     recipient: &Address,
     msg: &PreparedMessage,
+    sent: u64,
 ) -> DeliveryResult {
     let Some(tenant) = directory.tenant(&recipient.domain) else {
         return DeliveryResult::TempFail(format!("{} is not a tenant any more", recipient.domain));
     };
     let permanent = tenant.policy.quota_permanent;
-    if msg.size() > tenant.policy.max_message_size {
+    if sent > tenant.policy.max_message_size {
         return DeliveryResult::TooBig;
     }
     let maildrop = match store.ensure_maildrop(recipient) {
@@ -209,33 +214,67 @@ mod tests {
         let b = Address::parse("b@q.example").unwrap();
         let msg = PreparedMessage::from_raw(b"Subject: q\r\n\r\nhello\r\n");
         assert_eq!(
-            deliver(&store, &dir, &usage, &a, &msg),
+            deliver(&store, &dir, &usage, &a, &msg, msg.size()),
             DeliveryResult::Delivered
         );
         assert_eq!(
-            deliver(&store, &dir, &usage, &a, &msg),
+            deliver(&store, &dir, &usage, &a, &msg, msg.size()),
             DeliveryResult::Delivered
         );
         assert_eq!(
-            deliver(&store, &dir, &usage, &a, &msg),
+            deliver(&store, &dir, &usage, &a, &msg, msg.size()),
             DeliveryResult::OverQuota { permanent: false }
         );
         assert_eq!(
-            deliver(&store, &dir, &usage, &b, &msg),
+            deliver(&store, &dir, &usage, &b, &msg, msg.size()),
             DeliveryResult::Delivered
         );
         // The tenant holds 3 now: its quota stops even a user without one.
         let vip = Address::parse("vip@q.example").unwrap();
         assert_eq!(
-            deliver(&store, &dir, &usage, &vip, &msg),
+            deliver(&store, &dir, &usage, &vip, &msg, msg.size()),
             DeliveryResult::OverQuota { permanent: false }
         );
         let big = PreparedMessage::from_raw(&[b'x'; 2000]);
         assert_eq!(
-            deliver(&store, &dir, &usage, &b, &big),
+            deliver(&store, &dir, &usage, &b, &big, big.size()),
             DeliveryResult::TooBig
         );
         assert_eq!(store.maildrop(&a).unwrap().stats().unwrap().messages, 2);
+    }
+
+    #[test]
+    fn the_size_limit_is_held_against_the_size_sent() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path(), StoreOptions::default()).unwrap();
+        let t = Tenant::new(
+            Domain::parse("s.example").unwrap(),
+            vec![],
+            TenantPolicy {
+                max_message_size: 1000,
+                ..TenantPolicy::default()
+            },
+            [(
+                LocalPart::parse("u").unwrap(),
+                StoredHash::parse("{PLAIN}x").unwrap(),
+            )],
+        );
+        let dir = Directory::new(vec![t]).unwrap();
+        let u = Address::parse("u@s.example").unwrap();
+        // 1,000 octets as sent with bare LFs; stored with CRLFs, more.
+        let mut raw = b"Subject: s\n\n".to_vec();
+        raw.resize(1000, b'\n');
+        let msg = PreparedMessage::from_raw(&raw);
+        assert!(msg.size() > 1000);
+        let usage = TenantUsage::default();
+        assert_eq!(
+            deliver(&store, &dir, &usage, &u, &msg, 1000),
+            DeliveryResult::Delivered
+        );
+        assert_eq!(
+            deliver(&store, &dir, &usage, &u, &msg, 1001),
+            DeliveryResult::TooBig
+        );
     }
 
     #[test]
@@ -267,20 +306,20 @@ mod tests {
         let segment = d.path().join("q.example/u/seg-00000001");
         std::fs::create_dir(&segment).unwrap();
         for _ in 0..3 {
-            match deliver(&store, &dir, &usage, &u, &msg) {
+            match deliver(&store, &dir, &usage, &u, &msg, msg.size()) {
                 DeliveryResult::TempFail(why) => assert!(why.contains("seg-00000001"), "{why}"),
                 other => panic!("{other:?}"),
             }
         }
         std::fs::remove_dir(&segment).unwrap();
         assert_eq!(
-            deliver(&store, &dir, &usage, &u, &msg),
+            deliver(&store, &dir, &usage, &u, &msg, msg.size()),
             DeliveryResult::Delivered,
             "the failed tries still counted against the quota"
         );
         assert_eq!(md.stats().unwrap().messages, 1);
         assert_eq!(
-            deliver(&store, &dir, &usage, &u, &msg),
+            deliver(&store, &dir, &usage, &u, &msg, msg.size()),
             DeliveryResult::OverQuota { permanent: false }
         );
     }
@@ -323,7 +362,7 @@ mod tests {
         std::thread::spawn(move || {
             let to = Address::parse("u@small.example").unwrap();
             let msg = PreparedMessage::from_raw(b"Subject: s\r\n\r\nx\r\n");
-            let _ = tx.send(deliver(&s2, &d2, &u2, &to, &msg));
+            let _ = tx.send(deliver(&s2, &d2, &u2, &to, &msg, msg.size()));
         });
         assert_eq!(
             rx.recv_timeout(Duration::from_secs(10)),

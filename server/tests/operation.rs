@@ -609,3 +609,128 @@ time.sleep(60)
         s.log()
     );
 }
+
+/// Waits (bounded) for the client to write `mark`; fails the test with the
+/// client's output if it exits or does not get there.
+fn wait_for_mark(s: &Served, client: &mut std::process::Child, mark: &std::path::Path) {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    while !mark.exists() && start.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(_)) = client.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !mark.exists() {
+        let _ = client.kill();
+        let mut out = String::new();
+        for pipe in [
+            client
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+            client
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut p = pipe;
+            let _ = p.read_to_string(&mut out);
+        }
+        panic!(
+            "the client did not reach {}:\n{out}\n--- server log\n{}",
+            mark.display(),
+            s.log()
+        );
+    }
+}
+
+/// An MTA keeps LMTP connections open and reuses them: a user added by a
+/// reload must be deliverable on one opened before it, and a shutdown must
+/// tell an idle one (421) rather than leave it to be cut at the deadline.
+#[test]
+fn lmtp_connections_follow_reloads_and_hear_of_a_shutdown() {
+    use std::io::Write;
+    let mut s = Served::start(|c| c.limits.drain_timeout_secs = 5);
+    let lmtp = s.info.lmtp.clone().expect("the demo serves LMTP");
+    let (alice, _) = s.user(0, 0);
+    let domain = alice.split('@').nth(1).unwrap().to_string();
+    let newbie = format!("newbie@{domain}");
+    let mark = s.dir.path().join("lmtp");
+    let script = format!(
+        r#"
+h, p = "{lmtp}".rsplit(":", 1)
+c = socket.create_connection((h, int(p)), 10); f = c.makefile("rb")
+def rd():
+    line = f.readline()
+    while line[3:4] == b"-":
+        line = f.readline()
+    return line
+def send(x):
+    c.sendall(x.encode() + b"\r\n")
+    return rd()
+def deliver(to):
+    assert send("MAIL FROM:<a@b.test>").startswith(b"250")
+    r = send("RCPT TO:<" + to + ">")
+    if not r.startswith(b"250"):
+        send("RSET")
+        return r
+    assert send("DATA").startswith(b"354")
+    return send("Subject: t\r\n\r\nhi\r\n.")
+def step(n):
+    open(os.environ["MARK"] + n, "w").write("x")
+    deadline = time.time() + 20
+    while not os.path.exists(os.environ["MARK"] + n + ".go") and time.time() < deadline:
+        time.sleep(0.01)
+assert rd().startswith(b"220")
+assert send("LHLO t").startswith(b"250")
+assert deliver("{alice}").startswith(b"250")
+r = deliver("{newbie}"); assert r.startswith(b"550"), r
+step("1")
+r = deliver("{newbie}"); assert r.startswith(b"250"), ("same connection, after the reload", r)
+step("2")
+line = f.readline(); assert line.startswith(b"421 4.3.2"), line
+assert f.read() == b"", "closed after the 421"
+"#
+    );
+    let mut client = s
+        .python_command(&script)
+        .env("MARK", &mark)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let step = |n: &str| mark.with_file_name(format!("lmtp{n}"));
+    wait_for_mark(&s, &mut client, &step("1"));
+    let mut add = std::process::Command::new(common::bin())
+        .args(["user", "add", "-c"])
+        .arg(&s.config_path)
+        .arg(&newbie)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    add.stdin.take().unwrap().write_all(b"pw\n").unwrap();
+    assert!(add.wait().unwrap().success());
+    s.reload_ok();
+    std::fs::write(step("1.go"), "go").unwrap();
+    wait_for_mark(&s, &mut client, &step("2"));
+    s.signal(libc::SIGTERM);
+    std::fs::write(step("2.go"), "go").unwrap();
+    let o = client.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "client side failed:\n{}\n{}\n--- server log\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        s.log()
+    );
+    let status = s.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "{status:?}\n{}",
+        s.log()
+    );
+}

@@ -41,8 +41,13 @@ pub struct DataReceiver {
 /// What a completed DATA produced.
 #[derive(Debug)]
 pub enum Received {
-    /// The message in wire form with its figures.
-    Message { wire: Vec<u8>, summary: WireSummary },
+    /// The message in wire form with its figures, and its octets as the
+    /// client sent them (what SIZE and the limit measure).
+    Message {
+        wire: Vec<u8>,
+        summary: WireSummary,
+        received: u64,
+    },
     /// More octets than the limit: nothing was kept.
     TooBig { received: u64 },
 }
@@ -154,6 +159,7 @@ impl DataReceiver {
         Received::Message {
             wire: std::mem::take(&mut self.wire),
             summary,
+            received: self.received,
         }
     }
 }
@@ -181,7 +187,12 @@ mod tests {
         let data = b"Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\nNOOP\r\n";
         for split in 0..data.len() {
             let (m, used) = run(&[&data[..split], &data[split..]], 1 << 20);
-            let Received::Message { wire: w, summary } = m else {
+            let Received::Message {
+                wire: w,
+                summary,
+                received,
+            } = m
+            else {
                 panic!("too big")
             };
             assert_eq!(
@@ -194,6 +205,11 @@ mod tests {
                 b"Return-Path: <a@b>\r\nSubject: x\r\n\r\n.dot\r\nbody\r\n"
             );
             assert_eq!(used, data.len() - 6, "NOOP stays for the command parser");
+            assert_eq!(
+                received,
+                used as u64 - 3,
+                "as sent, without the final dot line"
+            );
         }
     }
 

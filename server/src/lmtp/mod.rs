@@ -61,6 +61,10 @@ pub enum Action {
         recipients: Vec<(Address, u64)>,
         wire: Vec<u8>,
         summary: pop3sd_storage::wire::WireSummary,
+        /// The message's octets as the client sent them: what each
+        /// recipient's size limit is held against, as SIZE and DATA's limit
+        /// are (the stored form adds a Return-Path line and CRs).
+        received: u64,
     },
     /// Send what is queued, then close.
     Close,
@@ -144,6 +148,29 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
+    /// True between MAIL and the replies to its DATA: the transaction's
+    /// recipients were checked against one directory, and its delivery
+    /// must use the same one.
+    pub fn in_transaction(&self) -> bool {
+        matches!(
+            self.state,
+            State::Mail { .. } | State::Data { .. } | State::Delivering { .. }
+        )
+    }
+
+    /// Ends the session between transactions because the server is
+    /// shutting down (RFC 5321 section 3.8): the MTA takes its next
+    /// message elsewhere or later, instead of having it cut mid-way.
+    pub fn shut_down(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        let _ = write!(self.out, "421 4.3.2 {} shutting down\r\n", self.hostname);
+        self.state = State::Closed;
+        self.input.clear();
+        self.actions.push_back(Action::Close);
+    }
+
     /// True when more input can be taken (not waiting on a delivery).
     pub fn wants_input(&self) -> bool {
         !matches!(self.state, State::Delivering { .. } | State::Closed)
@@ -215,11 +242,16 @@ impl Session {
                             }
                             self.state = State::Ready;
                         }
-                        Received::Message { wire, summary } => {
+                        Received::Message {
+                            wire,
+                            summary,
+                            received,
+                        } => {
                             self.actions.push_back(Action::Deliver {
                                 recipients: rcpts.clone(),
                                 wire,
                                 summary,
+                                received,
                             });
                             self.state = State::Delivering { rcpts };
                             return;
@@ -236,7 +268,7 @@ impl Session {
                     };
                     let raw: Vec<u8> = self.input.drain(..=nl).collect();
                     if std::mem::take(&mut self.discarding) || raw.len() > MAX_LINE {
-                        self.reply("500 5.5.6 Line too long");
+                        self.reply("500 5.5.2 Line too long");
                         continue;
                     }
                     let line = String::from_utf8_lossy(&raw);
@@ -349,7 +381,8 @@ impl Session {
                     return self.reply("503 5.5.1 MAIL and RCPT first");
                 };
                 if rcpts.is_empty() {
-                    return self.reply("554 5.5.1 No valid recipients");
+                    // RFC 2033 section 4.2: 503, not SMTP's 554.
+                    return self.reply("503 5.5.1 No valid recipients");
                 }
                 let limit = rcpts.iter().map(|(_, l)| *l).max().unwrap_or(0);
                 let prefix = format!("Return-Path: <{from}>\r\n");

@@ -132,7 +132,7 @@ fn order_and_syntax_errors() {
         codes,
         [
             "220", "503", "500", "501", "250", "250", "250", "250", "250", "503", "503", "501",
-            "552", "555", "250", "550", "452", "554", "500", "250"
+            "552", "555", "250", "550", "452", "503", "500", "250"
         ]
     );
 }
@@ -180,7 +180,35 @@ fn long_command_lines_are_refused_without_buffering() {
     s.receive(b"\r\nNOOP\r\n", &Dir);
     let out = String::from_utf8_lossy(s.output()).into_owned();
     assert!(
-        out.ends_with("500 5.5.6 Line too long\r\n250 2.0.0 OK\r\n"),
+        out.ends_with("500 5.5.2 Line too long\r\n250 2.0.0 OK\r\n"),
         "{out}"
     );
+}
+
+#[test]
+fn a_shutdown_between_transactions_says_421_and_a_transaction_is_seen_through() {
+    let mut s = Session::new("mx.test");
+    assert!(!s.in_transaction());
+    s.receive(
+        b"LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<alice@example.com>\r\n",
+        &Dir,
+    );
+    assert!(s.in_transaction(), "between MAIL and the replies to DATA");
+    s.receive(b"DATA\r\nx\r\n.\r\n", &Dir);
+    assert!(matches!(
+        s.poll_action(),
+        Some(Action::Deliver { received: 3, .. })
+    ));
+    assert!(s.in_transaction(), "delivering");
+    s.delivered(vec![DeliveryResult::Delivered], &Dir);
+    assert!(!s.in_transaction());
+    let n = s.output().len();
+    s.consumed(n);
+    s.shut_down();
+    assert_eq!(s.output(), b"421 4.3.2 mx.test shutting down\r\n");
+    assert!(s.is_closed());
+    assert!(matches!(s.poll_action(), Some(Action::Close)));
+    // Nothing after it is taken.
+    s.receive(b"MAIL FROM:<a@b>\r\n", &Dir);
+    assert_eq!(s.output(), b"421 4.3.2 mx.test shutting down\r\n");
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use pop3sd_storage::{Address, PreparedMessage};
 
+use super::local_sync::Stage;
 use super::{Core, Generation};
 use crate::auth::Directory;
 use crate::lmtp::{Action, DeliveryResult, RcptCheck, Recipients, Session};
@@ -43,13 +44,29 @@ impl Recipients for DirectoryRecipients<'_> {
     }
 }
 
+/// How long replies still being written when the shutdown's drain deadline
+/// passes get to reach the MTA.
+const CLOSING_GRACE: Duration = Duration::from_secs(5);
+
+/// What a wait for the MTA's next bytes ended with.
+enum Woke {
+    Read(std::io::Result<usize>, Vec<u8>),
+    Idle,
+    /// The server is shutting down: between transactions, or past the drain
+    /// deadline.
+    Stop,
+}
+
 /// Serves one LMTP connection to its end.
 pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     core: Rc<Core>,
     mut stream: S,
     peer: String,
 ) {
-    let gen: Arc<Generation> = core.shared.generation();
+    // The configuration RCPT checks and deliveries go by: the one in force
+    // when a transaction begins, so that a user added or removed by a reload
+    // counts on the connections an MTA keeps open and reuses.
+    let mut gen: Arc<Generation> = core.shared.generation();
     let mut session = Session::new(&gen.config.hostname);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -57,16 +74,23 @@ pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             let out = session.output().to_vec();
             let n = out.len();
             // A peer that stops reading is dropped like an idle one, and
-            // does not hold up the shutdown.
+            // does not hold up the shutdown for long: once the drain
+            // deadline passes, a write gets a short grace, since replies to
+            // a finished delivery that never arrive make the MTA deliver the
+            // message again.
             let deadline = monoio::time::Instant::from_std(Instant::now() + IDLE);
+            let mut write =
+                std::pin::pin!(monoio::time::timeout_at(deadline, stream.write_all(out)));
             let written = monoio::select! {
-                r = monoio::time::timeout_at(deadline, stream.write_all(out)) => r,
-                _ = core.phase.reached(super::local_sync::Stage::Closing) => return,
+                r = &mut write => Some(r),
+                _ = core.phase.reached(Stage::Closing) => {
+                    monoio::time::timeout(CLOSING_GRACE, &mut write).await.ok()
+                }
             };
             match written {
-                Ok((Ok(_), _)) => {}
-                Ok((Err(_), _)) => return,
-                Err(_) => {
+                Some(Ok((Ok(_), _))) => {}
+                Some(Ok((Err(_), _))) | None => return,
+                Some(Err(_)) => {
                     tracing::info!(peer = %peer, "LMTP client not reading its replies; closed");
                     return;
                 }
@@ -81,12 +105,14 @@ pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
                     recipients,
                     wire,
                     summary,
+                    received,
                 } => {
                     let results = deliver_all(
                         &core,
                         &gen,
                         recipients,
                         PreparedMessage::from_encoded(wire, summary),
+                        received,
                     )
                     .await;
                     session.delivered(results, &DirectoryRecipients(&gen.directory));
@@ -99,25 +125,50 @@ pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         if closing || session.is_closed() {
             return;
         }
+        let between = !session.in_transaction();
+        if between && core.phase.get() >= Stage::Draining {
+            session.shut_down();
+            continue;
+        }
         let deadline = monoio::time::Instant::from_std(Instant::now() + IDLE);
-        let read = monoio::select! {
-            r = monoio::time::timeout_at(deadline, stream.read(buf)) => r,
-            _ = core.phase.reached(super::local_sync::Stage::Closing) => return,
+        // Between transactions a shutdown ends the session at once (with a
+        // 421); within one, only the drain deadline does.
+        let stop_at = if between {
+            Stage::Draining
+        } else {
+            Stage::Closing
         };
-        let (res, b) = match read {
-            Ok(x) => x,
-            Err(_) => {
+        let woke = monoio::select! {
+            r = monoio::time::timeout_at(deadline, stream.read(buf)) => match r {
+                Ok((res, b)) => Woke::Read(res, b),
+                Err(_) => Woke::Idle,
+            },
+            _ = core.phase.reached(stop_at) => Woke::Stop,
+        };
+        match woke {
+            Woke::Read(res, b) => {
+                buf = b;
+                if !session.in_transaction() {
+                    gen = core.shared.generation();
+                }
+                match res {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => session.receive(&buf[..n], &DirectoryRecipients(&gen.directory)),
+                }
+                // The next read needs the whole buffer again.
+                buf.resize(16 * 1024, 0);
+            }
+            Woke::Idle => {
                 tracing::info!(peer = %peer, "LMTP client idle too long; closed");
                 return;
             }
-        };
-        buf = b;
-        match res {
-            Ok(0) | Err(_) => return,
-            Ok(n) => session.receive(&buf[..n], &DirectoryRecipients(&gen.directory)),
+            // The read was dropped with its buffer; the session ends here.
+            Woke::Stop if between => {
+                session.shut_down();
+                buf = Vec::new();
+            }
+            Woke::Stop => return,
         }
-        // The next read needs the whole buffer again.
-        buf.resize(16 * 1024, 0);
     }
 }
 
@@ -126,6 +177,7 @@ async fn deliver_all(
     gen: &Arc<Generation>,
     recipients: Vec<(Address, u64)>,
     msg: PreparedMessage,
+    received: u64,
 ) -> Vec<DeliveryResult> {
     let msg = Arc::new(msg);
     let started = Instant::now();
@@ -142,7 +194,7 @@ async fn deliver_all(
             let job = core
                 .shared
                 .pool
-                .run(move || crate::delivery::deliver(&store, &dir, &usage, &addr, &msg));
+                .run(move || crate::delivery::deliver(&store, &dir, &usage, &addr, &msg, received));
             (tenant, job)
         })
         .collect();
