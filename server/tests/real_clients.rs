@@ -191,6 +191,77 @@ print("ok")
     ));
 }
 
+/// A client certificate speaks for its own tenant only: where certificates
+/// are required it binds the connection to that tenant (no password login
+/// into another, no use under another tenant's name), and under another
+/// tenant's name it enables no EXTERNAL.
+#[test]
+fn a_client_certificate_binds_the_connection_to_its_tenant() {
+    let port = free_port();
+    let s = Served::start(|c| {
+        c.listeners.push(pop3sd::config::ListenerConfig {
+            address: format!("127.0.0.1:{port}").parse().unwrap(),
+            kind: pop3sd::config::ListenerKind::Pop3s,
+            client_certificates: pop3sd::config::ClientCerts::Required,
+            proxy_protocol: false,
+            tcp_congestion: None,
+        })
+    });
+    let optional = s
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.client_certificates == pop3sd::config::ClientCerts::Optional)
+        .expect("the demo's EXTERNAL listener")
+        .address;
+    let (same_user, same_pw) = s.user(0, 1);
+    let (other_user, other_pw) = s.user(1, 0);
+    assert!(same_user.ends_with("@example.com") && other_user.ends_with("@example.org"));
+    s.python(&format!(
+        r#"
+REQUIRED = ("127.0.0.1", {port})
+OPTIONAL = ("{oh}", {op})
+def with_cert(where, sni):
+    c = ssl.create_default_context(cafile=INFO["ca"])
+    c.load_cert_chain(r"{cert}", r"{key}")
+    s_ = c.wrap_socket(socket.create_connection(where, 10), server_hostname=sni)
+    f = s_.makefile("rb")
+    return s_, f, f.readline()
+# Under its own tenant's name: password logins for that tenant only.
+a, fa, g = with_cert(REQUIRED, "example.com")
+assert g.startswith(b"+OK"), g
+assert cmd(a, fa, "USER {other_user}").startswith(b"+OK")
+r = cmd(a, fa, "PASS {other_pw}"); assert r.startswith(b"-ERR [AUTH]"), ("another tenant's login", r)
+assert cmd(a, fa, "USER {same_user}").startswith(b"+OK")
+r = cmd(a, fa, "PASS {same_pw}"); assert r.startswith(b"+OK"), r
+cmd(a, fa, "QUIT")
+# Under another tenant's name: refused after the handshake.
+b, fb, g = with_cert(REQUIRED, "example.org")
+assert g.startswith(b"-ERR [AUTH]"), g
+assert fb.read() == b""
+# Where certificates are optional, EXTERNAL only under its own tenant's name.
+for sni, offered in [("example.com", True), ("example.org", False)]:
+    o, fo, g = with_cert(OPTIONAL, sni)
+    assert g.startswith(b"+OK"), g
+    o.sendall(b"CAPA\r\n")
+    capa = b""
+    while not capa.endswith(b"\r\n.\r\n"):
+        capa += fo.readline()
+    sasl = [l for l in capa.split(b"\r\n") if l.startswith(b"SASL")]
+    assert (b"EXTERNAL" in b"".join(sasl)) == offered, (sni, capa)
+    cmd(o, fo, "QUIT")
+print("ok")
+"#,
+        oh = optional.ip(),
+        op = optional.port(),
+        cert = s.info.client_cert.display(),
+        key = s.info.client_key.display(),
+    ));
+    assert!(s
+        .log()
+        .contains("client certificate not accepted for this tenant"));
+}
+
 #[test]
 fn certificate_request_only_where_configured() {
     if !have("openssl") {

@@ -30,7 +30,7 @@ use super::limits::{ConnGuard, UserGuard};
 use super::local_sync::{Pass, Phase, Stage};
 use super::{Core, Generation};
 use crate::auth::{Check, Refusal};
-use crate::config::{ListenerConfig, ListenerKind, RecordLayerMode};
+use crate::config::{ClientCerts, ListenerConfig, ListenerKind, RecordLayerMode};
 use crate::engine::{
     Action, AuthOutcome, AuthRequest, Engine, ExternalIdentity, Mailbox, MailboxError,
     SessionContext, TlsInfo,
@@ -128,6 +128,11 @@ pub(crate) struct Conn {
     /// Set when a limit refuses the connection: the client gets this
     /// `-ERR` (after the TLS handshake, on an implicit-TLS listener).
     refusal: Option<&'static str>,
+    /// On a listener that requires client certificates: the tenant whose
+    /// CA vouched for the client's. Logins of every kind are for its users
+    /// only, so that one tenant's certificate does not open another
+    /// tenant's password logins to whoever holds it.
+    cert_tenant: Option<Domain>,
     need_read: bool,
     /// The socket was just seen readable: the next read skips its poll.
     readable: bool,
@@ -274,6 +279,7 @@ impl Conn {
             handshake_open: false,
             upgrading: false,
             refusal: None,
+            cert_tenant: None,
             need_read: false,
             readable: false,
             peer_closed: false,
@@ -391,14 +397,39 @@ impl Conn {
             .map(|s| format!("{:?}", s.suite()))
             .unwrap_or_default();
         self.facts.resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        let external = tls
+        let identity = tls
             .peer_certificates()
-            .and_then(|chain| self.gen.tls.identities.identify(chain))
+            .and_then(|chain| self.gen.tls.identities.identify(chain));
+        let sni = self.facts.sni.clone();
+        // A certificate speaks for its own tenant only. Under another
+        // tenant's name (SNI) it logs no one in; on a listener that
+        // requires one, such a connection, or one whose certificate no
+        // tenant's CA vouches for (the handshake checked only that some CA
+        // signed it), is refused.
+        let dir = &self.gen.directory;
+        let tenant_of = |d: &Domain| dir.tenant(d).map(|t| t.domain.clone());
+        let cert_tenant = identity.as_ref().and_then(|a| tenant_of(&a.domain));
+        let sni_tenant = sni
+            .as_deref()
+            .and_then(|s| Domain::parse(s).ok())
+            .and_then(|d| tenant_of(&d));
+        let cert_tenant = cert_tenant.filter(|t| sni_tenant.as_ref().is_none_or(|s| s == t));
+        if self.listener.client_certificates == ClientCerts::Required {
+            match &cert_tenant {
+                Some(t) => self.cert_tenant = Some(t.clone()),
+                None if self.refusal.is_none() => {
+                    tracing::info!(session = self.id, client = %self.client.ip(), identity = ?identity.as_ref().map(|a| a.to_string()), sni = sni.as_deref().unwrap_or(""), "client certificate not accepted for this tenant");
+                    self.refusal = Some("[AUTH] This client certificate is not accepted here.");
+                }
+                None => {}
+            }
+        }
+        let external = identity
+            .filter(|_| cert_tenant.is_some())
             .map(|address| ExternalIdentity { address });
         if let Some(e) = &external {
             tracing::debug!(session = self.id, client_cert = %e.address, "client certificate");
         }
-        let sni = self.facts.sni.clone();
         let ctx = self.context(sni.as_deref(), external);
         let now = Instant::now();
         match &mut self.engine {
@@ -846,7 +877,17 @@ impl Conn {
     async fn authenticate(&mut self, req: AuthRequest) -> AuthOutcome<Session> {
         let shared = self.core.shared.clone();
         let now = Instant::now();
-        let check = {
+        let outside_cert_tenant = self.cert_tenant.as_ref().is_some_and(|bound| {
+            self.gen
+                .directory
+                .tenant(&req.address.domain)
+                .map(|t| &t.domain)
+                != Some(bound)
+        });
+        let check = if outside_cert_tenant {
+            // Answered as any failed login is, password unchecked.
+            Check::Refused(Refusal::Failed)
+        } else {
             let cache = self.core.auth_cache.borrow();
             shared.auth.check(&self.gen.directory, &req, &cache, now)
         };
