@@ -188,6 +188,46 @@ assert "at" in done and done["at"] - t0 >= 1.0
     );
 }
 
+/// Connections over a limit are told so over TLS from places of their own:
+/// however many one source opens and leaves half-way through a handshake,
+/// a client within the limits gets a handshake place at once, and the
+/// refused past those places are closed untold.
+#[test]
+fn refused_connections_take_no_handshake_places() {
+    let s = Served::start(|c| {
+        c.runtime.cores = 1;
+        c.limits.max_connections_per_ip = 1;
+        c.limits.max_handshakes_per_core = 2;
+        c.limits.handshake_timeout_secs = 10;
+    });
+    s.python(
+        r#"
+held, fh = tls(source="127.0.0.2")
+assert fh.readline().startswith(b"+OK"), "the one connection 127.0.0.2 may have"
+stalled = []
+for _ in range(40):
+    x = socket.create_connection(addr("pop3s"), 10, source_address=("127.0.0.2", 0))
+    x.sendall(b"\x16\x03\x01\x02\x00")   # a ClientHello begun, never finished
+    stalled.append(x)
+time.sleep(0.5)
+t = time.time()
+a, fa = tls(source="127.0.0.3", timeout=8)
+assert fa.readline().startswith(b"+OK")
+assert time.time() - t < 3, ("waited for places the refused held", time.time() - t)
+closed = 0
+for x in stalled:
+    x.settimeout(0.05)
+    try:
+        closed += x.recv(1) == b""
+    except ConnectionResetError:   # closed with our bytes unread
+        closed += 1
+    except socket.timeout:
+        pass
+assert closed >= 8, ("refused connections past their places were kept", closed)
+"#,
+    );
+}
+
 /// Starts a Python client whose script writes `$MARK` once its sessions
 /// are set up, and waits (bounded) for it; a client that fails or never
 /// gets there fails the test with its output and the server's log.

@@ -72,6 +72,8 @@ pub enum ConnError {
     ProxyEof,
     #[error("server shutting down before the handshake began")]
     ShuttingDown,
+    #[error("refused by a limit, closed untold: too many refused connections in their handshake")]
+    RefusedUntold,
 }
 
 /// Facts about the TLS session, for logs.
@@ -299,11 +301,17 @@ impl Conn {
     /// stays silent holds none of the core's handshake places.
     async fn start_tls(&mut self) -> Result<(), ConnError> {
         let mut timeout = self.gen.handshake_timeout;
-        if self.refusal.is_some() {
+        let refused = self.refusal.is_some();
+        if refused {
             // Refused by a connection limit, and told so over TLS: a real
             // client handshakes at once, and the refused hold no slot, so
-            // they may not linger.
+            // they may not linger, nor take a place among the core's
+            // handshakes; only a few at a time are told at all.
             timeout = timeout.min(REFUSED_HANDSHAKE_TIMEOUT);
+            match self.core.refused_handshakes.try_enter() {
+                Some(pass) => self.handshake_pass = Some(pass),
+                None => return Err(ConnError::RefusedUntold),
+            }
         }
         let deadline = Instant::now() + timeout;
         self.handshake_deadline = Some(deadline);
@@ -319,10 +327,12 @@ impl Conn {
             }
             self.readable = true;
         }
-        let enter = self.core.handshakes.enter();
-        match monoio::time::timeout_at(at, enter).await {
-            Ok(pass) => self.handshake_pass = Some(pass),
-            Err(_) => return Err(ConnError::HandshakeTimeout),
+        if !refused {
+            let enter = self.core.handshakes.enter();
+            match monoio::time::timeout_at(at, enter).await {
+                Ok(pass) => self.handshake_pass = Some(pass),
+                Err(_) => return Err(ConnError::HandshakeTimeout),
+            }
         }
         let config = self.gen.tls.for_listener(self.listener.client_certificates);
         self.tls = Some(UnbufferedServerConnection::new(config)?);

@@ -186,6 +186,26 @@ impl Gate {
         }
     }
 
+    /// A place if one is free now and no one is queued for it; `None`
+    /// otherwise (for those who must not queue). A waiter already woken for
+    /// a place it has not taken yet is not counted: should this take that
+    /// place, the waiter goes back to the front of the queue.
+    pub fn try_enter(self: &Rc<Self>) -> Option<Pass> {
+        let free = self.free.get();
+        let waiting = self
+            .waiters
+            .borrow()
+            .iter()
+            .any(|w| w.state.get() != WaitState::Gone);
+        if free == 0 || waiting {
+            return None;
+        }
+        self.free.set(free - 1);
+        Some(Pass {
+            gate: Some(self.clone()),
+        })
+    }
+
     /// Places free now.
     pub fn free(&self) -> usize {
         self.free.get()
@@ -336,6 +356,28 @@ mod tests {
         assert!(r.as_mut().poll(&mut cx).is_ready());
         p.advance(Stage::Serving);
         assert_eq!(p.get(), Stage::Closing, "never goes back");
+    }
+
+    #[test]
+    fn try_enter_takes_a_free_place_or_none() {
+        let flag = Arc::new(Flag(false.into()));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let g = Gate::new(2);
+        let mut a = g.try_enter().expect("a free place");
+        let b = g.try_enter().expect("the second place");
+        assert!(g.try_enter().is_none(), "full");
+        a.release();
+        let c = g.try_enter().expect("given back");
+        let mut waiting = Box::pin(g.enter());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        assert!(g.try_enter().is_none());
+        drop(b);
+        assert!(
+            waiting.as_mut().poll(&mut cx).is_ready(),
+            "a waiter is served as before"
+        );
+        drop(c);
     }
 
     struct Count(std::sync::atomic::AtomicUsize);

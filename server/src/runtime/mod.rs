@@ -42,6 +42,10 @@ use conn::Conn;
 use limits::Counters;
 use local_sync::{Gate, Phase, Stage};
 use metrics::CoreMetrics;
+
+/// Connections refused by a limit that one core tells so over TLS at once
+/// (see [`Core::refused_handshakes`]).
+const REFUSED_HANDSHAKES_PER_CORE: usize = 32;
 pub use pool::BlockingPool;
 
 /// Everything derived from one reading of the configuration. Replaced as a
@@ -144,6 +148,11 @@ pub(crate) struct Core {
     pub metrics: Arc<CoreMetrics>,
     pub phase: Phase,
     pub handshakes: Rc<Gate>,
+    /// Places for connections refused by a limit to be told so over TLS
+    /// (kept apart from `handshakes`, so that whoever is over a limit
+    /// cannot hold the handshake places of those within one; past these,
+    /// the refused are closed without a word).
+    pub refused_handshakes: Rc<Gate>,
     next_session: Cell<u64>,
     /// When this core last logged a stray PROXY header at warning level.
     stray_proxy_warned: Cell<Option<Instant>>,
@@ -605,6 +614,7 @@ async fn serve_core(
         metrics,
         phase: Phase::default(),
         handshakes: Gate::new(cfg.limits.max_handshakes_per_core),
+        refused_handshakes: Gate::new(REFUSED_HANDSHAKES_PER_CORE),
         next_session: Cell::new(0),
         stray_proxy_warned: Cell::new(None),
         shared: shared.clone(),
