@@ -277,7 +277,7 @@ impl Default for TlsConfig {
 }
 
 /// Where mail comes in (LMTP, RFC 2033), for the MTA.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LmtpConfig {
     /// TCP address (loopback, or a private network of MTAs).
@@ -288,6 +288,25 @@ pub struct LmtpConfig {
     pub socket_mode: Option<String>,
     /// Group to give the socket (e.g. "postfix"), so the MTA can connect.
     pub socket_group: Option<String>,
+    /// LMTP connections at once (TCP and socket together). Each can hold
+    /// a message of up to the largest tenant's `max_message_size` in
+    /// memory; beyond this, a connection is answered `421` and closed, and
+    /// the MTA tries again later.
+    pub max_connections: usize,
+}
+
+impl Default for LmtpConfig {
+    fn default() -> Self {
+        LmtpConfig {
+            address: None,
+            socket: None,
+            socket_mode: None,
+            socket_group: None,
+            // Postfix runs at most 100 delivery processes by default
+            // (`default_process_limit`).
+            max_connections: 200,
+        }
+    }
 }
 
 /// The Prometheus endpoint.
@@ -671,6 +690,7 @@ impl Config {
                 "limits.max_handshakes_per_core",
                 self.limits.max_handshakes_per_core,
             ),
+            ("lmtp.max_connections", self.lmtp.max_connections),
         ] {
             if v == 0 {
                 add(key.into(), "must be at least 1".into());

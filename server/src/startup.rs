@@ -276,6 +276,13 @@ pub fn reload(shared: &Shared) -> Result<u64, String> {
             "the [runtime] section cannot change without a restart",
         ));
     }
+    // Its sockets are bound and its connection limit set up at start-up.
+    if cfg.lmtp != old.lmtp {
+        fixed.push(problem(
+            "lmtp",
+            "the [lmtp] section cannot change without a restart",
+        ));
+    }
     if !fixed.is_empty() {
         return Err(describe(path, &fixed));
     }

@@ -774,3 +774,48 @@ assert f.read() == b"", "closed after the 421"
         s.log()
     );
 }
+
+/// LMTP connections are bounded (each may hold a whole message in memory):
+/// past `lmtp.max_connections` the MTA hears 421 and tries later; and the
+/// limit, set up at start-up, is not changed by a reload.
+#[test]
+fn lmtp_connections_are_bounded() {
+    let s = Served::start(|c| c.lmtp.max_connections = 2);
+    let lmtp = s.info.lmtp.clone().expect("the demo serves LMTP");
+    s.python(&format!(
+        r#"
+h, p = "{lmtp}".rsplit(":", 1)
+def connect():
+    c = socket.create_connection((h, int(p)), 10)
+    return c, c.makefile("rb")
+held = [connect() for _ in range(2)]
+for c, f in held:
+    assert f.readline().startswith(b"220")
+c3, f3 = connect()
+line = f3.readline(); assert line.startswith(b"421 4.3.2"), line
+assert f3.read() == b""
+held[0][0].sendall(b"QUIT\r\n"); assert held[0][1].readline().startswith(b"221")
+held[0][0].close()
+deadline = time.time() + 10
+while True:
+    c4, f4 = connect()
+    line = f4.readline()
+    if line.startswith(b"220") or time.time() > deadline:
+        break
+    time.sleep(0.05)
+assert line.startswith(b"220"), ("a freed place is taken again", line)
+"#
+    ));
+    assert!(s.log().contains("lmtp.max_connections reached"));
+    let mut cfg = std::fs::read_to_string(&s.config_path).unwrap();
+    cfg = cfg.replace("max_connections = 2\n", "max_connections = 3\n");
+    assert!(cfg.contains("max_connections = 3\n"), "{cfg}");
+    std::fs::write(&s.config_path, cfg).unwrap();
+    s.signal(libc::SIGHUP);
+    assert!(
+        s.wait_log(Duration::from_secs(5), |l| l
+            .contains("[lmtp] section cannot change")),
+        "{}",
+        s.log()
+    );
+}

@@ -44,6 +44,18 @@ impl Recipients for DirectoryRecipients<'_> {
     }
 }
 
+/// Answers a connection over `lmtp.max_connections` with `421` and closes
+/// it: the MTA keeps the mail queued and tries again.
+pub(crate) async fn refuse_busy<S: AsyncWriteRent>(core: &Core, mut stream: S, peer: String) {
+    tracing::warn!(peer = %peer, max = core.shared.generation().config.lmtp.max_connections, "LMTP connection refused: lmtp.max_connections reached");
+    let line = format!(
+        "421 4.3.2 {} too many LMTP connections, try again later\r\n",
+        core.shared.generation().config.hostname
+    );
+    let _ =
+        monoio::time::timeout(Duration::from_secs(5), stream.write_all(line.into_bytes())).await;
+}
+
 /// How long replies still being written when the shutdown's drain deadline
 /// passes get to reach the MTA.
 const CLOSING_GRACE: Duration = Duration::from_secs(5);

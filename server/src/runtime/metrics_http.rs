@@ -10,6 +10,10 @@ use monoio::net::{TcpListener, TcpStream};
 
 use super::Core;
 
+/// Scrapes answered at once; a scraper beyond them is closed at once (a
+/// monitoring system scrapes with one or two connections).
+pub(crate) const MAX_SCRAPES: usize = 16;
+
 /// Accepts scrapes until the core closes.
 pub(crate) async fn serve(core: Rc<Core>, listener: TcpListener) {
     loop {
@@ -17,19 +21,43 @@ pub(crate) async fn serve(core: Rc<Core>, listener: TcpListener) {
             r = listener.accept() => r,
             _ = core.phase.reached(super::local_sync::Stage::Draining) => return,
         };
-        if let Ok((stream, _)) = accepted {
-            let core = core.clone();
-            monoio::spawn(async move {
-                let _ = monoio::time::timeout(Duration::from_secs(10), answer(core, stream)).await;
-            });
+        match accepted {
+            Ok((stream, _)) => {
+                let Some(place) = core.metrics_places.try_enter() else {
+                    continue; // dropped: closed untold
+                };
+                let core = core.clone();
+                monoio::spawn(async move {
+                    let _place = place;
+                    let _ =
+                        monoio::time::timeout(Duration::from_secs(10), answer(core, stream)).await;
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends fail at once under io_uring: back off
+                // rather than spin core 0, which serves sessions too.
+                tracing::warn!(error = %e, "metrics accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
+}
+
+/// Whether a request's head ends within `request`, whose first `seen`
+/// bytes were already looked at (only the new ones are, and the three
+/// before them, where the blank line may begin).
+fn head_ends(request: &[u8], seen: usize) -> bool {
+    request[seen.saturating_sub(3)..]
+        .windows(4)
+        .any(|w| w == b"\r\n\r\n")
 }
 
 async fn answer(core: Rc<Core>, mut stream: TcpStream) {
     let mut request = Vec::new();
     let mut buf = vec![0u8; 4096];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+    let mut seen = 0;
+    while !head_ends(&request, seen) && request.len() < 16 * 1024 {
+        seen = request.len();
         let (r, b) = stream.read(buf).await;
         buf = b;
         match r {
@@ -77,4 +105,19 @@ async fn answer(core: Rc<Core>, mut stream: TcpStream) {
         "HTTP/1.0 404 Not Found\r\nContent-Length: 10\r\n\r\nnot found\n".to_string()
     };
     let _ = stream.write_all(response.into_bytes()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_ends;
+
+    #[test]
+    fn the_blank_line_is_found_across_reads() {
+        let req = b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n";
+        for seen in 0..req.len() {
+            assert!(head_ends(req, seen), "{seen}");
+        }
+        assert!(!head_ends(b"GET /metrics HTTP/1.0\r\n", 0));
+        assert!(!head_ends(b"", 0));
+    }
 }

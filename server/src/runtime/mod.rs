@@ -153,6 +153,11 @@ pub(crate) struct Core {
     /// cannot hold the handshake places of those within one; past these,
     /// the refused are closed without a word).
     pub refused_handshakes: Rc<Gate>,
+    /// LMTP connections open (`lmtp.max_connections`; LMTP is served by
+    /// core 0 alone).
+    pub lmtp_places: Rc<Gate>,
+    /// Scrapes of the metrics endpoint being answered (core 0).
+    pub metrics_places: Rc<Gate>,
     next_session: Cell<u64>,
     /// When this core last logged a stray PROXY header at warning level.
     stray_proxy_warned: Cell<Option<Instant>>,
@@ -615,6 +620,8 @@ async fn serve_core(
         phase: Phase::default(),
         handshakes: Gate::new(cfg.limits.max_handshakes_per_core),
         refused_handshakes: Gate::new(REFUSED_HANDSHAKES_PER_CORE),
+        lmtp_places: Gate::new(cfg.lmtp.max_connections),
+        metrics_places: Gate::new(metrics_http::MAX_SCRAPES),
         next_session: Cell::new(0),
         stray_proxy_warned: Cell::new(None),
         shared: shared.clone(),
@@ -730,6 +737,9 @@ async fn lmtp_tcp_loop(core: Rc<Core>, listener: TcpListener) {
             Some(Ok((stream, peer))) => {
                 let core = core.clone();
                 monoio::spawn(async move {
+                    let Some(_place) = core.lmtp_places.try_enter() else {
+                        return lmtp_conn::refuse_busy(&core, stream, peer.to_string()).await;
+                    };
                     core.metrics.connection_opened(false);
                     lmtp_conn::serve(core.clone(), stream, peer.to_string()).await;
                     core.metrics.connection_closed();
@@ -754,6 +764,9 @@ async fn lmtp_unix_loop(core: Rc<Core>, listener: monoio::net::UnixListener) {
             Some(Ok((stream, _))) => {
                 let core = core.clone();
                 monoio::spawn(async move {
+                    let Some(_place) = core.lmtp_places.try_enter() else {
+                        return lmtp_conn::refuse_busy(&core, stream, "unix".into()).await;
+                    };
                     core.metrics.connection_opened(false);
                     lmtp_conn::serve(core.clone(), stream, "unix".into()).await;
                     core.metrics.connection_closed();
