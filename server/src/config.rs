@@ -293,6 +293,11 @@ pub struct LmtpConfig {
     /// memory; beyond this, a connection is answered `421` and closed, and
     /// the MTA tries again later.
     pub max_connections: usize,
+    /// Characters that separate a user from an address extension
+    /// (`alice+lists@example.com` for `alice`), as Postfix's
+    /// `recipient_delimiter`; empty: none. An address that is a user as it
+    /// stands is always taken as it stands.
+    pub recipient_delimiter: String,
 }
 
 impl Default for LmtpConfig {
@@ -305,6 +310,7 @@ impl Default for LmtpConfig {
             // Postfix runs at most 100 delivery processes by default
             // (`default_process_limit`).
             max_connections: 200,
+            recipient_delimiter: String::new(),
         }
     }
 }
@@ -695,6 +701,19 @@ impl Config {
             if v == 0 {
                 add(key.into(), "must be at least 1".into());
             }
+        }
+        if let Some(c) = self
+            .lmtp
+            .recipient_delimiter
+            .chars()
+            .find(|c| !c.is_ascii_punctuation() || *c == '@')
+        {
+            add(
+                "lmtp.recipient_delimiter".into(),
+                format!(
+                    "{c:?} cannot separate an address extension (punctuation other than '@' only)"
+                ),
+            );
         }
         self.check_runtime(&mut add);
         if let Err(e) = crate::proxy::TrustedNetworks::parse(&self.proxy.trusted_networks) {

@@ -694,10 +694,14 @@ fn wait_for_mark(s: &Served, client: &mut std::process::Child, mark: &std::path:
 #[test]
 fn lmtp_connections_follow_reloads_and_hear_of_a_shutdown() {
     use std::io::Write;
-    let mut s = Served::start(|c| c.limits.drain_timeout_secs = 5);
+    let mut s = Served::start(|c| {
+        c.limits.drain_timeout_secs = 5;
+        c.lmtp.recipient_delimiter = "+".into();
+    });
     let lmtp = s.info.lmtp.clone().expect("the demo serves LMTP");
     let (alice, _) = s.user(0, 0);
     let domain = alice.split('@').nth(1).unwrap().to_string();
+    let alice_ext = alice.replacen('@', "+lists@", 1);
     let newbie = format!("newbie@{domain}");
     let mark = s.dir.path().join("lmtp");
     let script = format!(
@@ -728,6 +732,7 @@ def step(n):
 assert rd().startswith(b"220")
 assert send("LHLO t").startswith(b"250")
 assert deliver("{alice}").startswith(b"250")
+r = deliver("{alice_ext}"); assert r.startswith(b"250"), ("an address extension", r)
 r = deliver("{newbie}"); assert r.startswith(b"550"), r
 step("1")
 r = deliver("{newbie}"); assert r.startswith(b"250"), ("same connection, after the reload", r)
@@ -772,6 +777,11 @@ assert f.read() == b"", "closed after the 421"
         status.is_some_and(|st| st.success()),
         "{status:?}\n{}",
         s.log()
+    );
+    assert!(s.log().contains(&format!("delivered recipient={alice}")));
+    assert!(
+        !s.log().contains("+lists@"),
+        "delivered under the user's own name"
     );
 }
 

@@ -21,11 +21,36 @@ use crate::lmtp::{Action, DeliveryResult, RcptCheck, Recipients, Session};
 const IDLE: Duration = Duration::from_secs(300);
 
 /// Recipient checks against a tenant directory.
-pub struct DirectoryRecipients<'a>(pub &'a Directory);
+pub struct DirectoryRecipients<'a> {
+    pub directory: &'a Directory,
+    /// `lmtp.recipient_delimiter`.
+    pub delimiters: &'a str,
+}
+
+impl<'a> DirectoryRecipients<'a> {
+    fn of(gen: &'a Generation) -> Self {
+        DirectoryRecipients {
+            directory: &gen.directory,
+            delimiters: &gen.config.lmtp.recipient_delimiter,
+        }
+    }
+}
+
+/// `rcpt` without its address extension (`alice+lists@…` → `alice@…`),
+/// where its local part has one after at least one character.
+pub fn without_extension(rcpt: &Address, delimiters: &str) -> Option<Address> {
+    let local = rcpt.local.as_str();
+    let at = local.find(|c| delimiters.contains(c)).filter(|&i| i > 0)?;
+    let base = pop3sd_storage::LocalPart::parse(&local[..at]).ok()?;
+    Some(Address::new(base, rcpt.domain.clone()))
+}
 
 impl Recipients for DirectoryRecipients<'_> {
     fn check(&self, rcpt: &Address) -> RcptCheck {
-        match self.0.user(rcpt) {
+        let found = self.directory.user(rcpt).or_else(|| {
+            without_extension(rcpt, self.delimiters).and_then(|base| self.directory.user(&base))
+        });
+        match found {
             Some(found) => RcptCheck::Accept {
                 address: found.address,
                 size_limit: found.tenant.policy.max_message_size,
@@ -35,7 +60,7 @@ impl Recipients for DirectoryRecipients<'_> {
     }
 
     fn max_size(&self) -> u64 {
-        self.0
+        self.directory
             .tenants()
             .iter()
             .map(|t| t.policy.max_message_size)
@@ -127,7 +152,7 @@ pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
                         received,
                     )
                     .await;
-                    session.delivered(results, &DirectoryRecipients(&gen.directory));
+                    session.delivered(results, &DirectoryRecipients::of(&gen));
                 }
             }
         }
@@ -165,7 +190,7 @@ pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
                 }
                 match res {
                     Ok(0) | Err(_) => return,
-                    Ok(n) => session.receive(&buf[..n], &DirectoryRecipients(&gen.directory)),
+                    Ok(n) => session.receive(&buf[..n], &DirectoryRecipients::of(&gen)),
                 }
                 // The next read needs the whole buffer again.
                 buf.resize(16 * 1024, 0);
@@ -220,4 +245,53 @@ async fn deliver_all(
         results.push(r);
     }
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::directory::{Tenant, TenantPolicy};
+    use crate::auth::StoredHash;
+    use pop3sd_storage::{Domain, LocalPart};
+
+    #[test]
+    fn an_address_extension_reaches_its_user_only_where_configured() {
+        let dir = Directory::new(vec![Tenant::new(
+            Domain::parse("example.com").unwrap(),
+            vec![],
+            TenantPolicy::default(),
+            ["alice", "bob+x"].map(|u| {
+                (
+                    LocalPart::parse(u).unwrap(),
+                    StoredHash::parse("{PLAIN}x").unwrap(),
+                )
+            }),
+        )])
+        .unwrap();
+        let check = |rcpt: &str, delimiters: &str| match (DirectoryRecipients {
+            directory: &dir,
+            delimiters,
+        })
+        .check(&Address::parse(rcpt.as_bytes()).unwrap())
+        {
+            RcptCheck::Accept { address, .. } => Some(address.to_string()),
+            _ => None,
+        };
+        assert_eq!(check("alice+lists@example.com", ""), None);
+        assert_eq!(
+            check("alice+lists@example.com", "+"),
+            Some("alice@example.com".into())
+        );
+        assert_eq!(
+            check("alice-lists@example.com", "+-"),
+            Some("alice@example.com".into())
+        );
+        // A user whose name holds the delimiter is taken as it stands.
+        assert_eq!(
+            check("bob+x@example.com", "+"),
+            Some("bob+x@example.com".into())
+        );
+        assert_eq!(check("+alice@example.com", "+"), None);
+        assert_eq!(check("carol+x@example.com", "+"), None);
+    }
 }
