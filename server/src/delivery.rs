@@ -64,29 +64,32 @@ impl TenantUsage {
     }
 
     /// Gives back what [`TenantUsage::reserve`] took for a message that was
-    /// not stored after all.
-    fn release(&self, tenant: &Tenant, size: u64) {
-        if tenant.policy.tenant_quota == Quota::default() {
+    /// not stored after all, unless the tenant was counted afresh since (a
+    /// recount never saw the message).
+    fn release(&self, tenant: &Tenant, size: u64, reserved: Reservation) {
+        let Reservation(Some(counted_at)) = reserved else {
             return;
-        }
+        };
         let entry = {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             cache.get(&tenant.domain).cloned()
         };
         if let Some(entry) = entry {
             if let Some(u) = entry.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                u.messages = u.messages.saturating_sub(1);
-                u.bytes = u.bytes.saturating_sub(size);
+                if u.at == counted_at {
+                    u.messages = u.messages.saturating_sub(1);
+                    u.bytes = u.bytes.saturating_sub(size);
+                }
             }
         }
     }
 
     /// Reserves room for one message of `size` under the tenant's quota;
-    /// false when it would not fit.
-    fn reserve(&self, store: &Store, tenant: &Tenant, size: u64) -> bool {
+    /// `None` when it would not fit.
+    fn reserve(&self, store: &Store, tenant: &Tenant, size: u64) -> Option<Reservation> {
         let quota = tenant.policy.tenant_quota;
         if quota == Quota::default() {
-            return true;
+            return Some(Reservation(None));
         }
         let now = Instant::now();
         let entry = {
@@ -106,16 +109,20 @@ impl TenantUsage {
             });
         }
         let Some(u) = usage.as_mut() else {
-            return true;
+            return Some(Reservation(None));
         };
         if quota.exceeded_by(u.messages, u.bytes, size) {
-            return false;
+            return None;
         }
         u.messages += 1;
         u.bytes += size;
-        true
+        Some(Reservation(Some(u.at)))
     }
 }
+
+/// A message's room in its tenant's cached usage: when that count was made
+/// (`None`: the tenant has no quota).
+struct Reservation(Option<Instant>);
 
 /// Delivers `msg` to `recipient` (a canonical address of `directory`).
 /// `sent` is the message's size as the sender gave it (LMTP's octets as
@@ -152,10 +159,10 @@ pub fn deliver(
             Err(e) => return DeliveryResult::TempFail(e.to_string()),
         }
     }
-    if !usage.reserve(store, tenant, msg.size()) {
+    let Some(reserved) = usage.reserve(store, tenant, msg.size()) else {
         tracing::info!(tenant = %tenant.domain, "tenant over quota");
         return DeliveryResult::OverQuota { permanent };
-    }
+    };
     match maildrop.append(msg.clone()) {
         Ok(r) => {
             tracing::info!(recipient = %recipient, uid = r.uid, size = r.size, "delivered");
@@ -165,7 +172,7 @@ pub fn deliver(
             // Not stored: its room goes back, or every failed try (a full
             // disk, say) would count until the next recount, and refuse good
             // mail as over quota meanwhile.
-            usage.release(tenant, msg.size());
+            usage.release(tenant, msg.size(), reserved);
             DeliveryResult::TempFail(e.to_string())
         }
     }
@@ -275,6 +282,43 @@ mod tests {
             deliver(&store, &dir, &usage, &u, &msg, 1001),
             DeliveryResult::TooBig
         );
+    }
+
+    #[test]
+    fn a_release_after_a_recount_takes_nothing_off() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path(), StoreOptions::default()).unwrap();
+        let t = Tenant::new(
+            Domain::parse("r.example").unwrap(),
+            vec![],
+            TenantPolicy {
+                tenant_quota: Quota {
+                    messages: 10,
+                    bytes: 0,
+                },
+                ..TenantPolicy::default()
+            },
+            [],
+        );
+        // Every reservation counts the tenant afresh.
+        let usage = TenantUsage::new(Duration::ZERO);
+        let counted = |u: &TenantUsage| {
+            let entry = u.cache.lock().unwrap().get(&t.domain).cloned().unwrap();
+            let n = entry.lock().unwrap().map(|u| u.messages);
+            n
+        };
+        let first = usage.reserve(&store, &t, 10).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let second = usage.reserve(&store, &t, 10).unwrap();
+        assert_eq!(
+            counted(&usage),
+            Some(1),
+            "the recount saw neither; the second is reserved"
+        );
+        usage.release(&t, 10, first);
+        assert_eq!(counted(&usage), Some(1), "the first was not in this count");
+        usage.release(&t, 10, second);
+        assert_eq!(counted(&usage), Some(0));
     }
 
     #[test]

@@ -406,6 +406,14 @@ impl Maildrop {
         Ok(header)
     }
 
+    /// Fsyncs the index as it is.
+    fn sync_index(&self) -> Result<()> {
+        #[cfg(test)]
+        tests::INDEX_SYNCS.with(|n| n.set(n.get() + 1));
+        let path = self.index_path();
+        File::open(&path).and_then(|f| f.sync_data()).at(&path)
+    }
+
     /// Clears an append's mark known to be dead: the caller holds the
     /// append lock (shared or exclusive), so no append runs.
     fn clear_dead_mark(&self) {
@@ -430,10 +438,19 @@ impl Maildrop {
             // set no mark: the cut then hides durable records from this
             // session only).
             None => Ok(cut_at(index, from)),
-            Some(_no_append_now) => {
-                self.clear_dead_mark();
-                Ok(index)
-            }
+            // The appender died between its write and its fsync (killed by
+            // the MTA's time limit, say): its records may still be only in
+            // the page cache. They become durable here, or are not taken.
+            Some(_no_append_now) => match self.sync_index() {
+                Ok(()) => {
+                    self.clear_dead_mark();
+                    Ok(index)
+                }
+                Err(e) => {
+                    tracing::warn!(maildrop = %self.shared.name, error = %e, "could not make a dead append's records durable; leaving them out");
+                    Ok(cut_at(index, from))
+                }
+            },
         }
     }
 
@@ -1341,6 +1358,8 @@ mod tests {
         /// records and fsyncing them.
         pub(super) static BEFORE_INDEX_SYNC: RefCell<Option<Box<dyn FnOnce()>>> =
             const { RefCell::new(None) };
+        /// Fsyncs of the index on behalf of an appender that died.
+        pub(super) static INDEX_SYNCS: Cell<u32> = const { Cell::new(0) };
     }
 
     /// A new, empty maildrop with the default options.
@@ -1392,7 +1411,7 @@ mod tests {
     }
 
     #[test]
-    fn an_appender_that_died_between_write_and_fsync_hides_nothing() {
+    fn an_appender_that_died_between_write_and_fsync_has_its_records_made_durable() {
         let d = tempfile::tempdir().unwrap();
         let md = empty_maildrop(d.path());
         for i in 0..3 {
@@ -1406,13 +1425,15 @@ mod tests {
         let held = FileLock::exclusive(&md.shared.dir.join(APPEND_LOCK)).unwrap();
         assert_eq!(messages_a_login_sees(&md), 2);
         drop(held);
-        // With the lock free, the mark is a dead appender's: the record it
-        // marked is all there is of that append, and the login clears it.
+        // With the lock free, the mark is a dead appender's: the login
+        // fsyncs the index for it, takes the record and clears the mark.
         assert!(
             md.open_session_cached().is_none(),
             "a mark sends the core's login to the pool"
         );
+        assert_eq!(INDEX_SYNCS.with(Cell::get), 0);
         assert_eq!(messages_a_login_sees(&md), 3);
+        assert_eq!(INDEX_SYNCS.with(Cell::get), 1, "taken only once durable");
         let lock_file = File::open(&lock_path).unwrap();
         assert_eq!(crate::unsynced::read(&lock_file).unwrap(), None);
         let s = md
