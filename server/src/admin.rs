@@ -184,13 +184,39 @@ fn user_line(lines: &[String], user: &str, domains: &[Domain]) -> Option<usize> 
 const RELOAD_HINT: &str =
     "a running server picks this up on reload (systemctl reload pop3sd, or kill -HUP)";
 
-/// `user add`: a new user with an argon2id password.
+/// The stored form of a new password: argon2id, or `{PLAIN}` in a tenant
+/// that allows APOP, which needs the secret itself (the configuration check
+/// refuses other schemes there, so another would stop every reload).
+fn new_hash(
+    tenant: &crate::config::TenantConfig,
+    password: &str,
+) -> Result<(StoredHash, &'static str), AdminError> {
+    if tenant.apop {
+        // Stored as it is, it must not end its passwd-file field or line.
+        if password.contains(':') || password.chars().any(char::is_control) {
+            return Err(AdminError::Usage(
+                "this tenant allows APOP, so the password is stored as it is ({PLAIN}): it may hold no ':' and no control characters".into(),
+            ));
+        }
+        let plain = StoredHash::parse(&format!("{{PLAIN}}{password}"))
+            .map_err(|e| AdminError::Usage(format!("password: {e}")))?;
+        return Ok((
+            plain,
+            " (stored {PLAIN}: the tenant allows APOP, which needs the password itself)",
+        ));
+    }
+    let hash =
+        StoredHash::new_argon2id(password.as_bytes()).map_err(|e| AdminError::Io(e.to_string()))?;
+    Ok((hash, ""))
+}
+
+/// `user add`: a new user with an argon2id password (`{PLAIN}` where the
+/// tenant allows APOP).
 pub fn user_add(config: &Path, user: &str, password: &str) -> Result<String, AdminError> {
     let cfg = load(config)?;
     let addr = address(user)?;
     let (t, names) = tenant_of(&cfg, &addr.domain)?;
-    let hash =
-        StoredHash::new_argon2id(password.as_bytes()).map_err(|e| AdminError::Io(e.to_string()))?;
+    let (hash, note) = new_hash(t, password)?;
     edit_passwd(&cfg.resolve(&t.passwd_file), &names, |lines, entries| {
         if entries.iter().any(|e| e.user == addr.local) {
             return Err(AdminError::Exists(addr.to_string()));
@@ -206,7 +232,7 @@ pub fn user_add(config: &Path, user: &str, password: &str) -> Result<String, Adm
         .ensure_maildrop(&home)
         .map_err(|e| AdminError::Io(e.to_string()))?;
     hand_over(&cfg, &home)?;
-    Ok(format!("added {addr}; {RELOAD_HINT}"))
+    Ok(format!("added {addr}{note}; {RELOAD_HINT}"))
 }
 
 /// `user passwd`: a new password for an existing user.
@@ -214,8 +240,7 @@ pub fn user_passwd(config: &Path, user: &str, password: &str) -> Result<String, 
     let cfg = load(config)?;
     let addr = address(user)?;
     let (t, names) = tenant_of(&cfg, &addr.domain)?;
-    let hash =
-        StoredHash::new_argon2id(password.as_bytes()).map_err(|e| AdminError::Io(e.to_string()))?;
+    let (hash, note) = new_hash(t, password)?;
     edit_passwd(&cfg.resolve(&t.passwd_file), &names, |lines, _| {
         let i = user_line(lines, addr.local.as_str(), &names)
             .ok_or_else(|| AdminError::NoUser(addr.to_string()))?;
@@ -230,7 +255,7 @@ pub fn user_passwd(config: &Path, user: &str, password: &str) -> Result<String, 
         lines[i] = fields.join(":");
         Ok(())
     })?;
-    Ok(format!("password of {addr} changed; {RELOAD_HINT}"))
+    Ok(format!("password of {addr} changed{note}; {RELOAD_HINT}"))
 }
 
 /// `user del`: removes a user and, unless `keep_mail`, their maildrop.

@@ -70,6 +70,42 @@ fn messages(cfg: &Config, user: &str) -> u64 {
         .map_or(0, |s| s.messages)
 }
 
+/// A tenant that allows APOP keeps `{PLAIN}` secrets (APOP needs them, and
+/// the configuration check refuses other schemes there): the commands write
+/// that, so the server still reloads after them.
+#[test]
+fn users_of_an_apop_tenant_get_plain_secrets() {
+    let s = setup(|cfg| cfg.tenants[0].apop = true);
+    ok(&pop3sd(&["check-config", c(&s)], b""));
+    let out = ok(&pop3sd(
+        &["user", "add", "-c", c(&s), "dave@example.com"],
+        b"dave-pw\n",
+    ));
+    assert!(out.contains("stored {PLAIN}"), "{out}");
+    ok(&pop3sd(
+        &["user", "passwd", "-c", c(&s), "dave@example.com"],
+        b"new-pw\n",
+    ));
+    let passwd = std::fs::read_to_string(s.cfg.resolve(&s.cfg.tenants[0].passwd_file)).unwrap();
+    assert!(
+        passwd.lines().any(|l| l == "dave:{PLAIN}new-pw"),
+        "{passwd}"
+    );
+    ok(&pop3sd(&["check-config", c(&s)], b""));
+    fails(
+        &pop3sd(&["user", "add", "-c", c(&s), "erin@example.com"], b"a:b\n"),
+        64,
+        "no ':'",
+    );
+    // Other tenants keep argon2id.
+    ok(&pop3sd(
+        &["user", "add", "-c", c(&s), "dave@example.org"],
+        b"dave-pw\n",
+    ));
+    let passwd = std::fs::read_to_string(s.cfg.resolve(&s.cfg.tenants[1].passwd_file)).unwrap();
+    assert!(passwd.contains("dave:{ARGON2ID}$argon2id$"), "{passwd}");
+}
+
 #[test]
 fn users_are_added_changed_listed_and_removed() {
     let s = setup(|_| {});

@@ -195,11 +195,11 @@ impl Authenticator {
                 cache.insert(&t.address, &r.job.stored, r.job.password.expose(), now);
                 Ok(t)
             }
-            (_, Some(t)) => {
-                cache.forget(&t.address);
-                Err(Refusal::Failed)
-            }
-            (_, None) => Err(Refusal::Failed),
+            // A failure leaves the user's cached success alone: a wrong
+            // password can never match its tag, and were it forgotten, one
+            // wrong guess before each of the user's logins would send them
+            // all to the hash queue, which a flood of guesses keeps full.
+            _ => Err(Refusal::Failed),
         }
     }
 
@@ -341,6 +341,14 @@ mod tests {
         assert_eq!(
             a.finish_hash(job.run(), &mut cache, now).unwrap_err(),
             Refusal::Failed
+        );
+        // Someone else's wrong guess does not cost the user the cache.
+        assert!(
+            matches!(
+                a.check(&req("argon@e.example", "pw", true), &cache, now),
+                Check::Verified(_)
+            ),
+            "a failed guess evicted the user's cached login"
         );
     }
 
