@@ -276,6 +276,26 @@ pub fn reload(shared: &Shared) -> Result<u64, String> {
             "the [runtime] section cannot change without a restart",
         ));
     }
+    // Set up once, at start-up: the failure throttle and each core's
+    // authentication cache, and the user the process runs as. A reload that
+    // took them silently would leave the old values in force.
+    let start_up_only = |c: &Config| {
+        (
+            c.limits.failure_delay_ms,
+            c.limits.max_failure_delay_ms,
+            c.limits.failure_log_threshold,
+            c.limits.auth_cache_size,
+            c.limits.auth_cache_ttl_secs,
+            c.user.clone(),
+            c.group.clone(),
+        )
+    };
+    if start_up_only(&cfg) != start_up_only(old) {
+        fixed.push(problem(
+            "limits",
+            "failure_delay_ms, max_failure_delay_ms, failure_log_threshold, auth_cache_size, auth_cache_ttl_secs, user and group cannot change without a restart",
+        ));
+    }
     // Its sockets are bound and its connection limit set up at start-up.
     if cfg.lmtp != old.lmtp {
         fixed.push(problem(

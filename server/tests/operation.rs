@@ -538,6 +538,10 @@ fn reload_refuses_runtime_and_listener_socket_changes() {
                 c.listeners[0].tcp_congestion = Some("reno".into())
             }),
         ),
+        (
+            "auth_cache_ttl_secs, user and group cannot change without a restart",
+            Box::new(|c: &mut pop3sd::config::Config| c.limits.auth_cache_ttl_secs += 1),
+        ),
     ] {
         let mut c = s.config.clone();
         change(&mut c);

@@ -35,6 +35,7 @@ pub struct PasswdError {
 /// the first.
 pub fn parse(text: &str, domains: &[Domain]) -> Result<Vec<PasswdEntry>, Vec<PasswdError>> {
     let mut entries: Vec<PasswdEntry> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut errors = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = n + 1;
@@ -81,7 +82,9 @@ pub fn parse(text: &str, domains: &[Domain]) -> Result<Vec<PasswdEntry>, Vec<Pas
                 continue;
             }
         };
-        if entries.iter().any(|e| e.user == user) {
+        // A set, not a scan of the entries: a migrated tenant's file can
+        // hold hundreds of thousands of users.
+        if !seen.insert(user.clone()) {
             err(format!("user {user} is listed twice"));
             continue;
         }

@@ -138,7 +138,10 @@ impl Throttle {
             );
         }
         let exp = (score - 1.0).clamp(0.0, 30.0);
-        let delay = self.config.base_delay.mul_f64(2f64.powf(exp));
+        // Past what a Duration holds (an absurd base delay), the cap.
+        let delay =
+            Duration::try_from_secs_f64(self.config.base_delay.as_secs_f64() * 2f64.powf(exp))
+                .unwrap_or(self.config.max_delay);
         delay.min(self.config.max_delay)
     }
 
@@ -160,6 +163,20 @@ mod tests {
             half_life: Duration::from_secs(60),
             warn_score: 5.0,
             max_entries: 100,
+        }
+    }
+
+    #[test]
+    fn an_absurd_base_delay_is_capped_not_a_panic() {
+        let t = Throttle::new(ThrottleConfig {
+            base_delay: Duration::from_millis(u64::MAX / 2),
+            max_delay: Duration::from_secs(3),
+            ..cfg()
+        });
+        let ip: IpAddr = "192.0.2.8".parse().unwrap();
+        let now = Instant::now();
+        for _ in 0..40 {
+            assert_eq!(t.failure(None, ip, now), Duration::from_secs(3));
         }
     }
 
