@@ -131,12 +131,7 @@ fn edit_passwd(
     domains: &[Domain],
     f: impl FnOnce(&mut Vec<String>, &[passwd::PasswdEntry]) -> Result<(), AdminError>,
 ) -> Result<(), AdminError> {
-    let lock_path = {
-        let mut p = path.as_os_str().to_owned();
-        p.push(".lock");
-        PathBuf::from(p)
-    };
-    let _lock = pop3sd_storage::lock::FileLock::exclusive(&lock_path)
+    let _lock = pop3sd_storage::lock::FileLock::exclusive(&lock_path_of(path))
         .map_err(|e| AdminError::Io(e.to_string()))?;
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -328,6 +323,10 @@ pub fn tenant_add(
     passwd_file: Option<&Path>,
     aliases: &[String],
 ) -> Result<String, AdminError> {
+    // Two at once must not both read the old file and each write it back
+    // with only their own section.
+    let _lock = pop3sd_storage::lock::FileLock::exclusive(&lock_path_of(config))
+        .map_err(|e| AdminError::Io(e.to_string()))?;
     let cfg = load(config)?;
     let d = Domain::parse(domain).map_err(|e| AdminError::Usage(format!("{domain:?}: {e}")))?;
     for name in std::iter::once(domain).chain(aliases.iter().map(String::as_str)) {
@@ -362,17 +361,6 @@ pub fn tenant_add(
             .join("passwd")
             .join(d.as_str()),
     };
-    if let Some(parent) = passwd_path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| AdminError::Io(format!("{}: {e}", parent.display())))?;
-    }
-    if !passwd_path.exists() {
-        pop3sd_storage::durable::replace_file(&passwd_path, b"")
-            .map_err(|e| AdminError::Io(e.to_string()))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&passwd_path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| AdminError::Io(e.to_string()))?;
-    }
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let quote = |p: &Path| toml::Value::String(abs(p).display().to_string()).to_string();
     let mut section = format!(
@@ -395,15 +383,81 @@ pub fn tenant_add(
     let mut text = std::fs::read_to_string(config)
         .map_err(|e| AdminError::Io(format!("{}: {e}", config.display())))?;
     text.push_str(&section);
-    // The result must still be a valid configuration before it replaces the old one.
-    let check: Result<Config, _> = toml::from_str(&text);
-    check.map_err(|e| AdminError::Config(format!("the new section would not parse: {e}")))?;
+    // The passwd-file first: the check below wants it there.
+    if let Some(parent) = passwd_path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| AdminError::Io(format!("{}: {e}", parent.display())))?;
+    }
+    let created = !passwd_path.exists();
+    if created {
+        create_passwd_file(&cfg, &passwd_path)?;
+    }
+    // The result must still be a valid configuration before it replaces the
+    // old one; if not, the empty passwd-file made for it goes too.
+    let checked = match toml::from_str::<Config>(&text) {
+        Err(e) => Err(format!("the new section would not parse: {e}")),
+        Ok(mut next) => {
+            next.base_dir = cfg.base_dir.clone();
+            let problems = next.check();
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the configuration would not be valid with this tenant:\n{}",
+                    problems
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ))
+            }
+        }
+    };
+    if let Err(why) = checked {
+        if created {
+            let _ = std::fs::remove_file(&passwd_path);
+        }
+        return Err(AdminError::Config(why));
+    }
     pop3sd_storage::durable::replace_file(config, text.as_bytes())
         .map_err(|e| AdminError::Io(e.to_string()))?;
     store(&cfg)?
         .create_tenant(&d)
         .map_err(|e| AdminError::Io(e.to_string()))?;
     Ok(format!("added tenant {d}; {RELOAD_HINT}"))
+}
+
+/// `path` with `.lock` added: the lock file guarding its edits.
+fn lock_path_of(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// Creates an empty passwd-file the server can read once it runs as its
+/// own user: made by root, it is `root:<group>` mode 0640 (the group is
+/// `group` from the configuration, else the storage root's), as
+/// docs/operations.md advises; otherwise it is the caller's, mode 0600.
+fn create_passwd_file(cfg: &Config, path: &Path) -> Result<(), AdminError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e: std::io::Error| AdminError::Io(format!("{}: {e}", path.display()));
+    pop3sd_storage::durable::replace_file(path, b"").map_err(|e| AdminError::Io(e.to_string()))?;
+    let group = if crate::privileges::is_root() {
+        match &cfg.group {
+            Some(g) => Some(crate::privileges::lookup_group(g).map_err(AdminError::Config)?),
+            None => crate::privileges::store_owner(&cfg.resolve(&cfg.storage_root)).map(|o| o.gid),
+        }
+    } else {
+        None
+    };
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(io)?;
+            0o640
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)
 }
 
 /// `tenant list`: domains with aliases and user counts.

@@ -573,8 +573,12 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        cfg.base_dir = path
+        // Absolute, so that the checks on where files live (directories
+        // anyone may write to) see the whole path of a relative one too.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        cfg.base_dir = absolute
             .parent()
+            .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         Ok(cfg)

@@ -208,19 +208,24 @@ pub fn permissions(cfg: &Config) -> Vec<ConfigProblem> {
 
 /// The first of `path` and the directories above it that anyone may write
 /// to (a sticky directory such as /tmp excepted: there only an entry's
-/// owner may replace it).
+/// owner may replace it). Both the path as written and the one its links
+/// lead to are walked: a link in a directory anyone may write to can be
+/// pointed elsewhere, however safe its target's directories are.
 fn world_writable(path: &Path) -> Option<std::path::PathBuf> {
-    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut cur = Some(real.as_path());
-    while let Some(p) = cur {
-        if let Ok(meta) = std::fs::metadata(p) {
-            let mode = meta.permissions().mode();
-            let sticky_dir = meta.is_dir() && mode & 0o1000 != 0;
-            if mode & 0o002 != 0 && !sticky_dir {
-                return Some(p.to_path_buf());
+    let written = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| written.clone());
+    for start in [written.as_path(), real.as_path()] {
+        let mut cur = Some(start);
+        while let Some(p) = cur {
+            if let Ok(meta) = std::fs::metadata(p) {
+                let mode = meta.permissions().mode();
+                let sticky_dir = meta.is_dir() && mode & 0o1000 != 0;
+                if mode & 0o002 != 0 && !sticky_dir {
+                    return Some(p.to_path_buf());
+                }
             }
+            cur = p.parent();
         }
-        cur = p.parent();
     }
     None
 }
@@ -352,5 +357,15 @@ mod tests {
         // Sticky, as /tmp: only an entry's owner may replace it.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert_eq!(world_writable(&ca), None);
+        // A link to it from a directory anyone may write to: the link can
+        // be pointed elsewhere.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let open = d.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::symlink(&ca, open.join("ca.pem")).unwrap();
+        assert_eq!(world_writable(&open.join("ca.pem")), Some(open.clone()));
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(world_writable(&open.join("ca.pem")), None);
     }
 }

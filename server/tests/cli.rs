@@ -240,7 +240,29 @@ fn tenants_are_added_and_listed() {
         1,
         "already exists",
     );
+    // The whole configuration is checked before anything is written.
+    fails(
+        &run(args("example.net", "example.net")),
+        78,
+        "would not be valid",
+    );
+    let passwd = s.dir.path().join("root/passwd/example.net");
+    assert!(!passwd.exists(), "nothing created for a refused tenant");
+    let before = std::fs::read_to_string(&s.config).unwrap();
+    assert!(
+        !before.contains("example.net\""),
+        "nothing added to the configuration"
+    );
     ok(&run(args("example.net", "mail.example.net")));
+    // Made by root for a server that runs as another user, the new
+    // passwd-file must be readable by that user's group.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&passwd).unwrap();
+    if meta.uid() == 0 {
+        let root_owner = std::fs::metadata(s.cfg.resolve(&s.cfg.storage_root)).unwrap();
+        let expected = if root_owner.uid() == 0 { 0o600 } else { 0o640 };
+        assert_eq!(meta.permissions().mode() & 0o777, expected);
+    }
     let list = ok(&pop3sd(&["tenant", "list", "-c", c(&s)], b""));
     assert!(
         list.contains("example.net users=0 aliases=mail.example.net"),

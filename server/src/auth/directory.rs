@@ -97,9 +97,22 @@ impl Tenant {
         users: impl IntoIterator<Item = (LocalPart, StoredHash)>,
     ) -> Self {
         let users: HashMap<LocalPart, StoredHash> = users.into_iter().collect();
+        // From the scheme most of its users have (mid-migration a tenant
+        // mixes several): an unknown user then costs what most users cost.
+        let mut per_scheme: HashMap<&'static str, usize> = HashMap::new();
+        for h in users.values() {
+            *per_scheme.entry(h.scheme()).or_default() += 1;
+        }
         let stand_in = users
             .iter()
-            .min_by(|a, b| a.0.cmp(b.0))
+            .min_by(|a, b| {
+                let count = |h: &StoredHash| per_scheme.get(h.scheme()).copied().unwrap_or(0);
+                // Most users first, then the dearer scheme, then by name.
+                count(b.1)
+                    .cmp(&count(a.1))
+                    .then_with(|| b.1.cost_rank().cmp(&a.1.cost_rank()))
+                    .then_with(|| a.0.cmp(b.0))
+            })
             .map(|(_, h)| h.clone());
         Tenant {
             domain,
@@ -111,10 +124,12 @@ impl Tenant {
         }
     }
 
-    /// A hash of this tenant's (one of its users'), to check an unknown
-    /// user's password against and ignore the result: a failed login then
-    /// costs the same scheme and work whether or not the user exists, so
-    /// its timing does not tell which users do.
+    /// A hash of this tenant's (one of its users', of the scheme most of
+    /// them have), to check an unknown user's password against and ignore
+    /// the result: a failed login then costs the same scheme and work
+    /// whether or not the user exists (for the users of that scheme: where a
+    /// tenant mixes schemes, those of the others cost what their own does),
+    /// so its timing does not tell which users do.
     pub fn stand_in(&self) -> Option<&StoredHash> {
         self.stand_in.as_ref()
     }
@@ -317,6 +332,33 @@ mod tests {
             ),
         ])
         .unwrap()
+    }
+
+    #[test]
+    fn the_stand_in_has_the_scheme_most_users_have() {
+        let l = |s: &str| LocalPart::parse(s).unwrap();
+        let plain = |s: &str| StoredHash::parse(&format!("{{PLAIN}}{s}")).unwrap();
+        let sha = StoredHash::parse("{SHA512-CRYPT}$6$salt$hash").unwrap();
+        // "aaron" is first by name, but most users are {PLAIN}.
+        let t = Tenant::new(
+            Domain::parse("m.example").unwrap(),
+            vec![],
+            TenantPolicy::default(),
+            [
+                (l("aaron"), sha.clone()),
+                (l("bob"), plain("1")),
+                (l("carl"), plain("2")),
+            ],
+        );
+        assert_eq!(t.stand_in().map(StoredHash::scheme), Some("PLAIN"));
+        // A tie goes to the dearer scheme.
+        let t = Tenant::new(
+            Domain::parse("m.example").unwrap(),
+            vec![],
+            TenantPolicy::default(),
+            [(l("aaron"), plain("1")), (l("zed"), sha)],
+        );
+        assert_eq!(t.stand_in().map(StoredHash::scheme), Some("SHA512-CRYPT"));
     }
 
     #[test]

@@ -104,6 +104,17 @@ impl StoredHash {
         !matches!(self, StoredHash::Plain(_))
     }
 
+    /// How dear a check against this scheme is, in order (higher: dearer).
+    pub fn cost_rank(&self) -> u8 {
+        match self {
+            StoredHash::Argon2(_) => 4,
+            StoredHash::BlfCrypt(_) => 3,
+            StoredHash::Sha512Crypt(_) => 2,
+            StoredHash::Sha256Crypt(_) => 1,
+            StoredHash::Plain(_) => 0,
+        }
+    }
+
     /// The plaintext, for APOP (which needs the shared secret itself).
     pub fn plaintext(&self) -> Option<&[u8]> {
         match self {

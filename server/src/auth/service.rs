@@ -4,8 +4,9 @@
 //! The work is split so the network driver can keep slow hashing off its
 //! event loop: [`Authenticator::check`] runs on the connection's core and
 //! either decides at once (cache hit, PLAIN scheme, EXTERNAL, APOP, policy
-//! refusal) or returns a [`HashJob`] for the thread pool. Unknown users get a
-//! job too, against a dummy hash, so they take as long as known ones.
+//! refusal) or returns a [`HashJob`] for the thread pool. Unknown users are
+//! checked too, against the tenant's stand-in hash, so they take as long as
+//! known ones.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
