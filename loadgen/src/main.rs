@@ -95,7 +95,8 @@ struct Args {
     #[arg(long, value_enum, default_value_t = LoginMethod::Plain)]
     login: LoginMethod,
     /// Worker threads (one io_uring runtime each); 0 = one per CPU. A
-    /// closed-loop run uses at most --concurrency of them.
+    /// closed-loop run uses at most --concurrency of them, and a run that
+    /// logs in at most one per user (threads split the users).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Closed loop: operations in flight at once.
@@ -410,6 +411,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Whether the run logs in (so each session needs a maildrop of its own).
+fn logs_in(args: &Args, mix: &[(Op, u32)]) -> bool {
+    match args.scenario {
+        Scenario::Session | Scenario::Retr | Scenario::Idle => true,
+        Scenario::Mixed => mix.iter().any(|(op, w)| *op == Op::Session && *w > 0),
+        Scenario::Handshake | Scenario::Resume | Scenario::TcpFloor => false,
+    }
+}
+
 /// Refuses what would measure the load generator instead of the server: a
 /// closed loop (or idle set) with more sessions at once than users, whose
 /// extra sessions would only meet locked maildrops (`[IN-USE]`), and an
@@ -425,11 +435,7 @@ fn check_shape(args: &Args, mix: &[(Op, u32)], users: usize) -> Result<(), Strin
                 .into(),
         );
     }
-    let logs_in = match args.scenario {
-        Scenario::Session | Scenario::Retr | Scenario::Idle => true,
-        Scenario::Mixed => mix.iter().any(|(op, w)| *op == Op::Session && *w > 0),
-        Scenario::Handshake | Scenario::Resume | Scenario::TcpFloor => false,
-    };
+    let logs_in = logs_in(args, mix);
     let at_once = match (args.scenario, args.rate) {
         (Scenario::Idle, _) => args.connections,
         (_, None) => args.concurrency,
@@ -510,6 +516,14 @@ fn run() -> Result<u8, String> {
     let threads = match (args.scenario, args.rate) {
         (Scenario::Idle, _) | (_, Some(_)) => threads,
         (_, None) => threads.min(args.concurrency.max(1)),
+    };
+    // Threads split the users among them; with fewer users than threads
+    // they would share them, and two logins to one maildrop at once meet
+    // [IN-USE], an error the load generator made, not the server.
+    let threads = if logs_in(&args, &mix) {
+        threads.min(users.len().max(1))
+    } else {
+        threads
     };
     let shared = Arc::new(Shared {
         args: args.clone(),
@@ -1070,7 +1084,13 @@ async fn retr_loop(
         }
     }
     if let Some(mut c) = conn {
-        let _ = monoio::time::timeout(target.timeout, c.pop.quit()).await;
+        // Counted as the idle scenario counts it: a server that fails at
+        // QUIT after many RETRs must not pass as error-free.
+        match monoio::time::timeout(target.timeout, c.pop.quit()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => stats.borrow_mut().error(e.kind()),
+            Err(_) => stats.borrow_mut().error("timeout"),
+        }
     }
     pool.give_back(ui);
 }

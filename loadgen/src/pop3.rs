@@ -14,7 +14,7 @@ pub enum OpError {
     #[error("tls: {0}")]
     Tls(io::Error),
     #[error("i/o: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("server closed the connection")]
     Eof,
     #[error("{command}: {response}")]
@@ -30,6 +30,18 @@ pub enum OpError {
     Timeout,
     #[error("login: {0}")]
     Login(String),
+}
+
+impl From<io::Error> for OpError {
+    /// TLS protocol failures (see `tls_stream`) count as `tls`, a close in
+    /// the middle of a handshake as `eof`, the rest as `io`.
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => OpError::Tls(e),
+            io::ErrorKind::UnexpectedEof => OpError::Eof,
+            _ => OpError::Io(e),
+        }
+    }
 }
 
 impl OpError {
@@ -277,6 +289,14 @@ mod tests {
 
     fn listing(lines: &[&str]) -> Vec<Vec<u8>> {
         lines.iter().map(|l| l.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn io_errors_are_counted_by_what_failed() {
+        let kind = |k: io::ErrorKind| OpError::from(io::Error::new(k, "x")).kind();
+        assert_eq!(kind(io::ErrorKind::InvalidData), "tls");
+        assert_eq!(kind(io::ErrorKind::UnexpectedEof), "eof");
+        assert_eq!(kind(io::ErrorKind::ConnectionReset), "io");
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Latency {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+    /// Values past the histogram's hour, recorded as an hour (so `max` is
+    /// a floor when this is not 0).
+    pub clamped: u64,
 }
 
 /// How far behind its schedule an open-loop run fell.
@@ -154,6 +157,7 @@ impl Report {
                 p99: h.value_at_quantile(0.99),
                 p999: h.value_at_quantile(0.999),
                 max: h.max(),
+                clamped: total.clamped,
             },
             tls_version: tls.version,
             cipher_suite: tls.cipher_suite,
@@ -237,6 +241,14 @@ impl Report {
             s.push_str(&format!(
                 "\nlate starts {} of {} began after their intended start (by p50 {} µs, p99 {} µs, max {} µs; counted from the intended start)",
                 l.late, l.scheduled, l.p50_us, l.p99_us, l.max_us
+            ));
+        }
+        if l.clamped > 0 {
+            s.push_str(&format!(
+                "\nclamped    {} latencies over {} s were recorded as {} s: max and the top percentiles are floors",
+                l.clamped,
+                crate::stats::MAX_LATENCY_US / 1_000_000,
+                crate::stats::MAX_LATENCY_US / 1_000_000
             ));
         }
         if self.interrupted {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustls::ClientConfig;
 
 use crate::pop3::{LoginMethod, OpError, Pop3};
-use crate::tls_stream::TlsStream;
+use crate::tls_stream::{ConnectFailure, TlsStream};
 use crate::users::User;
 
 /// What to run.
@@ -100,11 +100,9 @@ impl Target {
         };
         let stream = TlsStream::connect(self.addr, self.sni_for(user), cfg)
             .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
-                    OpError::Tls(e)
-                }
-                _ => OpError::Connect(e),
+            .map_err(|f| match f {
+                ConnectFailure { tcp: true, error } => OpError::Connect(error),
+                ConnectFailure { error, .. } => OpError::from(error),
             })?;
         out.handshakes += 1;
         if stream.offered_resumption() {

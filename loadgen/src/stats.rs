@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
-/// Largest latency recorded (60 s, in µs); larger values are clamped.
-pub const MAX_LATENCY_US: u64 = 60_000_000;
+/// Largest latency recorded (one hour, in µs); larger values are clamped
+/// to it, and counted ([`Stats::clamped`]) so that the report says so.
+pub const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// Counters of one interval or of the whole run.
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct Stats {
     /// (µs; the client falling behind), and how many were scheduled.
     pub lag: Histogram<u64>,
     pub scheduled: u64,
+    /// Latencies (or lateness) past [`MAX_LATENCY_US`], recorded as it.
+    pub clamped: u64,
 }
 
 impl Default for Stats {
@@ -47,6 +50,7 @@ impl Default for Stats {
             held: 0,
             lag: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds"),
             scheduled: 0,
+            clamped: 0,
         }
     }
 }
@@ -55,6 +59,7 @@ impl Stats {
     /// Records one successful operation.
     pub fn op(&mut self, latency_us: u64) {
         self.ops += 1;
+        self.clamped += u64::from(latency_us > MAX_LATENCY_US);
         let _ = self.hist.record(latency_us.clamp(1, MAX_LATENCY_US));
     }
 
@@ -63,6 +68,7 @@ impl Stats {
     pub fn began(&mut self, late_us: u64) {
         self.scheduled += 1;
         if late_us > 0 {
+            self.clamped += u64::from(late_us > MAX_LATENCY_US);
             let _ = self.lag.record(late_us.min(MAX_LATENCY_US));
         }
     }
@@ -92,6 +98,7 @@ impl Stats {
         self.held += other.held;
         let _ = self.lag.add(&other.lag);
         self.scheduled += other.scheduled;
+        self.clamped += other.clamped;
     }
 
     /// Takes the counts, leaving this empty (for interval snapshots).
@@ -124,5 +131,17 @@ mod tests {
         let t = a.take();
         assert_eq!(t.ops, 2);
         assert_eq!(a.ops, 0);
+    }
+
+    #[test]
+    fn latencies_past_the_histogram_are_counted_not_hidden() {
+        let mut a = Stats::default();
+        a.op(90_000_000); // 90 s: recorded as it is
+        a.op(MAX_LATENCY_US + 1);
+        a.began(MAX_LATENCY_US * 2);
+        assert!(a.hist.max() >= 89_000_000);
+        let mut b = Stats::default();
+        b.merge(&a);
+        assert_eq!(b.clamped, 2);
     }
 }

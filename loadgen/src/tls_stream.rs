@@ -103,8 +103,21 @@ pub struct TlsStream {
     eof: bool,
 }
 
+/// TLS protocol failures (an alert, a bad record, a failed verification)
+/// travel as this kind of I/O error, which [`crate::pop3::OpError`] counts
+/// as `tls`.
 fn tls_err(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Why [`TlsStream::connect`] failed: at the TCP connect, or after it (in
+/// the handshake), so that a server shedding handshakes is not reported
+/// as unreachable.
+#[derive(Debug)]
+pub struct ConnectFailure {
+    /// The TCP connection itself failed.
+    pub tcp: bool,
+    pub error: io::Error,
 }
 
 impl TlsStream {
@@ -113,8 +126,21 @@ impl TlsStream {
         addr: SocketAddr,
         sni: &str,
         config: Arc<ClientConfig>,
+    ) -> Result<TlsStream, ConnectFailure> {
+        let tcp = match TcpStream::connect(addr).await {
+            Ok(t) => t,
+            Err(error) => return Err(ConnectFailure { tcp: true, error }),
+        };
+        Self::handshake(tcp, sni, config)
+            .await
+            .map_err(|error| ConnectFailure { tcp: false, error })
+    }
+
+    async fn handshake(
+        tcp: TcpStream,
+        sni: &str,
+        config: Arc<ClientConfig>,
     ) -> io::Result<TlsStream> {
-        let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(sni.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

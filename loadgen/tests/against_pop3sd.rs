@@ -734,3 +734,33 @@ fn user_shares_keep_two_load_generators_apart() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// With fewer users than threads, threads would share users and log in to
+/// one maildrop at once ([IN-USE], an error the load generator made): the
+/// threads are cut to the users instead.
+#[test]
+fn fewer_users_than_threads_do_not_collide() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, users) = target_and_users(d.path());
+    let out = d.path().join("r.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_pop3-loadgen"))
+        .arg("--demo-json")
+        .arg(&users_file_server().json)
+        .arg("--users-file")
+        .arg(&users)
+        .args(["--quiet", "-s", "session", "--rate", "40", "--count", "30"])
+        .args(["--duration", "30", "--threads", "4", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(r["threads"], 1, "{r}");
+    assert_eq!(
+        r["ops"].as_u64().unwrap() + r["error_total"].as_u64().unwrap(),
+        30,
+        "{r}"
+    );
+    assert!(r["errors"].get("login").is_none(), "{r}");
+}
