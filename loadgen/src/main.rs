@@ -253,8 +253,11 @@ fn raise_nofile() {
 }
 
 fn own_cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct we own.
+    // SAFETY: rusage is plain integers and timevals: all zeros is a valid
+    // value.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only the struct we pass, which we own and
+    // which outlives the call.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)

@@ -65,10 +65,20 @@ impl SegmentMap {
     /// or rewrites the mapped part of the file while the map lives (pop3sd
     /// only appends to a segment, or writes a new one and unlinks the old).
     pub unsafe fn map(file: &File, len: usize) -> io::Result<SegmentMap> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { Self::map_in(arena(), file, len) }
+    }
+
+    /// [`SegmentMap::map`] in `arena`, or as an ordinary map without one
+    /// (or where it has no room).
+    ///
+    /// # Safety
+    /// As for [`SegmentMap::map`].
+    unsafe fn map_in(arena: Option<&Arena>, file: &File, len: usize) -> io::Result<SegmentMap> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty file"));
         }
-        if let Some(arena) = arena() {
+        if let Some(arena) = arena {
             if let Some(addr) = arena.map(file, len) {
                 let span = page_span(len);
                 return Ok(SegmentMap {
@@ -297,10 +307,11 @@ impl Arena {
     fn replace(&self, runs: Vec<(usize, usize)>) {
         let mut done = Vec::with_capacity(runs.len());
         for (a, s) in runs {
-            // SAFETY: [a, a + s) is made only of maps this arena made and
-            // whose owners have dropped them (no reference into them is
-            // left); replacing them with the reservation atomically unmaps
-            // their pages and keeps the range ours.
+            // SAFETY: [a, a + s) is made only of maps this arena made whose
+            // owners have dropped them (no reference into them is left), and
+            // of free gaps of the arena's own reservation between them (no
+            // map there at all); replacing it with the reservation
+            // atomically unmaps those pages and keeps the range ours.
             let p = unsafe {
                 libc::mmap(
                     a as *mut libc::c_void,
@@ -419,6 +430,46 @@ pub(crate) mod tests {
         f.flush().unwrap();
         let r = File::open(f.path()).unwrap();
         (f, r)
+    }
+
+    #[test]
+    fn without_arena_room_a_map_is_an_ordinary_one_with_the_same_bytes() {
+        let content = b"From: a\r\n\r\nbody\r\n.\r\n".to_vec();
+        let (_keep, f) = file_of(&content);
+        // SAFETY: the temporary file is neither truncated nor rewritten.
+        let m = unsafe { SegmentMap::map_in(None, &f, content.len()) }.unwrap();
+        assert!(!m.in_arena());
+        assert_eq!(&m[..], &content[..]);
+        drop(m);
+        // An arena with no room at all falls back the same way.
+        let page = page_size();
+        let full = Arena::reserve_bytes(page).expect("reserve a page");
+        let big = vec![1u8; 2 * page];
+        let (_keep2, g) = file_of(&big);
+        // SAFETY: as above.
+        let m = unsafe { SegmentMap::map_in(Some(&full), &g, big.len()) }.unwrap();
+        assert!(!m.in_arena());
+        assert_eq!(&m[..], &big[..]);
+    }
+
+    #[test]
+    fn a_failed_map_loses_its_range_and_the_next_goes_elsewhere() {
+        let page = page_size();
+        let arena = Arena::reserve_bytes(8 * page).expect("reserve 8 pages");
+        let content = vec![3u8; page];
+        let (keep, readable) = file_of(&content);
+        // A descriptor without read access: a read-only shared map fails.
+        let write_only = std::fs::OpenOptions::new()
+            .write(true)
+            .open(keep.path())
+            .unwrap();
+        assert_eq!(arena.map(&write_only, content.len()), None);
+        assert_eq!(arena.lock().lost, page, "its range is given up");
+        let a = arena.map(&readable, content.len()).unwrap();
+        // SAFETY: `a` holds a live read-only map of the file's bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(a as *const u8, content.len()) };
+        assert_eq!(bytes, &content[..]);
+        assert_eq!(arena.lock().lost, page);
     }
 
     #[test]
