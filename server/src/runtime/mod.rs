@@ -161,6 +161,21 @@ pub(crate) struct Core {
     next_session: Cell<u64>,
     /// When this core last logged a stray PROXY header at warning level.
     stray_proxy_warned: Cell<Option<Instant>>,
+    /// When this core last logged an LMTP connection refused by
+    /// `lmtp.max_connections` at warning level.
+    lmtp_busy_warned: Cell<Option<Instant>>,
+}
+
+/// Whether a warning last given at `last` may be given again now: at most
+/// once a minute, so that anyone able to connect cannot flood the log.
+fn once_a_minute(last: &Cell<Option<Instant>>, now: Instant) -> bool {
+    let due = last
+        .get()
+        .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60));
+    if due {
+        last.set(Some(now));
+    }
+    due
 }
 
 impl Core {
@@ -168,14 +183,13 @@ impl Core {
     /// most once a minute per core, so that anyone able to connect cannot
     /// flood the log (the rest go out at debug level).
     pub fn warn_stray_proxy(&self, now: Instant) -> bool {
-        let due = self
-            .stray_proxy_warned
-            .get()
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60));
-        if due {
-            self.stray_proxy_warned.set(Some(now));
-        }
-        due
+        once_a_minute(&self.stray_proxy_warned, now)
+    }
+
+    /// Whether an LMTP connection refused by `lmtp.max_connections` should
+    /// be logged as a warning now (once a minute; the rest at debug level).
+    pub fn warn_lmtp_busy(&self, now: Instant) -> bool {
+        once_a_minute(&self.lmtp_busy_warned, now)
     }
 
     /// A process-unique session id: core number in the top bits.
@@ -624,6 +638,7 @@ async fn serve_core(
         metrics_places: Gate::new(metrics_http::MAX_SCRAPES),
         next_session: Cell::new(0),
         stray_proxy_warned: Cell::new(None),
+        lmtp_busy_warned: Cell::new(None),
         shared: shared.clone(),
     });
     if ready.send(Ok(bound)).is_err() {
