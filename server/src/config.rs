@@ -53,6 +53,11 @@ pub struct Config {
     /// Directory the config was read from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file it was read from (absolute), if any: checked like every
+    /// file the server trusts, since whoever may write it may log in as
+    /// anyone.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 fn default_hostname() -> String {
@@ -581,6 +586,7 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
+        cfg.source = Some(absolute);
         Ok(cfg)
     }
 

@@ -446,6 +446,7 @@ pub fn prepare(opts: &DemoOptions) -> Result<(Config, DemoInfo), DemoError> {
         ],
         tenants: tenants_cfg,
         base_dir: root.clone(),
+        source: Some(config_path.clone()),
     };
     write(
         &config_path,

@@ -178,6 +178,9 @@ pub fn permissions(cfg: &Config) -> Vec<ConfigProblem> {
     // directory above one) would let any local user log in as anyone.
     let mut trusted: Vec<(String, std::path::PathBuf)> =
         vec![("config".into(), cfg.base_dir.clone())];
+    if let Some(file) = &cfg.source {
+        trusted.push(("config file".into(), file.clone()));
+    }
     for (i, t) in cfg.tenants.iter().enumerate() {
         let loc = |f: &str| format!("tenant[{i}] ({}).{f}", t.domain);
         trusted.push((loc("certificate"), cfg.resolve(&t.certificate)));

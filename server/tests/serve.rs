@@ -242,6 +242,11 @@ fn check_config_names_every_problem() {
     }
     cfg.tenants[0].aliases.push("example.net".into());
     write_config(&cfg, &path);
+    // And the configuration file itself.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
     let bad = Command::new(common::bin())
         .arg("check-config")
         .arg(&path)
@@ -266,6 +271,10 @@ fn check_config_names_every_problem() {
     assert!(
         err.contains("does not cover example.net"),
         "the certificate must name every alias: {err}"
+    );
+    assert!(
+        err.contains("config file") && err.contains("pop3sd.toml is writable by everyone"),
+        "{err}"
     );
     // Serving refuses the same file, naming the same problems.
     assert!(common::serve_refused(&path).contains("do not match"));
