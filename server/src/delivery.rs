@@ -250,21 +250,38 @@ mod tests {
         assert_eq!(store.maildrop(&a).unwrap().stats().unwrap().messages, 2);
     }
 
+    /// A tenant of `domain` whose `users` all have the password "x".
+    fn tenant(domain: &str, policy: TenantPolicy, users: &[&str]) -> Tenant {
+        let h = StoredHash::parse("{PLAIN}x").unwrap();
+        Tenant::new(
+            Domain::parse(domain).unwrap(),
+            vec![],
+            policy,
+            users
+                .iter()
+                .map(|u| (LocalPart::parse(u).unwrap(), h.clone())),
+        )
+    }
+
+    /// A policy with a tenant quota of `messages`.
+    fn tenant_quota(messages: u64) -> TenantPolicy {
+        TenantPolicy {
+            tenant_quota: Quota { messages, bytes: 0 },
+            ..TenantPolicy::default()
+        }
+    }
+
     #[test]
     fn the_size_limit_is_held_against_the_size_sent() {
         let d = tempfile::tempdir().unwrap();
         let store = Store::open(d.path(), StoreOptions::default()).unwrap();
-        let t = Tenant::new(
-            Domain::parse("s.example").unwrap(),
-            vec![],
+        let t = tenant(
+            "s.example",
             TenantPolicy {
                 max_message_size: 1000,
                 ..TenantPolicy::default()
             },
-            [(
-                LocalPart::parse("u").unwrap(),
-                StoredHash::parse("{PLAIN}x").unwrap(),
-            )],
+            &["u"],
         );
         let dir = Directory::new(vec![t]).unwrap();
         let u = Address::parse("u@s.example").unwrap();
@@ -288,18 +305,7 @@ mod tests {
     fn a_release_after_a_recount_takes_nothing_off() {
         let d = tempfile::tempdir().unwrap();
         let store = Store::open(d.path(), StoreOptions::default()).unwrap();
-        let t = Tenant::new(
-            Domain::parse("r.example").unwrap(),
-            vec![],
-            TenantPolicy {
-                tenant_quota: Quota {
-                    messages: 10,
-                    bytes: 0,
-                },
-                ..TenantPolicy::default()
-            },
-            [],
-        );
+        let t = tenant("r.example", tenant_quota(10), &[]);
         // Every reservation counts the tenant afresh.
         let usage = TenantUsage::new(Duration::ZERO);
         let counted = |u: &TenantUsage| {
@@ -325,21 +331,7 @@ mod tests {
     fn a_failed_append_gives_its_quota_room_back() {
         let d = tempfile::tempdir().unwrap();
         let store = Store::open(d.path(), StoreOptions::default()).unwrap();
-        let t = Tenant::new(
-            Domain::parse("q.example").unwrap(),
-            vec![],
-            TenantPolicy {
-                tenant_quota: Quota {
-                    messages: 1,
-                    bytes: 0,
-                },
-                ..TenantPolicy::default()
-            },
-            [(
-                LocalPart::parse("u").unwrap(),
-                StoredHash::parse("{PLAIN}x").unwrap(),
-            )],
-        );
+        let t = tenant("q.example", tenant_quota(1), &["u"]);
         let dir = Directory::new(vec![t]).unwrap();
         let usage = TenantUsage::default();
         let u = Address::parse("u@q.example").unwrap();

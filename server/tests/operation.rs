@@ -239,23 +239,7 @@ fn start_until_ready(s: &Served, script: &str, mark: &std::path::Path) -> std::p
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while !mark.exists() && start.elapsed() < Duration::from_secs(20) {
-        if let Ok(Some(_)) = client.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if !mark.exists() {
-        let _ = client.kill();
-        let o = client.wait_with_output().unwrap();
-        panic!(
-            "the client's sessions did not get ready:\n{}\n{}\n--- server log\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            s.log()
-        );
-    }
+    wait_for_mark(s, &mut client, mark);
     client
 }
 
@@ -655,7 +639,7 @@ time.sleep(60)
 }
 
 /// Waits (bounded) for the client to write `mark`; fails the test with the
-/// client's output if it exits or does not get there.
+/// client's output and the server's log if it exits or does not get there.
 fn wait_for_mark(s: &Served, client: &mut std::process::Child, mark: &std::path::Path) {
     use std::io::Read;
     let start = std::time::Instant::now();
@@ -667,25 +651,16 @@ fn wait_for_mark(s: &Served, client: &mut std::process::Child, mark: &std::path:
     }
     if !mark.exists() {
         let _ = client.kill();
-        let mut out = String::new();
-        for pipe in [
-            client
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
-            client
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let mut p = pipe;
+        let _ = client.wait();
+        let (mut out, mut err) = (String::new(), String::new());
+        if let Some(mut p) = client.stdout.take() {
             let _ = p.read_to_string(&mut out);
         }
+        if let Some(mut p) = client.stderr.take() {
+            let _ = p.read_to_string(&mut err);
+        }
         panic!(
-            "the client did not reach {}:\n{out}\n--- server log\n{}",
+            "the client did not reach {}:\n{out}\n{err}\n--- server log\n{}",
             mark.display(),
             s.log()
         );

@@ -429,8 +429,12 @@ impl Maildrop {
     /// file, read now: after the index, so that a mark set before records
     /// the read saw is seen too.
     fn durable_part<'b>(&self, index: &'b [u8], mark: &File) -> Result<&'b [u8]> {
-        let lock_path = self.shared.dir.join(SESSION_LOCK);
-        let Some(from) = crate::unsynced::read(mark).at(&lock_path)? else {
+        // The path only for an error: no allocation on a login's way.
+        let read = crate::unsynced::read(mark).map_err(|source| Error::Io {
+            path: self.shared.dir.join(SESSION_LOCK),
+            source,
+        });
+        let Some(from) = read? else {
             return Ok(index);
         };
         match FileLock::try_shared(&self.shared.dir.join(APPEND_LOCK))? {

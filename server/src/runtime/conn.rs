@@ -418,12 +418,17 @@ impl Conn {
         // signed it), is refused.
         let dir = &self.gen.directory;
         let tenant_of = |d: &Domain| dir.tenant(d).map(|t| t.domain.clone());
-        let cert_tenant = identity.as_ref().and_then(|a| tenant_of(&a.domain));
-        let sni_tenant = sni
-            .as_deref()
-            .and_then(|s| Domain::parse(s).ok())
-            .and_then(|d| tenant_of(&d));
-        let cert_tenant = cert_tenant.filter(|t| sni_tenant.as_ref().is_none_or(|s| s == t));
+        // (Without a certificate, as on most connections, none of this runs.)
+        let cert_tenant = identity
+            .as_ref()
+            .and_then(|a| tenant_of(&a.domain))
+            .filter(|t| {
+                let sni_tenant = sni
+                    .as_deref()
+                    .and_then(|s| Domain::parse(s).ok())
+                    .and_then(|d| tenant_of(&d));
+                sni_tenant.is_none_or(|s| s == *t)
+            });
         if self.listener.client_certificates == ClientCerts::Required {
             match &cert_tenant {
                 Some(t) => self.cert_tenant = Some(t.clone()),

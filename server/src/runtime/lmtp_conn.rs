@@ -72,7 +72,8 @@ impl Recipients for DirectoryRecipients<'_> {
 /// Answers a connection over `lmtp.max_connections` with `421` and closes
 /// it: the MTA keeps the mail queued and tries again.
 pub(crate) async fn refuse_busy<S: AsyncWriteRent>(core: &Core, mut stream: S, peer: String) {
-    let max = core.shared.generation().config.lmtp.max_connections;
+    let gen = core.shared.generation();
+    let max = gen.config.lmtp.max_connections;
     if core.warn_lmtp_busy(Instant::now()) {
         tracing::warn!(peer = %peer, max, "LMTP connection refused: lmtp.max_connections reached (further ones this minute are logged at debug level)");
     } else {
@@ -80,7 +81,7 @@ pub(crate) async fn refuse_busy<S: AsyncWriteRent>(core: &Core, mut stream: S, p
     }
     let line = format!(
         "421 4.3.2 {} too many LMTP connections, try again later\r\n",
-        core.shared.generation().config.hostname
+        gen.config.hostname
     );
     let _ =
         monoio::time::timeout(Duration::from_secs(5), stream.write_all(line.into_bytes())).await;
