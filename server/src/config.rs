@@ -298,6 +298,11 @@ pub struct LmtpConfig {
     /// memory; beyond this, a connection is answered `421` and closed, and
     /// the MTA tries again later.
     pub max_connections: usize,
+    /// Bytes of memory LMTP connections may hold together (messages as they
+    /// arrive and until they are stored). Past it a message is shed: its
+    /// recipients get `452 4.3.1` and the MTA tries again later. A
+    /// connection alone always goes ahead, whatever its message's size.
+    pub max_memory: u64,
     /// Characters that separate a user from an address extension
     /// (`alice+lists@example.com` for `alice`), as Postfix's
     /// `recipient_delimiter`; empty: none. An address that is a user as it
@@ -315,6 +320,10 @@ impl Default for LmtpConfig {
             // Postfix runs at most 100 delivery processes by default
             // (`default_process_limit`).
             max_connections: 200,
+            // About twenty messages of the default `max_message_size`, as
+            // many as Postfix sends at once to one destination
+            // (`default_destination_concurrency_limit`).
+            max_memory: 1 << 30,
             recipient_delimiter: String::new(),
         }
     }
@@ -707,6 +716,10 @@ impl Config {
                 self.limits.max_handshakes_per_core,
             ),
             ("lmtp.max_connections", self.lmtp.max_connections),
+            (
+                "lmtp.max_memory",
+                usize::try_from(self.lmtp.max_memory).unwrap_or(usize::MAX),
+            ),
         ] {
             if v == 0 {
                 add(key.into(), "must be at least 1".into());

@@ -808,3 +808,58 @@ assert line.startswith(b"220"), ("a freed place is taken again", line)
         s.log()
     );
 }
+
+/// LMTP connections together hold at most `lmtp.max_memory`: a message
+/// that would go past it while another connection holds a large one is
+/// refused for now (`452 4.3.1`, the MTA retries), the large one goes
+/// through, and so does the refused one when tried again.
+#[test]
+fn lmtp_memory_is_bounded_across_connections() {
+    let s = Served::start(|c| c.lmtp.max_memory = 256 * 1024);
+    let lmtp = s.info.lmtp.clone().expect("the demo serves LMTP");
+    let (alice, _) = s.user(0, 0);
+    s.python(&format!(
+        r#"
+h, p = "{lmtp}".rsplit(":", 1)
+class Lmtp:
+    def __init__(self):
+        self.c = socket.create_connection((h, int(p)), 10)
+        self.f = self.c.makefile("rb")
+        assert self.rd().startswith(b"220")
+        assert self.send(b"LHLO t").startswith(b"250")
+    def rd(self):
+        line = self.f.readline()
+        while line[3:4] == b"-":
+            line = self.f.readline()
+        return line
+    def send(self, x):
+        self.c.sendall(x + b"\r\n")
+        return self.rd()
+    def begin(self):
+        assert self.send(b"MAIL FROM:<a@b.test>").startswith(b"250")
+        assert self.send(b"RCPT TO:<{alice}>").startswith(b"250")
+        assert self.send(b"DATA").startswith(b"354")
+big = Lmtp()
+big.begin()
+# Alone, a connection goes past the budget: 512 KiB, held until its end.
+big.c.sendall(b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 6700)
+time.sleep(0.5)
+small = Lmtp()
+deadline = time.time() + 10
+while True:
+    small.begin()
+    r = small.send(b"Subject: small\r\n\r\nhi\r\n.")
+    if r.startswith(b"452") or time.time() > deadline:
+        break
+    assert r.startswith(b"250"), r
+    time.sleep(0.1)
+assert r.startswith(b"452 4.3.1"), ("shed while the big one is held", r)
+r = big.send(b".")
+assert r.startswith(b"250"), ("the big one is delivered", r)
+small.begin()
+r = small.send(b"Subject: small\r\n\r\nagain\r\n.")
+assert r.startswith(b"250"), ("tried again, delivered", r)
+"#
+    ));
+    assert!(s.log().contains("lmtp.max_memory reached"), "{}", s.log());
+}

@@ -11,7 +11,9 @@
 //! bare LFs through would let a message's body end it and smuggle the rest
 //! in as commands: another transaction, to any tenant.
 //! Past the size limit nothing more is kept, but the data is still read to
-//! its end so that the transaction can be answered.
+//! its end so that the transaction can be answered; the same holds for a
+//! message the driver sheds because LMTP connections together hold too much
+//! memory.
 
 use pop3sd_storage::wire::{InputForm, WireEncoder, WireSummary};
 
@@ -36,6 +38,8 @@ pub struct DataReceiver {
     received: u64,
     limit: u64,
     too_big: bool,
+    /// Shed by the driver ([`DataReceiver::shed`]): nothing more is kept.
+    shed: bool,
 }
 
 /// What a completed DATA produced.
@@ -50,6 +54,9 @@ pub enum Received {
     },
     /// More octets than the limit: nothing was kept.
     TooBig { received: u64 },
+    /// Shed to keep memory within bounds: nothing was kept, and the
+    /// transaction fails temporarily (the MTA tries again).
+    Shed { received: u64 },
 }
 
 impl DataReceiver {
@@ -68,7 +75,23 @@ impl DataReceiver {
             received: 0,
             limit,
             too_big: false,
+            shed: false,
         }
+    }
+
+    /// Drops what was kept and keeps nothing more; the data is still read
+    /// to its end, which then yields [`Received::Shed`] (or `TooBig`, which
+    /// is permanent, if the message turns out over the limit too).
+    pub fn shed(&mut self) {
+        self.shed = true;
+        self.encoder = None;
+        self.wire = Vec::new();
+    }
+
+    /// Bytes of memory this receiver holds (what the driver counts against
+    /// `lmtp.max_memory`).
+    pub fn memory(&self) -> usize {
+        self.wire.capacity() + self.carry.capacity()
     }
 
     fn feed(&mut self, bytes: &[u8]) {
@@ -76,6 +99,7 @@ impl DataReceiver {
         if self.too_big {
             return;
         }
+        // Checked after a shed too: over the limit is permanent, and wins.
         if self.received > self.limit {
             self.too_big = true;
             self.wire = Vec::new();
@@ -149,6 +173,11 @@ impl DataReceiver {
     fn finish(&mut self) -> Received {
         if self.too_big {
             return Received::TooBig {
+                received: self.received,
+            };
+        }
+        if self.shed {
+            return Received::Shed {
                 received: self.received,
             };
         }

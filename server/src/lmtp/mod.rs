@@ -177,6 +177,65 @@ impl Session {
             && self.input.len() < 64 * 1024
     }
 
+    /// Bytes of memory the session holds for messages and input: what the
+    /// driver counts against `lmtp.max_memory`, since a message is held
+    /// whole until every recipient has it.
+    pub fn memory(&self) -> usize {
+        let receiving = match &self.state {
+            State::Data { receiver, .. } => receiver.memory(),
+            _ => 0,
+        };
+        let queued: usize = self
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::Deliver { wire, .. } => wire.capacity(),
+                Action::Close => 0,
+            })
+            .sum();
+        self.input.capacity() + receiving + queued
+    }
+
+    /// Gives up the message being received (or received and not yet taken
+    /// for delivery) because LMTP connections together hold too much
+    /// memory: each recipient is told `452 4.3.1` once the data has ended,
+    /// and the MTA keeps the message queued and tries again. False when
+    /// there is no such message (the memory is input, or a delivery's).
+    pub fn shed_message(&mut self, dir: &dyn Recipients) -> bool {
+        match &mut self.state {
+            State::Data { receiver, .. } => {
+                receiver.shed();
+                true
+            }
+            State::Delivering { rcpts } => {
+                let Some(at) = self
+                    .actions
+                    .iter()
+                    .position(|a| matches!(a, Action::Deliver { .. }))
+                else {
+                    // Taken by the driver already: its delivery is under way.
+                    return false;
+                };
+                self.actions.remove(at);
+                let rcpts = std::mem::take(rcpts);
+                self.state = State::Ready;
+                self.refuse_shed(&rcpts);
+                self.process(dir);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn refuse_shed(&mut self, rcpts: &[(Address, u64)]) {
+        for (a, _) in rcpts {
+            let _ = write!(
+                self.out,
+                "452 4.3.1 <{a}> insufficient system storage, try again later\r\n"
+            );
+        }
+    }
+
     /// Feeds received bytes; processes what it can.
     pub fn receive(&mut self, data: &[u8], dir: &dyn Recipients) {
         if self.is_closed() {
@@ -240,6 +299,10 @@ impl Session {
                             for (a, _) in &rcpts {
                                 let _ = write!(self.out, "552 5.3.4 <{a}> message too big\r\n");
                             }
+                            self.state = State::Ready;
+                        }
+                        Received::Shed { .. } => {
+                            self.refuse_shed(&rcpts);
                             self.state = State::Ready;
                         }
                         Received::Message {

@@ -212,3 +212,83 @@ fn a_shutdown_between_transactions_says_421_and_a_transaction_is_seen_through() 
     s.receive(b"MAIL FROM:<a@b>\r\n", &Dir);
     assert_eq!(s.output(), b"421 4.3.2 mx.test shutting down\r\n");
 }
+
+fn take_output(s: &mut Session) -> String {
+    let out = String::from_utf8_lossy(s.output()).into_owned();
+    let n = s.output().len();
+    s.consumed(n);
+    out
+}
+
+#[test]
+fn a_message_shed_while_it_arrives_is_refused_for_now_and_the_next_is_taken() {
+    let mut s = Session::new("mx.test");
+    s.receive(
+        b"LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<alice@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n",
+        &Dir,
+    );
+    s.receive(&b"0123456789abcdef\r\n".repeat(200), &Dir);
+    let before = s.memory();
+    assert!(before >= 3600, "the message so far is counted: {before}");
+    take_output(&mut s);
+    assert!(s.shed_message(&Dir));
+    assert!(s.memory() < before, "the message is let go");
+    // The rest is read to its end and kept nowhere.
+    s.receive(&b"more\r\n".repeat(100), &Dir);
+    assert!(s.memory() < before);
+    assert_eq!(take_output(&mut s), "");
+    s.receive(
+        b".\r\nMAIL FROM:<a@b>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\nnext\r\n.\r\n",
+        &Dir,
+    );
+    assert!(
+        matches!(s.poll_action(), Some(Action::Deliver { received: 6, .. })),
+        "the next transaction is delivered"
+    );
+    let out = take_output(&mut s);
+    assert!(
+        out.starts_with(
+            "452 4.3.1 <alice@example.com> insufficient system storage, try again later\r\n\
+             452 4.3.1 <bob@example.com> insufficient system storage, try again later\r\n\
+             250 2.1.0 Sender OK\r\n"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_message_shed_once_complete_is_refused_and_pipelined_commands_go_on() {
+    let mut s = Session::new("mx.test");
+    s.receive(
+        b"LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\nbody\r\n.\r\nNOOP\r\n",
+        &Dir,
+    );
+    assert!(s.memory() >= "Return-Path: <a@b>\r\nbody\r\n".len());
+    take_output(&mut s);
+    assert!(s.shed_message(&Dir));
+    assert!(s.poll_action().is_none(), "the delivery is withdrawn");
+    assert!(!s.shed_message(&Dir), "nothing left to shed");
+    assert!(!s.in_transaction());
+    assert_eq!(
+        take_output(&mut s),
+        "452 4.3.1 <alice@example.com> insufficient system storage, try again later\r\n\
+         250 2.0.0 OK\r\n"
+    );
+}
+
+#[test]
+fn a_shed_message_over_the_size_limit_is_refused_for_good() {
+    let mut s = Session::new("mx.test");
+    s.receive(
+        b"LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<small@example.com>\r\nDATA\r\n",
+        &Dir,
+    );
+    take_output(&mut s);
+    assert!(s.shed_message(&Dir));
+    s.receive(&b"0123456789\r\n".repeat(20), &Dir);
+    s.receive(b".\r\n", &Dir);
+    assert_eq!(
+        take_output(&mut s),
+        "552 5.3.4 <small@example.com> message too big\r\n"
+    );
+}

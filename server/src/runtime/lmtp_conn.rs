@@ -112,6 +112,7 @@ pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     let mut gen: Arc<Generation> = core.shared.generation();
     let mut session = Session::new(&gen.config.hostname);
     let mut buf = vec![0u8; 16 * 1024];
+    let mut memory = core.lmtp_memory.hold();
     loop {
         if !session.output().is_empty() {
             let out = session.output().to_vec();
@@ -159,6 +160,7 @@ pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
                     )
                     .await;
                     session.delivered(results, &DirectoryRecipients::of(&gen));
+                    memory.set(session.memory() as u64);
                 }
             }
         }
@@ -196,7 +198,16 @@ pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
                 }
                 match res {
                     Ok(0) | Err(_) => return,
-                    Ok(n) => session.receive(&buf[..n], &DirectoryRecipients::of(&gen)),
+                    Ok(n) => {
+                        let dir = DirectoryRecipients::of(&gen);
+                        session.receive(&buf[..n], &dir);
+                        // Checked after each read, so a connection goes past
+                        // its share by one read at most.
+                        if !memory.set(session.memory() as u64) && session.shed_message(&dir) {
+                            warn_shed(&core, &peer);
+                            memory.set(session.memory() as u64);
+                        }
+                    }
                 }
                 // The next read needs the whole buffer again.
                 buf.resize(16 * 1024, 0);
@@ -212,6 +223,17 @@ pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             }
             Woke::Stop => return,
         }
+    }
+}
+
+/// Logs a message shed because LMTP connections together held more than
+/// `lmtp.max_memory`.
+fn warn_shed(core: &Core, peer: &str) {
+    let (used, max) = (core.lmtp_memory.used(), core.lmtp_memory.limit());
+    if core.warn_lmtp_shed(Instant::now()) {
+        tracing::warn!(peer = %peer, used, max, "LMTP message shed: lmtp.max_memory reached; its recipients are told to try again later (further ones this minute are logged at debug level)");
+    } else {
+        tracing::debug!(peer = %peer, used, max, "LMTP message shed: lmtp.max_memory reached");
     }
 }
 

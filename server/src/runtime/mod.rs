@@ -13,6 +13,7 @@ pub mod congestion;
 pub mod conn;
 pub mod limits;
 pub mod lmtp_conn;
+pub mod lmtp_memory;
 pub mod local_sync;
 pub mod metrics;
 pub mod metrics_http;
@@ -40,6 +41,7 @@ use crate::tls::TlsContext;
 use buffers::{BufferPool, BufferSizes};
 use conn::Conn;
 use limits::Counters;
+use lmtp_memory::LmtpMemory;
 use local_sync::{Gate, Phase, Stage};
 use metrics::CoreMetrics;
 
@@ -156,6 +158,8 @@ pub(crate) struct Core {
     /// LMTP connections open (`lmtp.max_connections`; LMTP is served by
     /// core 0 alone).
     pub lmtp_places: Rc<Gate>,
+    /// Memory LMTP connections hold (`lmtp.max_memory`; core 0).
+    pub lmtp_memory: Rc<LmtpMemory>,
     /// Scrapes of the metrics endpoint being answered (core 0).
     pub metrics_places: Rc<Gate>,
     next_session: Cell<u64>,
@@ -164,6 +168,9 @@ pub(crate) struct Core {
     /// When this core last logged an LMTP connection refused by
     /// `lmtp.max_connections` at warning level.
     lmtp_busy_warned: Cell<Option<Instant>>,
+    /// When this core last logged an LMTP message shed by
+    /// `lmtp.max_memory` at warning level.
+    lmtp_shed_warned: Cell<Option<Instant>>,
 }
 
 /// Whether a warning last given at `last` may be given again now: at most
@@ -190,6 +197,12 @@ impl Core {
     /// be logged as a warning now (once a minute; the rest at debug level).
     pub fn warn_lmtp_busy(&self, now: Instant) -> bool {
         once_a_minute(&self.lmtp_busy_warned, now)
+    }
+
+    /// Whether an LMTP message shed by `lmtp.max_memory` should be logged
+    /// as a warning now (once a minute; the rest at debug level).
+    pub fn warn_lmtp_shed(&self, now: Instant) -> bool {
+        once_a_minute(&self.lmtp_shed_warned, now)
     }
 
     /// A process-unique session id: core number in the top bits.
@@ -635,10 +648,12 @@ async fn serve_core(
         handshakes: Gate::new(cfg.limits.max_handshakes_per_core),
         refused_handshakes: Gate::new(REFUSED_HANDSHAKES_PER_CORE),
         lmtp_places: Gate::new(cfg.lmtp.max_connections),
+        lmtp_memory: LmtpMemory::new(cfg.lmtp.max_memory),
         metrics_places: Gate::new(metrics_http::MAX_SCRAPES),
         next_session: Cell::new(0),
         stray_proxy_warned: Cell::new(None),
         lmtp_busy_warned: Cell::new(None),
+        lmtp_shed_warned: Cell::new(None),
         shared: shared.clone(),
     });
     if ready.send(Ok(bound)).is_err() {
