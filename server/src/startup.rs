@@ -110,7 +110,8 @@ fn extend_unique(into: &mut Vec<ConfigProblem>, more: Vec<ConfigProblem>) {
 }
 
 /// Everything `check-config` checks: meaning, passwd-files, certificates
-/// (keys match, names cover every tenant domain), file permissions.
+/// (keys match, names cover every tenant domain), file permissions, and
+/// that `user` and `group` exist.
 pub fn check(cfg: &Config) -> Vec<ConfigProblem> {
     let mut problems = cfg.check();
     if let Err(p) = build_directory(cfg) {
@@ -120,6 +121,10 @@ pub fn check(cfg: &Config) -> Vec<ConfigProblem> {
         extend_unique(&mut problems, p);
     }
     extend_unique(&mut problems, crate::privileges::permissions(cfg));
+    // `serve` looks them up to switch to after binding.
+    if let Err(p) = crate::privileges::target(cfg) {
+        extend_unique(&mut problems, vec![p]);
+    }
     problems
 }
 
@@ -296,6 +301,21 @@ pub fn reload(shared: &Shared) -> Result<u64, String> {
             "failure_delay_ms, max_failure_delay_ms, failure_log_threshold, auth_cache_size, auth_cache_ttl_secs, user and group cannot change without a restart",
         ));
     }
+    // Each core's handshake gate and buffers, and the metrics socket, are
+    // set up once, at start-up.
+    let core_setup = |c: &Config| {
+        (
+            c.limits.max_handshakes_per_core,
+            c.tls.record_size,
+            c.metrics.address,
+        )
+    };
+    if core_setup(&cfg) != core_setup(old) {
+        fixed.push(problem(
+            "limits",
+            "limits.max_handshakes_per_core, tls.record_size and metrics.address cannot change without a restart",
+        ));
+    }
     // Its sockets are bound and its connection limit set up at start-up.
     if cfg.lmtp != old.lmtp {
         fixed.push(problem(
@@ -310,4 +330,47 @@ pub fn reload(shared: &Shared) -> Result<u64, String> {
     let n = next.number;
     shared.current.store(Arc::new(next));
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::{DemoOptions, DemoScheme};
+
+    /// A reload keeps the session cache and random ticket keys (clients
+    /// still resume), except where it changes their size or lifetime, which
+    /// would otherwise be ignored.
+    #[test]
+    fn a_reload_keeps_resumption_state_unless_its_settings_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = DemoOptions {
+            dir: Some(dir.path().join("demo")),
+            port: 0,
+            pop3_port: 0,
+            external_port: 0,
+            users: 1,
+            messages: 1,
+            scheme: DemoScheme::Plain,
+            cores: 1,
+            message_size: 0,
+            maildir: None,
+        };
+        let (cfg, _) = crate::demo::prepare(&opts).unwrap();
+        let first = build_generation(cfg.clone(), None).unwrap();
+        let same = build_generation(cfg.clone(), Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&same.tls.sessions, &first.tls.sessions));
+        assert!(Arc::ptr_eq(&same.tls.ticketer, &first.tls.ticketer));
+
+        let mut bigger = cfg.clone();
+        bigger.tls.session_cache_size += 1;
+        let next = build_generation(bigger, Some(&first)).unwrap();
+        assert!(!Arc::ptr_eq(&next.tls.sessions, &first.tls.sessions));
+        assert!(Arc::ptr_eq(&next.tls.ticketer, &first.tls.ticketer));
+
+        let mut longer = cfg;
+        longer.tls.ticket_key_lifetime_secs += 3600;
+        let next = build_generation(longer, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&next.tls.sessions, &first.tls.sessions));
+        assert!(!Arc::ptr_eq(&next.tls.ticketer, &first.tls.ticketer));
+    }
 }

@@ -241,6 +241,8 @@ fn check_config_names_every_problem() {
         std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o666)).unwrap();
     }
     cfg.tenants[0].aliases.push("example.net".into());
+    // A user to switch to that this machine does not have.
+    cfg.user = Some("pop3sd-no-such-user".into());
     write_config(&cfg, &path);
     // And the configuration file itself.
     {
@@ -274,6 +276,10 @@ fn check_config_names_every_problem() {
     );
     assert!(
         err.contains("config file") && err.contains("pop3sd.toml is writable by everyone"),
+        "{err}"
+    );
+    assert!(
+        err.contains("user") && err.contains("pop3sd-no-such-user"),
         "{err}"
     );
     // Serving refuses the same file, naming the same problems.

@@ -45,6 +45,8 @@ pub struct TlsContext {
     /// Kept across reloads so that tickets and sessions stay valid.
     pub ticketer: Arc<TicketKeys>,
     pub sessions: Arc<ServerSessionMemoryCache>,
+    /// The size `sessions` was made with (`tls.session_cache_size`).
+    sessions_size: usize,
 }
 
 impl TlsContext {
@@ -146,7 +148,9 @@ fn resumption_scope(mode: ClientCerts) -> u8 {
 
 /// Builds the TLS context from a configuration, reporting every problem.
 /// `previous` (on reload) lends its session cache, and its ticket keys when
-/// they are not read from a file, so that existing clients still resume.
+/// they are not read from a file, so that existing clients still resume;
+/// a reload that changes the cache's size or the keys' lifetime gets new
+/// ones (clients then do one full handshake each).
 pub fn build(
     cfg: &Config,
     previous: Option<&TlsContext>,
@@ -225,7 +229,12 @@ pub fn build(
                 }
             }
         }
-        (None, Some(prev)) if !prev.ticketer.is_from_file() => prev.ticketer.clone(),
+        (None, Some(prev))
+            if !prev.ticketer.is_from_file()
+                && prev.ticketer.has_lifetime(cfg.tls.ticket_key_lifetime_secs) =>
+        {
+            prev.ticketer.clone()
+        }
         (None, _) => match TicketKeys::random(cfg.tls.ticket_key_lifetime_secs) {
             Ok(k) => Arc::new(k),
             Err(e) => {
@@ -247,9 +256,10 @@ pub fn build(
         return Err(problems);
     }
     let resolver = Arc::new(SniResolver::new(by_name, default));
+    let sessions_size = cfg.tls.session_cache_size.max(1);
     let cache = match previous {
-        Some(p) => p.sessions.clone(),
-        None => ServerSessionMemoryCache::new(cfg.tls.session_cache_size.max(1)),
+        Some(p) if p.sessions_size == sessions_size => p.sessions.clone(),
+        _ => ServerSessionMemoryCache::new(sessions_size),
     };
     let finish = |mode: ClientCerts,
                   verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>|
@@ -310,6 +320,7 @@ pub fn build(
         resolver,
         ticketer,
         sessions: cache,
+        sessions_size,
     })
 }
 

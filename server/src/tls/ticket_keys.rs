@@ -231,6 +231,12 @@ impl TicketKeys {
         lifetime_secs.clamp(MIN_LIFETIME_SECS, MAX_LIFETIME_SECS)
     }
 
+    /// True when these keys were made for `lifetime_secs` (a reload that
+    /// changes the lifetime needs new random keys to take it).
+    pub fn has_lifetime(&self, lifetime_secs: u64) -> bool {
+        self.lifetime == Self::clamp(lifetime_secs)
+    }
+
     /// True when the keys come from a seed file (reloads read it again).
     pub fn is_from_file(&self) -> bool {
         matches!(self.source, Source::Seed(_))
