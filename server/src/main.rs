@@ -100,7 +100,8 @@ enum Command {
         action: TenantCommand,
     },
     /// Deliver one message from stdin to a user (like dovecot-lda). Exit
-    /// codes follow sysexits.h: 67 unknown user, 75 try again, 69 refused.
+    /// codes follow sysexits.h: 67 unknown user, 68 unknown domain, 69
+    /// refused, 64 bad address, 75 try again, 78 configuration error.
     Deliver {
         #[arg(long, short)]
         config: PathBuf,
