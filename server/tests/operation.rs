@@ -867,3 +867,127 @@ assert r.startswith(b"250"), ("tried again, delivered", r)
     ));
     assert!(s.log().contains("lmtp.max_memory reached"), "{}", s.log());
 }
+
+/// A login goes by the configuration in force when it is made: a password
+/// changed and reloaded does not still let in, with the old password, a
+/// connection opened before the reload (one may wait minutes in
+/// AUTHORIZATION), and the new password works on it.
+#[test]
+fn a_reload_reaches_logins_on_connections_opened_before_it() {
+    use std::io::Write;
+    let s = Served::start(|_| {});
+    let (user, old_pw) = s.user(0, 0);
+    let mark = s.dir.path().join("opened");
+    let script = format!(
+        r#"
+s, f = tls()
+assert f.readline().startswith(b"+OK")
+open(os.environ["MARK"], "w").write("x")
+deadline = time.time() + 20
+while not os.path.exists(os.environ["MARK"] + ".go") and time.time() < deadline:
+    time.sleep(0.01)
+assert cmd(s, f, "USER {user}").startswith(b"+OK")
+r = cmd(s, f, "PASS {old_pw}"); assert r.startswith(b"-ERR"), ("the old password, after the reload", r)
+assert cmd(s, f, "USER {user}").startswith(b"+OK")
+r = cmd(s, f, "PASS new-secret-42"); assert r.startswith(b"+OK"), ("the new password", r)
+assert cmd(s, f, "QUIT").startswith(b"+OK")
+"#
+    );
+    let mut client = s
+        .python_command(&script)
+        .env("MARK", &mark)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_mark(&s, &mut client, &mark);
+    let mut passwd = std::process::Command::new(common::bin())
+        .args(["user", "passwd", "-c"])
+        .arg(&s.config_path)
+        .arg(&user)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    passwd
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"new-secret-42\n")
+        .unwrap();
+    assert!(passwd.wait().unwrap().success());
+    s.reload_ok();
+    std::fs::write(mark.with_extension("go"), "go").unwrap();
+    let o = client.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "client side failed:\n{}\n{}\n--- server log\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        s.log()
+    );
+}
+
+/// A client CA withdrawn by a reload no longer logs in, through SASL
+/// EXTERNAL, a connection whose certificate it vouched for at the
+/// handshake before the reload.
+#[test]
+fn a_client_ca_withdrawn_by_a_reload_logs_no_one_in_on_open_connections() {
+    let s = Served::start(|_| {});
+    let optional = s
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.client_certificates == pop3sd::config::ClientCerts::Optional)
+        .expect("the demo's EXTERNAL listener")
+        .address;
+    let mark = s.dir.path().join("opened");
+    let script = format!(
+        r#"
+def with_cert():
+    c = ssl.create_default_context(cafile=INFO["ca"])
+    c.load_cert_chain(r"{cert}", r"{key}")
+    s_ = c.wrap_socket(socket.create_connection(("{oh}", {op}), 10), server_hostname="example.com")
+    f = s_.makefile("rb")
+    assert f.readline().startswith(b"+OK")
+    return s_, f
+before, fb = with_cert()
+# The same certificate logs in while its CA is configured.
+check, fc = with_cert()
+r = cmd(check, fc, "AUTH EXTERNAL ="); assert r.startswith(b"+OK"), r
+cmd(check, fc, "QUIT")
+open(os.environ["MARK"], "w").write("x")
+deadline = time.time() + 20
+while not os.path.exists(os.environ["MARK"] + ".go") and time.time() < deadline:
+    time.sleep(0.01)
+r = cmd(before, fb, "AUTH EXTERNAL ="); assert r.startswith(b"-ERR"), ("its CA was withdrawn", r)
+cmd(before, fb, "QUIT")
+"#,
+        oh = optional.ip(),
+        op = optional.port(),
+        cert = s.info.client_cert.display(),
+        key = s.info.client_key.display(),
+    );
+    let mut client = s
+        .python_command(&script)
+        .env("MARK", &mark)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_mark(&s, &mut client, &mark);
+    // example.com's client CA moves to example.org, which cannot vouch for
+    // the certificate's example.com address.
+    let mut c = s.config.clone();
+    c.tenants[1].client_ca = c.tenants[0].client_ca.take();
+    std::fs::write(&s.config_path, c.to_toml()).unwrap();
+    s.reload_ok();
+    std::fs::write(mark.with_extension("go"), "go").unwrap();
+    let o = client.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "client side failed:\n{}\n{}\n--- server log\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        s.log()
+    );
+}

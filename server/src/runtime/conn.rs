@@ -32,7 +32,7 @@ use super::{Core, Generation};
 use crate::auth::{Check, Refusal};
 use crate::config::{ClientCerts, ListenerConfig, ListenerKind, RecordLayerMode};
 use crate::engine::{
-    Action, AuthOutcome, AuthRequest, Engine, ExternalIdentity, Mailbox, MailboxError,
+    Action, AuthOutcome, AuthRequest, Engine, ExternalIdentity, Mailbox, MailboxError, Mechanism,
     SessionContext, TlsInfo,
 };
 use crate::proxy;
@@ -135,6 +135,9 @@ pub(crate) struct Conn {
     /// only, so that one tenant's certificate does not open another
     /// tenant's password logins to whoever holds it.
     cert_tenant: Option<Domain>,
+    /// The configuration generation the client's certificate (if any) was
+    /// last checked against.
+    identity_generation: u64,
     need_read: bool,
     /// The socket was just seen readable: the next read skips its poll.
     readable: bool,
@@ -282,6 +285,7 @@ impl Conn {
             upgrading: false,
             refusal: None,
             cert_tenant: None,
+            identity_generation: 0,
             need_read: false,
             readable: false,
             peer_closed: false,
@@ -410,6 +414,7 @@ impl Conn {
         let identity = tls
             .peer_certificates()
             .and_then(|chain| self.gen.tls.identities.identify(chain));
+        self.identity_generation = self.gen.number;
         let sni = self.facts.sni.clone();
         // A certificate speaks for its own tenant only. Under another
         // tenant's name (SNI) it logs no one in; on a listener that
@@ -892,6 +897,14 @@ impl Conn {
     async fn authenticate(&mut self, req: AuthRequest) -> AuthOutcome<Session> {
         let shared = self.core.shared.clone();
         let now = Instant::now();
+        // A login goes by the configuration in force now, not the one the
+        // connection opened under: a password changed, a user removed or a
+        // client CA withdrawn by a reload must not still let in a
+        // connection opened before it (one may wait minutes to log in).
+        let current = shared.generation();
+        if !Arc::ptr_eq(&current, &self.gen) {
+            self.gen = current;
+        }
         let outside_cert_tenant = self.cert_tenant.as_ref().is_some_and(|bound| {
             self.gen
                 .directory
@@ -899,7 +912,20 @@ impl Conn {
                 .map(|t| &t.domain)
                 != Some(bound)
         });
-        let check = if outside_cert_tenant {
+        // The certificate was verified by the handshake's configuration;
+        // a reload since may have withdrawn its CA.
+        let certificate_withdrawn = req.mechanism == Mechanism::External
+            && self.identity_generation != self.gen.number
+            && {
+                let dir = &self.gen.directory;
+                let vouched = self
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.peer_certificates())
+                    .and_then(|chain| self.gen.tls.identities.identify(chain));
+                vouched.map(|a| dir.canonical(&a)) != Some(dir.canonical(&req.address))
+            };
+        let check = if outside_cert_tenant || certificate_withdrawn {
             // Answered as any failed login is, password unchecked.
             Check::Refused(Refusal::Failed)
         } else {
