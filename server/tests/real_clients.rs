@@ -284,3 +284,38 @@ fn certificate_request_only_where_configured() {
         "no CertificateRequest on the client-certificate listener:\n{ext}"
     );
 }
+
+/// STLS after pipelined commands whose answers fill more than the output
+/// buffer: every answer, then "+OK Begin TLS", reaches the client, and the
+/// TLS session that follows works. (Before, only the first buffer's worth
+/// went out and the client waited for the +OK until the handshake timed
+/// out.)
+#[test]
+fn stls_after_a_long_pipelined_batch_still_begins_tls() {
+    // The smallest output buffer, so that the answers outgrow it.
+    let s = Served::start(|c| c.runtime.write_buffer_records = 1);
+    let (user, pw) = s.user(0, 0);
+    s.python(&format!(
+        r#"
+p = socket.create_connection(addr("pop3"), 10)
+f = p.makefile("rb")
+assert f.readline().startswith(b"+OK")
+p.sendall(b"CAPA\r\n" * 20000 + b"STLS\r\n")
+capas = 0
+while True:
+    line = f.readline()
+    assert line, ("closed after", capas, "CAPA answers")
+    if line == b".\r\n":
+        capas += 1
+    elif line.startswith(b"+OK Begin TLS"):
+        break
+assert capas == 20000, capas
+ctx = ssl.create_default_context(cafile=INFO["ca"])
+t = ctx.wrap_socket(p, server_hostname="example.com")
+ft = t.makefile("rb")
+assert cmd(t, ft, "USER {user}").startswith(b"+OK")
+assert cmd(t, ft, "PASS {pw}").startswith(b"+OK")
+assert cmd(t, ft, "QUIT").startswith(b"+OK")
+"#
+    ));
+}

@@ -708,11 +708,14 @@ impl<M: Mailbox> Engine<M> {
             return;
         }
         // Decided by the domain, as the refusal after PASS would be: it
-        // tells nothing of which users exist.
+        // tells nothing of which users exist. A name with no domain (none
+        // is known before TLS) can never log in, and may be one a client
+        // of such a tenant uses over TLS: it is refused too, before the
+        // password is sent in the clear.
         let tls_required = !self.ctx.tls
             && self.ctx.tls_required.as_ref().is_some_and(|domains| {
                 self.resolve(name)
-                    .is_some_and(|a| domains.contains(&a.domain))
+                    .is_none_or(|a| domains.contains(&a.domain))
             });
         if tls_required {
             // Any name an earlier USER gave is dropped with this one.

@@ -537,6 +537,11 @@ fn user_for_a_tls_only_tenant_is_refused_before_the_password() {
     assert_eq!(h.send("USER bob@example.org\r\n"), REFUSED);
     assert_eq!(h.send("PASS secret\r\n"), "-ERR USER first.\r\n");
     assert!(h.auth_requests.is_empty());
+    // A bare name (no tenant is known before TLS) could be one of the
+    // TLS-only tenant's users, and could never log in here: refused too.
+    assert_eq!(h.send("USER bob\r\n"), REFUSED);
+    assert_eq!(h.send("PASS secret\r\n"), "-ERR USER first.\r\n");
+    assert!(h.auth_requests.is_empty());
     // After STLS the same USER is taken.
     let mut h = Harness::new(ctx());
     h.drain();

@@ -1114,9 +1114,16 @@ impl Conn {
                     }
                 }
                 Action::StartTls => {
-                    // "+OK Begin TLS" goes out in plaintext first.
-                    self.plain_step();
-                    self.flush().await?;
+                    // "+OK Begin TLS" goes out in plaintext first, after
+                    // whatever the commands pipelined before STLS produced
+                    // (which may take more than one buffer's worth).
+                    loop {
+                        self.plain_step();
+                        self.flush().await?;
+                        if self.finished || !self.engine.as_ref().is_some_and(|e| e.has_output()) {
+                            break;
+                        }
+                    }
                     if let Some(b) = self.inbuf.as_mut() {
                         b.clear();
                     }
