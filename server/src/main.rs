@@ -253,8 +253,15 @@ fn init_logging(format: &str, background: bool) -> Option<pop3sd::log_writer::Fl
     }
 }
 
-fn serve(shared: std::sync::Arc<runtime::Shared>) -> Result<runtime::Running, String> {
-    runtime::signals::spawn(shared.clone(), startup::reload)
+fn take_signals() -> Result<signal_hook::iterator::Signals, String> {
+    runtime::signals::register().map_err(|e| format!("cannot handle signals: {e}"))
+}
+
+fn serve(
+    signals: signal_hook::iterator::Signals,
+    shared: std::sync::Arc<runtime::Shared>,
+) -> Result<runtime::Running, String> {
+    runtime::signals::spawn(signals, shared.clone(), startup::reload)
         .map_err(|e| format!("cannot handle signals: {e}"))?;
     runtime::start(shared).map_err(|e| e.to_string())
 }
@@ -262,8 +269,9 @@ fn serve(shared: std::sync::Arc<runtime::Shared>) -> Result<runtime::Running, St
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve { config } => {
+            let signals = take_signals()?;
             let shared = startup::from_file(&config)?;
-            serve(shared)?.join();
+            serve(signals, shared)?.join();
             Ok(())
         }
         Command::Demo {
@@ -312,13 +320,15 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| format!("{}: {e}", info.config.display()))?;
                 c
             };
+            // Taken after the (interruptible) preparation of the demo.
+            let signals = take_signals()?;
             let shared = startup::build(config, Some(info.config.clone())).map_err(|p| {
                 p.iter()
                     .map(|x| x.to_string())
                     .collect::<Vec<_>>()
                     .join("\n")
             })?;
-            let running = serve(shared)?;
+            let running = serve(signals, shared)?;
             // SAFETY: mi_collect has no preconditions; it frees what this
             // thread's heap no longer uses (the generated mail and keys).
             unsafe { libmimalloc_sys::mi_collect(true) };

@@ -357,3 +357,72 @@ fn a_stalled_log_sink_neither_stops_serving_nor_loses_lines() {
     );
     assert_eq!(logins, SESSIONS, "login lines lost");
 }
+
+/// The signal mask of `pid` for `field` ("SigCgt": caught) and its thread
+/// count, from /proc.
+fn caught_and_threads(pid: u32) -> Option<(u64, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let caught = u64::from_str_radix(field("SigCgt:")?, 16).ok()?;
+    let threads = field("Threads:")?.parse().ok()?;
+    Some((caught, threads))
+}
+
+/// A SIGHUP while the server is still loading its configuration (as
+/// `systemctl start` then `reload` can send) is taken, not fatal: the
+/// server comes up and reloads once it serves. Before, SIGHUP's default
+/// action killed it, which systemd counts as a clean exit.
+#[test]
+fn a_sighup_during_start_up_reloads_once_serving() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, info) = prepare(d.path());
+    // Many users, so that loading takes a while.
+    let passwd = cfg.resolve(&cfg.tenants[1].passwd_file);
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    for i in 0..200_000 {
+        text.push_str(&format!("filler{i}:{{PLAIN}}x\n"));
+    }
+    std::fs::write(&passwd, text).unwrap();
+    let path = d.path().join("pop3sd.toml");
+    write_config(&cfg, &path);
+    let (mut child, log) = serve(&path, &[]);
+    const SIGHUP_BIT: u64 = 1 << (libc::SIGHUP - 1);
+    let start = std::time::Instant::now();
+    let threads = loop {
+        match caught_and_threads(child.id()) {
+            Some((caught, threads)) if caught & SIGHUP_BIT != 0 => break threads,
+            _ if start.elapsed() > Duration::from_secs(10) => {
+                let _ = child.kill();
+                panic!("SIGHUP never caught");
+            }
+            _ => std::thread::sleep(Duration::from_micros(200)),
+        }
+    };
+    // Only the main thread and the log writer: the configuration is still
+    // loading (the blocking pool and the cores start after it).
+    assert!(
+        threads <= 2,
+        "signals taken only after start-up: {threads} threads"
+    );
+    // SAFETY: kill has no memory effects; the pid is our child's.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    let logged = wait_for(&log, "configuration reloaded");
+    let alive = child.try_wait().unwrap().is_none();
+    let u = &info.tenants[0].users[0];
+    let o = pop3s_login(
+        &info.pop3s,
+        "example.com",
+        &info.ca_file,
+        &u.user,
+        &u.password,
+    );
+    let _ = child.kill();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(alive && logged, "{text}");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -11,12 +11,22 @@ use signal_hook::iterator::Signals;
 
 use super::Shared;
 
-/// Starts the signal thread. `reload` rebuilds and swaps the configuration.
+/// Takes the signals over, before anything slow: until then SIGHUP's
+/// default action would kill the process (a `systemctl reload` right after
+/// `start`, while the passwd-files and certificates load), and systemd
+/// would count that as a clean exit and not restart it. Signals that
+/// arrive before [`spawn`] wait for it.
+pub fn register() -> std::io::Result<Signals> {
+    Signals::new([SIGHUP, SIGTERM, SIGINT])
+}
+
+/// Starts the signal thread on signals taken by [`register`]. `reload`
+/// rebuilds and swaps the configuration.
 pub fn spawn(
+    mut signals: Signals,
     shared: Arc<Shared>,
     reload: fn(&Shared) -> Result<u64, String>,
 ) -> std::io::Result<()> {
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     std::thread::Builder::new().name("pop3sd-signals".into()).spawn(move || {
         for sig in signals.forever() {
             match sig {
