@@ -1171,7 +1171,11 @@ impl Conn {
         ) {
             Ok(slot) => self._conn_slot = Some(slot),
             Err(hit) => {
-                tracing::info!(session = self.id, client = %self.client.ip(), limit = ?hit, "connection refused by limit");
+                if self.core.log_refused_by_limit(Instant::now()) {
+                    tracing::info!(session = self.id, client = %self.client.ip(), limit = ?hit, "connection refused by limit (further ones this minute are logged at debug level; pop3sd_refused_by_limit_total counts them all)");
+                } else {
+                    tracing::debug!(session = self.id, client = %self.client.ip(), limit = ?hit, "connection refused by limit");
+                }
                 self.core
                     .metrics
                     .refused_by_limit

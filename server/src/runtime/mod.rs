@@ -171,6 +171,9 @@ pub(crate) struct Core {
     /// When this core last logged an LMTP message shed by
     /// `lmtp.max_memory` at warning level.
     lmtp_shed_warned: Cell<Option<Instant>>,
+    /// When this core last logged a connection refused by a connection
+    /// limit at info level.
+    refused_logged: Cell<Option<Instant>>,
 }
 
 /// Whether a warning last given at `last` may be given again now: at most
@@ -197,6 +200,14 @@ impl Core {
     /// be logged as a warning now (once a minute; the rest at debug level).
     pub fn warn_lmtp_busy(&self, now: Instant) -> bool {
         once_a_minute(&self.lmtp_busy_warned, now)
+    }
+
+    /// Whether a connection refused by a connection limit should be logged
+    /// at info level now (once a minute per core; the rest at debug level,
+    /// and all counted in the metrics): whoever floods the server past a
+    /// limit must not also flood its log.
+    pub fn log_refused_by_limit(&self, now: Instant) -> bool {
+        once_a_minute(&self.refused_logged, now)
     }
 
     /// Whether an LMTP message shed by `lmtp.max_memory` should be logged
@@ -654,6 +665,7 @@ async fn serve_core(
         stray_proxy_warned: Cell::new(None),
         lmtp_busy_warned: Cell::new(None),
         lmtp_shed_warned: Cell::new(None),
+        refused_logged: Cell::new(None),
         shared: shared.clone(),
     });
     if ready.send(Ok(bound)).is_err() {
