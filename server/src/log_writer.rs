@@ -199,6 +199,33 @@ impl Drop for FlushGuard {
     }
 }
 
+/// Longest pause between tries of a sink that would block.
+const BLOCKED_RETRY_MAX: Duration = Duration::from_millis(50);
+
+/// Writes all of `bytes`, waiting out a sink that would block: a stderr
+/// inherited non-blocking (as some supervisors and container runtimes hand
+/// it over) answers `WouldBlock` when its pipe is full, and `write_all`
+/// would give up on the whole batch, or leave a line cut in two.
+fn write_patiently<W: Write>(sink: &mut W, mut bytes: &[u8]) -> std::io::Result<()> {
+    let mut pause = Duration::from_millis(1);
+    while !bytes.is_empty() {
+        match sink.write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                pause = Duration::from_millis(1);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(BLOCKED_RETRY_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    sink.flush()
+}
+
 fn run_writer<W: Write>(inner: &Inner, mut sink: W) {
     let mut out = Vec::new();
     loop {
@@ -216,7 +243,7 @@ fn run_writer<W: Write>(inner: &Inner, mut sink: W) {
         drop(st);
         // A sink that fails (stderr closed) loses these lines but must not
         // stop the loggers: they keep going, as they would with no log.
-        let _ = sink.write_all(&out).and_then(|()| sink.flush());
+        let _ = write_patiently(&mut sink, &out);
         out.clear();
         if out.capacity() > WAKE_EARLY * 4 {
             out.shrink_to(WAKE_EARLY);
@@ -267,6 +294,39 @@ mod tests {
         fn writes(&self) -> usize {
             self.0.lock().unwrap().1
         }
+    }
+
+    /// A sink that takes a few bytes at a time and would block every other
+    /// call, as a non-blocking pipe that is nearly full does.
+    struct Choking {
+        got: Vec<u8>,
+        calls: usize,
+    }
+
+    impl Write for Choking {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.calls += 1;
+            if self.calls % 2 == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let n = b.len().min(7);
+            self.got.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_sink_that_would_block_gets_every_byte() {
+        let mut sink = Choking {
+            got: Vec::new(),
+            calls: 0,
+        };
+        let text = b"first line\nsecond line, a little longer\n";
+        write_patiently(&mut sink, text).unwrap();
+        assert_eq!(sink.got, text);
     }
 
     #[test]
