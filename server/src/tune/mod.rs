@@ -556,10 +556,13 @@ fn cores(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
             t.cores,
             2 * t.cores
         );
-        fix = Some(format!(
-            "cores = {} under [runtime], or sqpoll = false",
-            cpus / 2
-        ));
+        // (`cores = 0` means one per CPU: never a fix here.)
+        fix = Some(if cpus >= 2 {
+            format!("cores = {} under [runtime], or sqpoll = false", cpus / 2)
+        } else {
+            "sqpoll = false under [runtime] (one CPU cannot give SQPOLL a CPU of its own)"
+                .to_string()
+        });
     }
     f.push(Finding {
         check: "cores",

@@ -276,3 +276,25 @@ fn bbr_on_loopback_warns_and_a_configured_algorithm_is_checked() {
     let f = check(&target(100, 1), &m);
     assert_eq!(find(&f, "tcp congestion control").level, Level::Info);
 }
+
+#[test]
+fn sqpoll_on_one_cpu_is_told_to_turn_it_off() {
+    let mut m = Fake::good();
+    m.cpus = 1;
+    let mut t = target(1_000, 1);
+    t.runtime.sqpoll = true;
+    let f = check(&t, &m);
+    let cores = find(&f, "cores");
+    assert_eq!(cores.level, Level::Warn);
+    // Not `cores = 0`, which means one per CPU: the same again.
+    let fix = cores.fix.as_deref().unwrap_or_default();
+    assert!(fix.starts_with("sqpoll = false"), "{fix}");
+    // With CPUs to spare, fewer cores are offered first.
+    m.cpus = 8;
+    let t = Target { cores: 8, ..t };
+    let fix = find(&check(&t, &m), "cores")
+        .fix
+        .clone()
+        .unwrap_or_default();
+    assert!(fix.starts_with("cores = 4 under [runtime]"), "{fix}");
+}
