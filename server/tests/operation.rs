@@ -886,7 +886,9 @@ assert r.startswith(b"250"), ("tried again, delivered", r)
 #[test]
 fn a_reload_reaches_logins_on_connections_opened_before_it() {
     use std::io::Write;
-    let s = Served::start(|_| {});
+    // The reload also changes the record layer, which only new connections
+    // may take up: the open one must carry on with rustls's.
+    let s = Served::start(|c| c.tls.record_layer = pop3sd::config::RecordLayerMode::Rustls);
     let (user, old_pw) = s.user(0, 0);
     let mark = s.dir.path().join("opened");
     let script = format!(
@@ -901,6 +903,7 @@ assert cmd(s, f, "USER {user}").startswith(b"+OK")
 r = cmd(s, f, "PASS {old_pw}"); assert r.startswith(b"-ERR"), ("the old password, after the reload", r)
 assert cmd(s, f, "USER {user}").startswith(b"+OK")
 r = cmd(s, f, "PASS new-secret-42"); assert r.startswith(b"+OK"), ("the new password", r)
+assert cmd(s, f, "STAT").startswith(b"+OK")
 assert cmd(s, f, "QUIT").startswith(b"+OK")
 "#
     );
@@ -926,6 +929,10 @@ assert cmd(s, f, "QUIT").startswith(b"+OK")
         .write_all(b"new-secret-42\n")
         .unwrap();
     assert!(passwd.wait().unwrap().success());
+    let mut cfg = std::fs::read_to_string(&s.config_path).unwrap();
+    cfg = cfg.replace("record_layer = \"rustls\"", "record_layer = \"pop3sd\"");
+    assert!(cfg.contains("record_layer = \"pop3sd\""), "{cfg}");
+    std::fs::write(&s.config_path, cfg).unwrap();
     s.reload_ok();
     std::fs::write(mark.with_extension("go"), "go").unwrap();
     let o = client.wait_with_output().unwrap();
@@ -938,12 +945,22 @@ assert cmd(s, f, "QUIT").startswith(b"+OK")
     );
 }
 
-/// A client CA withdrawn by a reload no longer logs in, through SASL
-/// EXTERNAL, a connection whose certificate it vouched for at the
-/// handshake before the reload.
+/// A reload reaches client certificates on connections opened before it:
+/// with the CAs unchanged, SASL EXTERNAL and (where certificates are
+/// required) password logins still work on them; with the certificate's CA
+/// withdrawn, neither does.
 #[test]
 fn a_client_ca_withdrawn_by_a_reload_logs_no_one_in_on_open_connections() {
-    let s = Served::start(|_| {});
+    let port = common::free_port();
+    let s = Served::start(|c| {
+        c.listeners.push(pop3sd::config::ListenerConfig {
+            address: format!("127.0.0.1:{port}").parse().unwrap(),
+            kind: pop3sd::config::ListenerKind::Pop3s,
+            client_certificates: pop3sd::config::ClientCerts::Required,
+            proxy_protocol: false,
+            tcp_congestion: None,
+        })
+    });
     let optional = s
         .config
         .listeners
@@ -951,27 +968,39 @@ fn a_client_ca_withdrawn_by_a_reload_logs_no_one_in_on_open_connections() {
         .find(|l| l.client_certificates == pop3sd::config::ClientCerts::Optional)
         .expect("the demo's EXTERNAL listener")
         .address;
-    let mark = s.dir.path().join("opened");
+    let (user, pw) = s.user(0, 1);
+    let mark = s.dir.path().join("step");
     let script = format!(
         r#"
-def with_cert():
+OPTIONAL = ("{oh}", {op})
+REQUIRED = ("127.0.0.1", {port})
+def with_cert(where):
     c = ssl.create_default_context(cafile=INFO["ca"])
     c.load_cert_chain(r"{cert}", r"{key}")
-    s_ = c.wrap_socket(socket.create_connection(("{oh}", {op}), 10), server_hostname="example.com")
+    s_ = c.wrap_socket(socket.create_connection(where, 10), server_hostname="example.com")
     f = s_.makefile("rb")
     assert f.readline().startswith(b"+OK")
     return s_, f
-before, fb = with_cert()
-# The same certificate logs in while its CA is configured.
-check, fc = with_cert()
-r = cmd(check, fc, "AUTH EXTERNAL ="); assert r.startswith(b"+OK"), r
-cmd(check, fc, "QUIT")
-open(os.environ["MARK"], "w").write("x")
-deadline = time.time() + 20
-while not os.path.exists(os.environ["MARK"] + ".go") and time.time() < deadline:
-    time.sleep(0.01)
-r = cmd(before, fb, "AUTH EXTERNAL ="); assert r.startswith(b"-ERR"), ("its CA was withdrawn", r)
-cmd(before, fb, "QUIT")
+def step(n):
+    open(os.environ["MARK"] + n, "w").write("x")
+    deadline = time.time() + 20
+    while not os.path.exists(os.environ["MARK"] + n + ".go") and time.time() < deadline:
+        time.sleep(0.01)
+def password(s_, f):
+    assert cmd(s_, f, "USER {user}").startswith(b"+OK")
+    return cmd(s_, f, "PASS {pw}")
+a, fa = with_cert(OPTIONAL)
+b, fb = with_cert(REQUIRED)
+step("1")  # a reload that changes no CA
+r = cmd(a, fa, "AUTH EXTERNAL ="); assert r.startswith(b"+OK"), ("EXTERNAL after a reload", r)
+r = password(b, fb); assert r.startswith(b"+OK"), ("required listener, after a reload", r)
+cmd(a, fa, "QUIT"); cmd(b, fb, "QUIT")
+c, fc = with_cert(OPTIONAL)
+d, fd = with_cert(REQUIRED)
+step("2")  # the certificate's CA withdrawn
+r = cmd(c, fc, "AUTH EXTERNAL ="); assert r.startswith(b"-ERR"), ("EXTERNAL, its CA withdrawn", r)
+r = password(d, fd); assert r.startswith(b"-ERR"), ("required listener, its CA withdrawn", r)
+cmd(c, fc, "QUIT"); cmd(d, fd, "QUIT")
 "#,
         oh = optional.ip(),
         op = optional.port(),
@@ -985,14 +1014,19 @@ cmd(before, fb, "QUIT")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_mark(&s, &mut client, &mark);
+    let step = |n: &str| mark.with_file_name(format!("step{n}"));
+    let go = |n: &str| std::fs::write(mark.with_file_name(format!("step{n}.go")), "go").unwrap();
+    wait_for_mark(&s, &mut client, &step("1"));
+    s.reload_ok();
+    go("1");
+    wait_for_mark(&s, &mut client, &step("2"));
     // example.com's client CA moves to example.org, which cannot vouch for
     // the certificate's example.com address.
     let mut c = s.config.clone();
     c.tenants[1].client_ca = c.tenants[0].client_ca.take();
     std::fs::write(&s.config_path, c.to_toml()).unwrap();
     s.reload_ok();
-    std::fs::write(mark.with_extension("go"), "go").unwrap();
+    go("2");
     let o = client.wait_with_output().unwrap();
     assert!(
         o.status.success(),

@@ -21,7 +21,7 @@ use std::time::Instant;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use pop3sd_storage::{Domain, Session};
+use pop3sd_storage::{Address, Domain, Session};
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 
@@ -94,6 +94,15 @@ struct OutBuf {
     size: usize,
 }
 
+/// A client certificate as the handshake left it.
+struct ClientCert {
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The configuration generation `identity` was found under.
+    generation: u64,
+    /// Whom a tenant's CA vouched for it as, then.
+    identity: Option<Address>,
+}
+
 pub(crate) struct Conn {
     core: Rc<Core>,
     /// The configuration generation this connection was accepted under.
@@ -135,9 +144,9 @@ pub(crate) struct Conn {
     /// only, so that one tenant's certificate does not open another
     /// tenant's password logins to whoever holds it.
     cert_tenant: Option<Domain>,
-    /// The configuration generation the client's certificate (if any) was
-    /// last checked against.
-    identity_generation: u64,
+    /// The client's certificate, if it sent one: kept so that a login
+    /// after a reload checks it against the client CAs then in force.
+    client_cert: Option<Box<ClientCert>>,
     need_read: bool,
     /// The socket was just seen readable: the next read skips its poll.
     readable: bool,
@@ -285,7 +294,7 @@ impl Conn {
             upgrading: false,
             refusal: None,
             cert_tenant: None,
-            identity_generation: 0,
+            client_cert: None,
             need_read: false,
             readable: false,
             peer_closed: false,
@@ -411,10 +420,15 @@ impl Conn {
             .map(|s| format!("{:?}", s.suite()))
             .unwrap_or_default();
         self.facts.resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        let identity = tls
-            .peer_certificates()
-            .and_then(|chain| self.gen.tls.identities.identify(chain));
-        self.identity_generation = self.gen.number;
+        let chain = tls.peer_certificates();
+        let identity = chain.and_then(|chain| self.gen.tls.identities.identify(chain));
+        self.client_cert = chain.map(|chain| {
+            Box::new(ClientCert {
+                chain: chain.to_vec(),
+                generation: self.gen.number,
+                identity: identity.clone(),
+            })
+        });
         let sni = self.facts.sni.clone();
         // A certificate speaks for its own tenant only. Under another
         // tenant's name (SNI) it logs no one in; on a listener that
@@ -901,36 +915,34 @@ impl Conn {
         // connection opened under: a password changed, a user removed or a
         // client CA withdrawn by a reload must not still let in a
         // connection opened before it (one may wait minutes to log in).
-        let current = shared.generation();
-        if !Arc::ptr_eq(&current, &self.gen) {
-            self.gen = current;
-        }
-        let outside_cert_tenant = self.cert_tenant.as_ref().is_some_and(|bound| {
-            self.gen
-                .directory
-                .tenant(&req.address.domain)
-                .map(|t| &t.domain)
-                != Some(bound)
+        // Only the login's decision: the connection's own transport
+        // settings stay those it began with.
+        let gen = shared.generation();
+        let dir = &gen.directory;
+        // Whom the client's certificate speaks for under that configuration
+        // (checked again only where a reload came since the handshake).
+        let vouched = self.client_cert.as_ref().and_then(|c| {
+            if c.generation == gen.number {
+                c.identity.clone()
+            } else {
+                gen.tls.identities.identify(&c.chain)
+            }
         });
-        // The certificate was verified by the handshake's configuration;
-        // a reload since may have withdrawn its CA.
+        let tenant_of = |a: &Address| dir.tenant(&a.domain).map(|t| t.domain.clone());
+        // On a listener that requires a certificate, logins of every kind
+        // are for its tenant only, and only while a CA still vouches for it.
+        let outside_cert_tenant = self.cert_tenant.as_ref().is_some_and(|bound| {
+            tenant_of(&req.address).as_ref() != Some(bound)
+                || vouched.as_ref().and_then(tenant_of).as_ref() != Some(bound)
+        });
         let certificate_withdrawn = req.mechanism == Mechanism::External
-            && self.identity_generation != self.gen.number
-            && {
-                let dir = &self.gen.directory;
-                let vouched = self
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.peer_certificates())
-                    .and_then(|chain| self.gen.tls.identities.identify(chain));
-                vouched.map(|a| dir.canonical(&a)) != Some(dir.canonical(&req.address))
-            };
+            && vouched.map(|a| dir.canonical(&a)) != Some(dir.canonical(&req.address));
         let check = if outside_cert_tenant || certificate_withdrawn {
             // Answered as any failed login is, password unchecked.
             Check::Refused(Refusal::Failed)
         } else {
             let cache = self.core.auth_cache.borrow();
-            shared.auth.check(&self.gen.directory, &req, &cache, now)
+            shared.auth.check(dir, &req, &cache, now)
         };
         let verdict = match check {
             Check::Verified(v) => Ok(v),
@@ -952,7 +964,7 @@ impl Conn {
         let verified = match verdict {
             Ok(v) => v,
             Err(Refusal::Failed) => {
-                let counted_as = self.gen.directory.canonical(&req.address);
+                let counted_as = gen.directory.canonical(&req.address);
                 let delay = shared
                     .auth
                     .failure(&counted_as, self.client.ip(), Instant::now());
@@ -978,7 +990,7 @@ impl Conn {
         // The per-user slot and the LOGIN-DELAY record are only kept if
         // the maildrop opens: a refused attempt must not lock the user out
         // (of sessions, or of logging in again) while this connection lives.
-        let max = self.gen.config.limits.max_sessions_per_user;
+        let max = gen.config.limits.max_sessions_per_user;
         let slot = match shared.counters.user(&verified.address, max) {
             Ok(slot) => slot,
             Err(_) => {
