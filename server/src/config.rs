@@ -320,9 +320,9 @@ impl Default for LmtpConfig {
             // Postfix runs at most 100 delivery processes by default
             // (`default_process_limit`).
             max_connections: 200,
-            // About twenty messages of the default `max_message_size`, as
-            // many as Postfix sends at once to one destination
-            // (`default_destination_concurrency_limit`).
+            // About sixteen messages of the default `max_message_size` (a
+            // buffer grows by doubling), near the twenty Postfix sends at
+            // once to one destination (`default_destination_concurrency_limit`).
             max_memory: 1 << 30,
             recipient_delimiter: String::new(),
         }
@@ -840,6 +840,24 @@ impl Config {
                 message: "the server keeps root privileges if started as root".into(),
             });
         }
+        let largest = self
+            .tenants
+            .iter()
+            .map(|t| t.max_message_size)
+            .max()
+            .unwrap_or(0);
+        let serves_lmtp = self.lmtp.address.is_some() || self.lmtp.socket.is_some();
+        if serves_lmtp && self.lmtp.max_memory < largest.saturating_mul(2) {
+            w.push(ConfigProblem {
+                location: "lmtp.max_memory".into(),
+                message: format!(
+                    "{} bytes is less than twice the largest max_message_size ({largest}): \
+                     a message that large (held as it is stored, in a buffer that grows by \
+                     doubling) is refused for now, 452, whenever another arrives at the same time",
+                    self.lmtp.max_memory
+                ),
+            });
+        }
         w
     }
 
@@ -926,6 +944,18 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("sqpoll") || e.contains("bool"), "{e}");
         assert!(cfg.with_overrides(&["nokey".into()]).is_err());
+    }
+
+    #[test]
+    fn an_lmtp_budget_below_two_of_the_largest_messages_is_warned_about() {
+        let warned = |c: &Config| c.warnings().iter().any(|w| w.location == "lmtp.max_memory");
+        let mut cfg: Config = toml::from_str(EXAMPLE).unwrap();
+        cfg.lmtp.socket = Some("/run/pop3sd/lmtp.sock".into());
+        assert!(!warned(&cfg), "the defaults");
+        cfg.lmtp.max_memory = 64 << 20;
+        assert!(warned(&cfg));
+        cfg.lmtp.socket = None;
+        assert!(!warned(&cfg), "no LMTP served");
     }
 
     #[test]

@@ -177,9 +177,10 @@ impl Session {
             && self.input.len() < 64 * 1024
     }
 
-    /// Bytes of memory the session holds for messages and input: what the
-    /// driver counts against `lmtp.max_memory`, since a message is held
-    /// whole until every recipient has it.
+    /// Bytes of memory the session holds for a message: what the driver
+    /// counts against `lmtp.max_memory`, since a message is held whole
+    /// until every recipient has it. (Command input is bounded per
+    /// connection, and the connections by `lmtp.max_connections`.)
     pub fn memory(&self) -> usize {
         let receiving = match &self.state {
             State::Data { receiver, .. } => receiver.memory(),
@@ -193,7 +194,7 @@ impl Session {
                 Action::Close => 0,
             })
             .sum();
-        self.input.capacity() + receiving + queued
+        receiving + queued
     }
 
     /// Gives up the message being received (or received and not yet taken

@@ -201,8 +201,8 @@ pub(crate) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
                     Ok(n) => {
                         let dir = DirectoryRecipients::of(&gen);
                         session.receive(&buf[..n], &dir);
-                        // Checked after each read, so a connection goes past
-                        // its share by one read at most.
+                        // Checked after each read (one read may grow the
+                        // message's buffer by doubling it).
                         if !memory.set(session.memory() as u64) && session.shed_message(&dir) {
                             warn_shed(&core, &peer);
                             memory.set(session.memory() as u64);

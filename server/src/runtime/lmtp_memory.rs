@@ -6,7 +6,10 @@
 //! connections or a client on the LMTP network that means harm. Past the
 //! budget a connection's message is shed (its recipients are told
 //! `452 4.3.1` and the MTA retries later) rather than the server running
-//! out of memory. LMTP is served by core 0 alone, so the count is a cell.
+//! out of memory. Only messages count: a connection between messages holds
+//! none, so an MTA's idle cached connections never stand in a message's
+//! way. LMTP is served by core 0 alone (as is the metrics endpoint, which
+//! shows the count), so the count is a cell.
 
 use std::cell::Cell;
 use std::rc::Rc;

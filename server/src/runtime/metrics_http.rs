@@ -95,6 +95,11 @@ async fn answer(core: Rc<Core>, mut stream: TcpStream) {
                     "Tenants configured.",
                     gen.directory.tenants().len() as u64,
                 ),
+                (
+                    "pop3sd_lmtp_memory_bytes",
+                    "Memory LMTP connections hold for messages (lmtp.max_memory bounds it).",
+                    core.lmtp_memory.used(),
+                ),
             ],
         );
         format!(
