@@ -1,6 +1,8 @@
 // Arbitrary bytes, in arbitrary chunks, into an LMTP session with a
 // directory that knows two users: no panic, bounded buffering, and every
-// delivery it asks for is well-formed POP3 wire form.
+// delivery it asks for is well-formed POP3 wire form. A piece starting
+// with 0x7f sheds the message under way (as `lmtp.max_memory` does), which
+// must let its memory go.
 // Shared by the cargo-fuzz target and by the corpus regression test
 // (server/tests/fuzz_corpus.rs), which runs every corpus file on stable.
 use pop3sd::lmtp::{Action, DeliveryResult, RcptCheck, Recipients, Session};
@@ -36,6 +38,9 @@ pub fn run(data: &[u8]) {
             break;
         }
         s.receive(piece, &Two);
+        if piece.first() == Some(&0x7f) && s.shed_message(&Two) {
+            assert!(s.memory() <= 4096, "a shed message still held");
+        }
         let n = s.output().len();
         s.consumed(n);
         while let Some(a) = s.poll_action() {
