@@ -260,11 +260,11 @@ fn certificate_request_only_where_configured() {
         panic!("openssl is required (installed by .ci/run)");
     }
     let demo = Demo::start(&[]);
-    let handshake = |key: &str| {
+    let handshake_as = |key: &str, sni: &str, extra: &str| {
         let o = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "printf 'QUIT\\r\\n' | timeout 20 openssl s_client -connect {} -servername example.com -CAfile {} -msg -ign_eof 2>&1",
+                "printf 'QUIT\\r\\n' | timeout 20 openssl s_client -connect {} -servername {sni} {extra} -CAfile {} -msg -ign_eof 2>&1",
                 demo.addr(key),
                 demo.ca()
             ))
@@ -272,6 +272,7 @@ fn certificate_request_only_where_configured() {
             .unwrap();
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
+    let handshake = |key: &str| handshake_as(key, "example.com", "");
     let plain = handshake("pop3s");
     assert!(plain.contains("+OK pop3sd ready"), "{plain}");
     assert!(
@@ -283,6 +284,20 @@ fn certificate_request_only_where_configured() {
         ext.contains("CertificateRequest"),
         "no CertificateRequest on the client-certificate listener:\n{ext}"
     );
+    // It names the client CAs of the tenant the client asked for only:
+    // example.com has one, example.org none.
+    assert!(
+        ext.contains("Acceptable client certificate CA names"),
+        "{ext}"
+    );
+    for version in ["-tls1_3", "-tls1_2"] {
+        let other = handshake_as("external", "example.org", version);
+        assert!(other.contains("CertificateRequest"), "{other}");
+        assert!(
+            other.contains("No client certificate CA names sent"),
+            "another tenant's CA named ({version}):\n{other}"
+        );
+    }
 }
 
 /// STLS after pipelined commands whose answers fill more than the output

@@ -11,6 +11,7 @@
 //! kind that would have refused its handshake.
 
 pub mod certs;
+pub mod client_ca_hints;
 pub mod client_identity;
 pub mod record_layer;
 pub mod resolver;
@@ -25,6 +26,7 @@ use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 
 use crate::config::{ClientCerts, Config, ConfigProblem, RecordLayerMode};
+use client_ca_hints::TenantHints;
 pub use client_identity::ClientIdentities;
 pub use resolver::SniResolver;
 pub use session_scope::ScopedSessions;
@@ -161,6 +163,8 @@ pub fn build(
     let mut default = None;
     let mut union_roots = RootCertStore::empty();
     let mut identities = ClientIdentities::default();
+    // Each tenant name's client CA names, for the CertificateRequest.
+    let mut hint_names: HashMap<String, Vec<rustls::DistinguishedName>> = HashMap::new();
     for (i, t) in cfg.tenants.iter().enumerate() {
         let loc = |f: &str| format!("tenant[{i}] ({}).{f}", t.domain);
         let names: Vec<pop3sd_storage::Domain> = std::iter::once(&t.domain)
@@ -195,6 +199,9 @@ pub fn build(
             }
             Err(e) => problems.push(problem(loc("certificate"), e)),
         }
+        for n in &names {
+            hint_names.insert(n.as_str().to_ascii_lowercase(), Vec::new());
+        }
         if let Some(ca) = &t.client_ca {
             match certs::load_certs(&cfg.resolve(ca)) {
                 Ok(cas) => {
@@ -204,6 +211,9 @@ pub fn build(
                             problems.push(problem(loc("client_ca"), e));
                         }
                         let _ = union_roots.add(c);
+                    }
+                    for n in &names {
+                        hint_names.insert(n.as_str().to_ascii_lowercase(), roots.subjects());
                     }
                     match WebPkiClientVerifier::builder_with_provider(
                         Arc::new(roots),
@@ -297,6 +307,7 @@ pub fn build(
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| vec![problem("tls".into(), e)])?;
+            let v = Arc::new(TenantHints::new(v, hint_names.clone()));
             client_optional = Some(
                 finish(ClientCerts::Optional, Some(v))
                     .map_err(|e| vec![problem("tls".into(), e)])?,
@@ -306,6 +317,7 @@ pub fn build(
             let v = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|e| vec![problem("tls".into(), e)])?;
+            let v = Arc::new(TenantHints::new(v, hint_names.clone()));
             client_required = Some(
                 finish(ClientCerts::Required, Some(v))
                     .map_err(|e| vec![problem("tls".into(), e)])?,

@@ -48,6 +48,13 @@ pub fn take_captured_sni() -> Option<String> {
     CAPTURED_SNI.with(|c| c.borrow_mut().take())
 }
 
+/// Calls `f` with the SNI captured by the last `resolve` on this thread,
+/// leaving it for the driver: for what rustls asks later in the same call
+/// (the client-certificate hints, [`super::client_ca_hints`]).
+pub fn with_captured_sni<R>(f: impl FnOnce(Option<&str>) -> R) -> R {
+    CAPTURED_SNI.with(|c| f(c.borrow().as_deref()))
+}
+
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = client_hello.server_name();
