@@ -155,11 +155,18 @@ mod tests {
                 ("c.example".to_string(), vec![]),
             ]),
         );
-        assert_eq!(hints.for_name(Some("a.example")), &[dn(b"A")]);
-        assert_eq!(hints.for_name(Some("Alias.Example.")), &[dn(b"A")]);
-        assert_eq!(hints.for_name(Some("b.example")), &[dn(b"B")]);
-        assert!(hints.for_name(Some("c.example")).is_empty());
-        assert_eq!(hints.for_name(Some("elsewhere.example")).len(), 2);
+        let named = |sni: Option<&str>| -> Vec<Vec<u8>> {
+            hints
+                .for_name(sni)
+                .iter()
+                .map(|d| d.as_ref().to_vec())
+                .collect()
+        };
+        assert_eq!(named(Some("a.example")), [b"A".to_vec()]);
+        assert_eq!(named(Some("Alias.Example.")), [b"A".to_vec()]);
+        assert_eq!(named(Some("b.example")), [b"B".to_vec()]);
+        assert!(named(Some("c.example")).is_empty());
+        assert_eq!(named(Some("elsewhere.example")).len(), 2);
         assert_eq!(hints.for_name(None).len(), 2);
     }
 }
