@@ -127,15 +127,16 @@ pub fn read_password_stdin() -> Result<String, AdminError> {
 /// Applies `f` to a passwd-file's lines under its lock, then replaces the
 /// file atomically (mode 0600).
 fn edit_passwd(
+    cfg: &Config,
     path: &Path,
     domains: &[Domain],
     f: impl FnOnce(&mut Vec<String>, &[passwd::PasswdEntry]) -> Result<(), AdminError>,
 ) -> Result<(), AdminError> {
     let _lock = pop3sd_storage::lock::FileLock::exclusive(&lock_path_of(path))
         .map_err(|e| AdminError::Io(e.to_string()))?;
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+    let (text, exists) = match std::fs::read_to_string(path) {
+        Ok(t) => (t, true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), false),
         Err(e) => return Err(AdminError::Io(format!("{}: {e}", path.display()))),
     };
     let entries = passwd::parse(&text, domains).map_err(|errs| {
@@ -154,8 +155,13 @@ fn edit_passwd(
     if !out.is_empty() {
         out.push('\n');
     }
-    // The rewrite keeps the file's owner, group and mode (replace_file):
-    // the service user must still be able to read it on reload.
+    // A new file is made readable by the server's user (as `tenant add`
+    // makes one); a rewrite keeps the file's owner, group and mode
+    // (replace_file): the service user must still be able to read it on
+    // reload.
+    if !exists {
+        create_passwd_file(cfg, path)?;
+    }
     pop3sd_storage::durable::replace_file(path, out.as_bytes())
         .map_err(|e| AdminError::Io(e.to_string()))
 }
@@ -212,13 +218,18 @@ pub fn user_add(config: &Path, user: &str, password: &str) -> Result<String, Adm
     let addr = address(user)?;
     let (t, names) = tenant_of(&cfg, &addr.domain)?;
     let (hash, note) = new_hash(t, password)?;
-    edit_passwd(&cfg.resolve(&t.passwd_file), &names, |lines, entries| {
-        if entries.iter().any(|e| e.user == addr.local) {
-            return Err(AdminError::Exists(addr.to_string()));
-        }
-        lines.push(format!("{}:{}", addr.local, hash.to_field()));
-        Ok(())
-    })?;
+    edit_passwd(
+        &cfg,
+        &cfg.resolve(&t.passwd_file),
+        &names,
+        |lines, entries| {
+            if entries.iter().any(|e| e.user == addr.local) {
+                return Err(AdminError::Exists(addr.to_string()));
+            }
+            lines.push(format!("{}:{}", addr.local, hash.to_field()));
+            Ok(())
+        },
+    )?;
     let home = Address::new(
         addr.local.clone(),
         Domain::parse(&t.domain).map_err(|e| AdminError::Config(e.to_string()))?,
@@ -236,7 +247,7 @@ pub fn user_passwd(config: &Path, user: &str, password: &str) -> Result<String, 
     let addr = address(user)?;
     let (t, names) = tenant_of(&cfg, &addr.domain)?;
     let (hash, note) = new_hash(t, password)?;
-    edit_passwd(&cfg.resolve(&t.passwd_file), &names, |lines, _| {
+    edit_passwd(&cfg, &cfg.resolve(&t.passwd_file), &names, |lines, _| {
         let i = user_line(lines, addr.local.as_str(), &names)
             .ok_or_else(|| AdminError::NoUser(addr.to_string()))?;
         // Keep the name as written and every field after the password.
@@ -258,7 +269,7 @@ pub fn user_del(config: &Path, user: &str, keep_mail: bool) -> Result<String, Ad
     let cfg = load(config)?;
     let addr = address(user)?;
     let (t, names) = tenant_of(&cfg, &addr.domain)?;
-    edit_passwd(&cfg.resolve(&t.passwd_file), &names, |lines, _| {
+    edit_passwd(&cfg, &cfg.resolve(&t.passwd_file), &names, |lines, _| {
         let i = user_line(lines, addr.local.as_str(), &names)
             .ok_or_else(|| AdminError::NoUser(addr.to_string()))?;
         lines.remove(i);
@@ -361,7 +372,15 @@ pub fn tenant_add(
             .join("passwd")
             .join(d.as_str()),
     };
-    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    // Paths given on the command line are the caller's (relative to the
+    // working directory); written into the configuration they must not be
+    // read as relative to its directory. A passwd-file not made yet cannot
+    // be canonicalized, but is made absolute all the same.
+    let abs = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
     let quote = |p: &Path| toml::Value::String(abs(p).display().to_string()).to_string();
     let mut section = format!(
         "\n[[tenant]]\ndomain = {}\ncertificate = {}\nprivate_key = {}\npasswd_file = {}\n",
@@ -435,17 +454,21 @@ fn lock_path_of(path: &Path) -> PathBuf {
 }
 
 /// Creates an empty passwd-file the server can read once it runs as its
-/// own user: made by root, it is `root:<group>` mode 0640 (the group is
-/// `group` from the configuration, else the storage root's), as
+/// own user: made by root, it is `root:<group>` mode 0640 (the group the
+/// server runs as: `group`, else `user`'s; without either, the storage
+/// root's), as
 /// docs/operations.md advises; otherwise it is the caller's, mode 0600.
 fn create_passwd_file(cfg: &Config, path: &Path) -> Result<(), AdminError> {
     use std::os::unix::fs::PermissionsExt;
     let io = |e: std::io::Error| AdminError::Io(format!("{}: {e}", path.display()));
     pop3sd_storage::durable::replace_file(path, b"").map_err(|e| AdminError::Io(e.to_string()))?;
     let group = if crate::privileges::is_root() {
-        match &cfg.group {
-            Some(g) => Some(crate::privileges::lookup_group(g).map_err(AdminError::Config)?),
-            None => crate::privileges::store_owner(&cfg.resolve(&cfg.storage_root)).map(|o| o.gid),
+        match crate::privileges::target(cfg) {
+            Ok(Some(id)) => Some(id.gid),
+            Ok(None) => {
+                crate::privileges::store_owner(&cfg.resolve(&cfg.storage_root)).map(|o| o.gid)
+            }
+            Err(p) => return Err(AdminError::Config(p.to_string())),
         }
     } else {
         None

@@ -253,7 +253,18 @@ fn tenants_are_added_and_listed() {
         !before.contains("example.net\""),
         "nothing added to the configuration"
     );
-    ok(&run(args("example.net", "mail.example.net")));
+    // Run from the configuration's parent directory with a relative path,
+    // as an operator may: the default passwd-file lies beside the
+    // configuration, not at that path again below it.
+    let mut relative = args("example.net", "mail.example.net");
+    relative[3] = "root/pop3sd.toml".into();
+    let o = Command::new(common::bin())
+        .args(&relative)
+        .current_dir(s.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    ok(&o);
     // Made by root for a server that runs as another user, the new
     // passwd-file must be readable by that user's group.
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -502,4 +513,17 @@ fn commands_run_as_root_leave_files_the_server_can_use() {
         b"Subject: hi\r\n\r\nx\r\n",
     ));
     owned_by_nobody(&root.join("example.org"));
+    // A passwd-file that `user add` creates is one the server's user can
+    // read too (before, root's alone: the next reload failed).
+    let org_passwd = s.cfg.resolve(&s.cfg.tenants[1].passwd_file);
+    std::fs::remove_file(&org_passwd).unwrap();
+    ok(&pop3sd(
+        &["user", "add", "-c", c(&s), "carol@example.org"],
+        b"pw\n",
+    ));
+    let meta = std::fs::metadata(&org_passwd).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (0, nobody, 0o640)
+    );
 }
