@@ -542,6 +542,16 @@ fn default_max_message_size() -> u64 {
     50 << 20
 }
 
+/// What is said of a configured file that is missing: one text wherever
+/// it is found, so that it is named once.
+pub fn missing_file(field: &str, full: &Path) -> String {
+    let hint = match field {
+        "passwd_file" => "; `pop3sd user add` creates it with the tenant's first user",
+        _ => "",
+    };
+    format!("{} does not exist or is not a file{hint}", full.display())
+}
+
 /// See [`TenantConfig::quota_exceeded`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -803,10 +813,7 @@ impl Config {
                 if let Some(path) = path {
                     let full = self.resolve(path);
                     if !full.is_file() {
-                        add(
-                            loc(field),
-                            format!("{} does not exist or is not a file", full.display()),
-                        );
+                        add(loc(field), missing_file(field, &full));
                     }
                 }
             }

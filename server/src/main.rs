@@ -489,7 +489,23 @@ fn admin(command: Command) -> Result<Vec<String>, admin::AdminError> {
                         t.users,
                         t.messages,
                         t.bytes,
-                        format!("{}/{}", t.quota_messages, t.quota_bytes)
+                        // 0 is "no quota" in the configuration.
+                        match (t.quota_messages, t.quota_bytes) {
+                            (0, 0) => "unlimited".to_string(),
+                            (m, b) => format!(
+                                "{}/{}",
+                                if m == 0 {
+                                    "-".to_string()
+                                } else {
+                                    m.to_string()
+                                },
+                                if b == 0 {
+                                    "-".to_string()
+                                } else {
+                                    b.to_string()
+                                }
+                            ),
+                        }
                     ));
                     for u in t.users_near_quota {
                         out.push(format!("  near quota: {u}"));

@@ -209,6 +209,94 @@ pub fn permissions(cfg: &Config) -> Vec<ConfigProblem> {
     p
 }
 
+/// Files a reload reads again that the server could not read once it runs
+/// as `user`: started as root it reads them all, so nothing fails until
+/// the first reload (a certificate renewal, a new user). Only where this
+/// process is root and `user` is another, as when `serve` starts; checked
+/// from the mode bits, as the kernel would for that user and group alone
+/// (the server drops its supplementary groups).
+pub fn unreadable_after_drop(cfg: &Config) -> Vec<ConfigProblem> {
+    let Ok(Some(t)) = target(cfg) else {
+        return Vec::new();
+    };
+    if !is_root() || t.uid == 0 {
+        return Vec::new();
+    }
+    let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
+    if let Some(file) = &cfg.source {
+        files.push(("config file".into(), file.clone()));
+    }
+    for (i, tenant) in cfg.tenants.iter().enumerate() {
+        let loc = |f: &str| format!("tenant[{i}] ({}).{f}", tenant.domain);
+        files.push((loc("certificate"), cfg.resolve(&tenant.certificate)));
+        files.push((loc("private_key"), cfg.resolve(&tenant.private_key)));
+        files.push((loc("passwd_file"), cfg.resolve(&tenant.passwd_file)));
+        if let Some(ca) = &tenant.client_ca {
+            files.push((loc("client_ca"), cfg.resolve(ca)));
+        }
+    }
+    if let Some(k) = &cfg.tls.ticket_keys_file {
+        files.push(("tls.ticket_keys_file".into(), cfg.resolve(k)));
+    }
+    let who = format!(
+        "{} (uid {}, gid {}), whom the server runs as after start-up",
+        cfg.user.as_deref().unwrap_or(""),
+        t.uid,
+        t.gid
+    );
+    let mut p = Vec::new();
+    for (location, path) in files {
+        let Ok(real) = std::fs::canonicalize(&path) else {
+            continue; // missing files are reported elsewhere
+        };
+        let dirs: Vec<&Path> = real.ancestors().skip(1).collect();
+        if let Some(dir) = dirs
+            .iter()
+            .rev()
+            .find(|d| std::fs::metadata(d).is_ok_and(|m| !allowed(&m, t, 0o1)))
+        {
+            p.push(problem(
+                &location,
+                format!(
+                    "{} cannot be entered by {who}, so {} cannot be read again on reload; run: chgrp {} {} && chmod g+x {}",
+                    dir.display(),
+                    path.display(),
+                    t.gid,
+                    dir.display(),
+                    dir.display()
+                ),
+            ));
+            continue;
+        }
+        if std::fs::metadata(&real).is_ok_and(|m| !allowed(&m, t, 0o4)) {
+            p.push(problem(
+                &location,
+                format!(
+                    "{} is not readable by {who}: the server starts, but every reload would fail; run: chgrp {} {} && chmod g+r {}",
+                    path.display(),
+                    t.gid,
+                    real.display(),
+                    real.display()
+                ),
+            ));
+        }
+    }
+    p
+}
+
+/// Whether the permission `bits` (4 read, 1 search) of `meta` are granted
+/// to `id`: the owner's, else the group's, else everyone's bits apply.
+fn allowed(meta: &std::fs::Metadata, id: Identity, bits: u32) -> bool {
+    let mode = meta.permissions().mode();
+    if meta.uid() == id.uid {
+        mode & (bits << 6) != 0
+    } else if meta.gid() == id.gid {
+        mode & (bits << 3) != 0
+    } else {
+        mode & bits != 0
+    }
+}
+
 /// The first of `path` and the directories above it that anyone may write
 /// to (a sticky directory such as /tmp excepted: there only an entry's
 /// owner may replace it). Both the path as written and the one its links

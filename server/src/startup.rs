@@ -39,7 +39,15 @@ pub fn build_directory(cfg: &Config) -> Result<Directory, Vec<ConfigProblem>> {
             .collect();
         let mut names = vec![domain.clone()];
         names.extend(aliases.iter().cloned());
-        let entries = match passwd::load(&cfg.resolve(&t.passwd_file), &names) {
+        let path = cfg.resolve(&t.passwd_file);
+        if !path.is_file() {
+            problems.push(problem(
+                loc("passwd_file"),
+                crate::config::missing_file("passwd_file", &path),
+            ));
+            continue;
+        }
+        let entries = match passwd::load(&path, &names) {
             Ok(entries) => entries,
             Err(errs) => {
                 for e in errs {
@@ -110,8 +118,9 @@ fn extend_unique(into: &mut Vec<ConfigProblem>, more: Vec<ConfigProblem>) {
 }
 
 /// Everything `check-config` checks: meaning, passwd-files, certificates
-/// (keys match, names cover every tenant domain), file permissions, and
-/// that `user` and `group` exist.
+/// (keys match, names cover every tenant domain), file permissions, that
+/// `user` and `group` exist, the root policy, and (run as root) that the
+/// server could read its files again after switching to `user`.
 pub fn check(cfg: &Config) -> Vec<ConfigProblem> {
     let mut problems = cfg.check();
     if let Err(p) = build_directory(cfg) {
@@ -121,10 +130,12 @@ pub fn check(cfg: &Config) -> Vec<ConfigProblem> {
         extend_unique(&mut problems, p);
     }
     extend_unique(&mut problems, crate::privileges::permissions(cfg));
-    // `serve` looks them up to switch to after binding.
-    if let Err(p) = crate::privileges::target(cfg) {
-        extend_unique(&mut problems, vec![p]);
-    }
+    // What `serve` would refuse as well: `user` and `group` it cannot look
+    // up, or root kept without `allow_root` (the lookup's problem, if any,
+    // comes from there too).
+    extend_unique(&mut problems, crate::privileges::root_policy(cfg));
+    // And what would make its reloads fail once it runs as `user`.
+    extend_unique(&mut problems, crate::privileges::unreadable_after_drop(cfg));
     problems
 }
 
@@ -183,6 +194,11 @@ pub fn build(cfg: Config, path: Option<PathBuf>) -> Result<Arc<Shared>, Vec<Conf
     };
     if !root_problems.is_empty() {
         return Err(root_problems);
+    }
+    // It starts, but would not reload: said at once, not at the first
+    // certificate renewal.
+    for p in crate::privileges::unreadable_after_drop(&generation.config) {
+        tracing::warn!("{p}");
     }
     let cfg = &generation.config;
     let root = cfg.resolve(&cfg.storage_root);
@@ -282,39 +298,48 @@ pub fn reload(shared: &Shared) -> Result<u64, String> {
         ));
     }
     // Set up once, at start-up: the failure throttle and each core's
-    // authentication cache, and the user the process runs as. A reload that
-    // took them silently would leave the old values in force.
-    let start_up_only = |c: &Config| {
+    // authentication cache, the user the process runs as, each core's
+    // handshake gate and buffers, and the metrics socket. A reload that
+    // took them silently would leave the old values in force; each one
+    // changed is named.
+    let start_up_only = [
         (
-            c.limits.failure_delay_ms,
-            c.limits.max_failure_delay_ms,
-            c.limits.failure_log_threshold,
-            c.limits.auth_cache_size,
-            c.limits.auth_cache_ttl_secs,
-            c.user.clone(),
-            c.group.clone(),
-        )
-    };
-    if start_up_only(&cfg) != start_up_only(old) {
-        fixed.push(problem(
-            "limits",
-            "failure_delay_ms, max_failure_delay_ms, failure_log_threshold, auth_cache_size, auth_cache_ttl_secs, user and group cannot change without a restart",
-        ));
-    }
-    // Each core's handshake gate and buffers, and the metrics socket, are
-    // set up once, at start-up.
-    let core_setup = |c: &Config| {
+            "limits.failure_delay_ms",
+            cfg.limits.failure_delay_ms != old.limits.failure_delay_ms,
+        ),
         (
-            c.limits.max_handshakes_per_core,
-            c.tls.record_size,
-            c.metrics.address,
-        )
-    };
-    if core_setup(&cfg) != core_setup(old) {
-        fixed.push(problem(
-            "limits",
-            "limits.max_handshakes_per_core, tls.record_size and metrics.address cannot change without a restart",
-        ));
+            "limits.max_failure_delay_ms",
+            cfg.limits.max_failure_delay_ms != old.limits.max_failure_delay_ms,
+        ),
+        (
+            "limits.failure_log_threshold",
+            cfg.limits.failure_log_threshold != old.limits.failure_log_threshold,
+        ),
+        (
+            "limits.auth_cache_size",
+            cfg.limits.auth_cache_size != old.limits.auth_cache_size,
+        ),
+        (
+            "limits.auth_cache_ttl_secs",
+            cfg.limits.auth_cache_ttl_secs != old.limits.auth_cache_ttl_secs,
+        ),
+        (
+            "limits.max_handshakes_per_core",
+            cfg.limits.max_handshakes_per_core != old.limits.max_handshakes_per_core,
+        ),
+        ("user", cfg.user != old.user),
+        ("group", cfg.group != old.group),
+        (
+            "tls.record_size",
+            cfg.tls.record_size != old.tls.record_size,
+        ),
+        (
+            "metrics.address",
+            cfg.metrics.address != old.metrics.address,
+        ),
+    ];
+    for (key, _) in start_up_only.iter().filter(|(_, changed)| *changed) {
+        fixed.push(problem(*key, "cannot change without a restart"));
     }
     // Its sockets are bound and its connection limit set up at start-up.
     if cfg.lmtp != old.lmtp {

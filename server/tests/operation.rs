@@ -534,11 +534,11 @@ fn reload_refuses_runtime_and_listener_socket_changes() {
             }),
         ),
         (
-            "auth_cache_ttl_secs, user and group cannot change without a restart",
+            "limits.auth_cache_ttl_secs: cannot change without a restart",
             Box::new(|c: &mut pop3sd::config::Config| c.limits.auth_cache_ttl_secs += 1),
         ),
         (
-            "tls.record_size and metrics.address cannot change without a restart",
+            "limits.max_handshakes_per_core: cannot change without a restart",
             Box::new(|c: &mut pop3sd::config::Config| c.limits.max_handshakes_per_core += 1),
         ),
     ] {

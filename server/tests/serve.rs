@@ -426,3 +426,50 @@ fn a_sighup_during_start_up_reloads_once_serving() {
     assert!(alive && logged, "{text}");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// Run as root for a server that switches to another user, `check-config`
+/// names the files that user could not read again on reload (the server
+/// itself reads them as root at start-up, so nothing else would tell
+/// until the first reload), with the command that fixes each.
+#[test]
+fn check_config_names_files_the_server_user_could_not_reread() {
+    use std::os::unix::fs::PermissionsExt;
+    if !pop3sd::privileges::is_root() {
+        eprintln!("not root: nothing to check");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (mut cfg, _) = prepare(d.path());
+    cfg.user = Some("nobody".into());
+    let path = d.path().join("pop3sd.toml");
+    write_config(&cfg, &path);
+    let check = || {
+        let o = Command::new(common::bin())
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // The temporary directory is root's alone (0700).
+    let err = check();
+    assert!(
+        err.contains("cannot be entered by nobody") && err.contains("chmod g+x"),
+        "{err}"
+    );
+    for dir in [d.path().to_path_buf(), d.path().join("root")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let passwd = cfg.resolve(&cfg.tenants[0].passwd_file);
+    let parent = passwd.parent().unwrap();
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = check();
+    assert!(
+        err.contains(&format!(
+            "tenant[0] (example.com).passwd_file: {} is not readable by nobody",
+            passwd.display()
+        )) && err.contains("chmod g+r"),
+        "{err}"
+    );
+}

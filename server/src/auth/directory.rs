@@ -260,21 +260,15 @@ impl Directory {
         if let Some(t) = sni_tenant {
             return PolicyHint {
                 policy: t.policy.pop3(),
-                per_user: false,
+                ..PolicyHint::default()
             };
         }
         let mut policies = self.tenants.iter().map(|t| t.policy.pop3());
         match policies.next() {
             None => PolicyHint::default(),
             Some(first) => {
-                let differ = policies.clone().any(|p| p != first);
-                if !differ {
-                    return PolicyHint {
-                        policy: first,
-                        per_user: false,
-                    };
-                }
-                // The shortest retention and the longest delay are safe to announce.
+                // The shortest retention and the longest delay are safe to
+                // announce; "USER" marks only what differs between tenants.
                 let all: Vec<Policy> = std::iter::once(first).chain(policies).collect();
                 let expire = all
                     .iter()
@@ -290,7 +284,8 @@ impl Directory {
                         expire,
                         login_delay,
                     },
-                    per_user: true,
+                    expire_per_user: all.iter().any(|p| p.expire != first.expire),
+                    login_delay_per_user: all.iter().any(|p| p.login_delay != first.login_delay),
                 }
             }
         }
@@ -332,6 +327,47 @@ mod tests {
             ),
         ])
         .unwrap()
+    }
+
+    #[test]
+    fn before_login_capa_marks_per_user_only_what_differs_between_tenants() {
+        let d = |s: &str| Domain::parse(s).unwrap();
+        let with = |name: &str, expire: Expire, login_delay: u32| {
+            Tenant::new(
+                d(name),
+                vec![],
+                TenantPolicy {
+                    expire,
+                    login_delay,
+                    ..TenantPolicy::default()
+                },
+                std::iter::empty(),
+            )
+        };
+        let dir = Directory::new(vec![
+            with("a.example", Expire::Never, 0),
+            with("b.example", Expire::Days(30), 0),
+        ])
+        .unwrap();
+        let hint = dir.policy_hint(None);
+        assert_eq!(hint.policy.expire, Expire::Days(30));
+        assert!(hint.expire_per_user);
+        assert_eq!(hint.policy.login_delay, 0);
+        assert!(!hint.login_delay_per_user, "no tenant sets a delay");
+        let dir = Directory::new(vec![
+            with("a.example", Expire::Never, 0),
+            with("b.example", Expire::Never, 60),
+        ])
+        .unwrap();
+        let hint = dir.policy_hint(None);
+        assert_eq!(
+            (hint.policy.expire, hint.expire_per_user),
+            (Expire::Never, false)
+        );
+        assert_eq!(
+            (hint.policy.login_delay, hint.login_delay_per_user),
+            (60, true)
+        );
     }
 
     #[test]

@@ -55,9 +55,13 @@ pub fn write(out: &mut Output, ctx: &SessionContext, logged_in: Option<&Policy>)
                 out.text(b"STLS\r\n");
             }
             let hint = ctx.policy_hint;
-            write_expire(out, hint.policy.expire, hint.per_user);
-            if hint.policy.login_delay > 0 || hint.per_user {
-                let suffix = if hint.per_user { " USER" } else { "" };
+            write_expire(out, hint.policy.expire, hint.expire_per_user);
+            if hint.policy.login_delay > 0 || hint.login_delay_per_user {
+                let suffix = if hint.login_delay_per_user {
+                    " USER"
+                } else {
+                    ""
+                };
                 let _ = write!(
                     out.writer(),
                     "LOGIN-DELAY {}{suffix}\r\n",

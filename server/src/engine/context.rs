@@ -32,7 +32,10 @@ pub struct Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PolicyHint {
     pub policy: Policy,
-    pub per_user: bool,
+    /// The tenants' EXPIRE policies differ.
+    pub expire_per_user: bool,
+    /// The tenants' LOGIN-DELAY values differ.
+    pub login_delay_per_user: bool,
 }
 
 /// Timers the engine enforces; the driver only reports the time.

@@ -459,7 +459,8 @@ fn capa_changes_with_state() {
                 expire: Expire::Days(30),
                 login_delay: 60,
             },
-            per_user: true,
+            expire_per_user: true,
+            login_delay_per_user: true,
         },
         ..SessionContext::default()
     });

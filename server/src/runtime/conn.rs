@@ -1040,7 +1040,13 @@ impl Conn {
                     unix_time: pop3sd_storage::durable::unix_now(),
                 }
             }
-            Ok(Err(pop3sd_storage::Error::InUse(_))) => AuthOutcome::InUse,
+            Ok(Err(pop3sd_storage::Error::InUse(_))) => {
+                // The password was right: the user's own other session (or
+                // a second client polling) holds the maildrop. Logged, so
+                // that "cannot log in" has a trace.
+                tracing::info!(session = self.id, client = %self.client.ip(), user = %verified.address, mech = req.mechanism.name(), "login refused: maildrop in use by another session");
+                AuthOutcome::InUse
+            }
             Ok(Err(e)) => {
                 tracing::error!(session = self.id, user = %verified.address, error = %e, "cannot open maildrop");
                 if e.is_temporary() {

@@ -518,10 +518,28 @@ pub fn start(shared: Arc<Shared>) -> Result<Running, StartError> {
     tracing::info!(
         cores,
         listeners = ?addresses,
+        lmtp = %lmtp_where(cfg),
+        metrics = %cfg.metrics.address.map_or_else(|| "off".to_string(), |a| a.to_string()),
         driver = ?cfg.runtime.driver,
         "serving"
     );
     Ok(Running { threads, addresses })
+}
+
+/// Where LMTP is served, for the start-up line.
+fn lmtp_where(cfg: &Config) -> String {
+    let mut at: Vec<String> = Vec::new();
+    if let Some(a) = cfg.lmtp.address {
+        at.push(a.to_string());
+    }
+    if let Some(p) = &cfg.lmtp.socket {
+        at.push(p.display().to_string());
+    }
+    if at.is_empty() {
+        "off".into()
+    } else {
+        at.join(" ")
+    }
 }
 
 fn core_main(

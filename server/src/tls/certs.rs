@@ -28,6 +28,24 @@ pub enum CertError {
     },
 }
 
+impl CertError {
+    /// The tenant key a problem of [`load_certified_key`] is reported
+    /// under: `private_key` where it concerns the key file alone.
+    pub fn field(&self, key: &Path) -> &'static str {
+        let key = key.display().to_string();
+        match self {
+            CertError::Read { path, .. }
+            | CertError::NoKey { path }
+            | CertError::BadKey { path, .. }
+                if *path == key =>
+            {
+                "private_key"
+            }
+            _ => "certificate",
+        }
+    }
+}
+
 /// Reads every certificate of a PEM file, leaf first.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let p = path.display().to_string();
@@ -78,4 +96,30 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         reason: e.to_string(),
     })?;
     Ok(Arc::new(ck))
+}
+
+#[cfg(test)]
+mod field_tests {
+    use super::*;
+
+    #[test]
+    fn key_file_problems_are_reported_under_private_key() {
+        let key = Path::new("/etc/pop3sd/tls/a.key");
+        let read = |path: &str| CertError::Read {
+            path: path.into(),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        };
+        assert_eq!(read("/etc/pop3sd/tls/a.key").field(key), "private_key");
+        assert_eq!(read("/etc/pop3sd/tls/a.pem").field(key), "certificate");
+        let no_key = CertError::NoKey {
+            path: "/etc/pop3sd/tls/a.key".into(),
+        };
+        assert_eq!(no_key.field(key), "private_key");
+        let mismatch = CertError::Mismatch {
+            cert: "a.pem".into(),
+            key: "/etc/pop3sd/tls/a.key".into(),
+            reason: "x".into(),
+        };
+        assert_eq!(mismatch.field(key), "certificate");
+    }
 }

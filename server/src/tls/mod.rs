@@ -197,7 +197,7 @@ pub fn build(
                     default = Some(ck);
                 }
             }
-            Err(e) => problems.push(problem(loc("certificate"), e)),
+            Err(e) => problems.push(problem(loc(e.field(&cfg.resolve(&t.private_key))), e)),
         }
         for n in &names {
             hint_names.insert(n.as_str().to_ascii_lowercase(), Vec::new());

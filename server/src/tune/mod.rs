@@ -580,8 +580,8 @@ fn ktls(t: &Target, sys: &dyn SystemView, f: &mut Vec<Finding>) {
     let available = ktls_offered(sys);
     let message = match (available, t.runtime.ktls) {
         (_, KtlsMode::Off) => "runtime.ktls = \"off\"".to_string(),
-        (true, _) => "the kernel offers the tls ULP; pop3sd still encrypts with rustls (its kTLS data path is not implemented), so nothing to change".to_string(),
-        (false, _) => "the kernel offers no tls ULP (no kTLS); pop3sd encrypts with rustls, as it always does".to_string(),
+        (true, _) => "the kernel offers the tls ULP; pop3sd still encrypts in user space (its own record layer, or rustls's: tls.record_layer; its kTLS data path is not implemented), so nothing to change".to_string(),
+        (false, _) => "the kernel offers no tls ULP (no kTLS); pop3sd encrypts in user space (its own record layer, or rustls's: tls.record_layer), as it always does".to_string(),
     };
     f.push(Finding {
         check: "kTLS",
