@@ -374,13 +374,10 @@ pub fn tenant_add(
     };
     // Paths given on the command line are the caller's (relative to the
     // working directory); written into the configuration they must not be
-    // read as relative to its directory. A passwd-file not made yet cannot
-    // be canonicalized, but is made absolute all the same.
-    let abs = |p: &Path| {
-        std::fs::canonicalize(p)
-            .or_else(|_| std::path::absolute(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    };
+    // read as relative to its directory. Links are kept: certbot's
+    // `live/` names lead to each renewal's files, and a reload after a
+    // renewal must read the new ones.
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let quote = |p: &Path| toml::Value::String(abs(p).display().to_string()).to_string();
     let mut section = format!(
         "\n[[tenant]]\ndomain = {}\ncertificate = {}\nprivate_key = {}\npasswd_file = {}\n",
@@ -461,7 +458,8 @@ fn lock_path_of(path: &Path) -> PathBuf {
 fn create_passwd_file(cfg: &Config, path: &Path) -> Result<(), AdminError> {
     use std::os::unix::fs::PermissionsExt;
     let io = |e: std::io::Error| AdminError::Io(format!("{}: {e}", path.display()));
-    pop3sd_storage::durable::replace_file(path, b"").map_err(|e| AdminError::Io(e.to_string()))?;
+    // The group first: an unknown `user` or `group` leaves no file behind
+    // (one of root's alone, which a later run would keep as it found it).
     let group = if crate::privileges::is_root() {
         match crate::privileges::target(cfg) {
             Ok(Some(id)) => Some(id.gid),
@@ -473,14 +471,21 @@ fn create_passwd_file(cfg: &Config, path: &Path) -> Result<(), AdminError> {
     } else {
         None
     };
+    pop3sd_storage::durable::replace_file(path, b"").map_err(|e| AdminError::Io(e.to_string()))?;
     let mode = match group {
         Some(gid) => {
-            std::os::unix::fs::chown(path, None, Some(gid)).map_err(io)?;
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+                let _ = std::fs::remove_file(path);
+                io(e)
+            })?;
             0o640
         }
         None => 0o600,
     };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        io(e)
+    })
 }
 
 /// `tenant list`: domains with aliases and user counts.

@@ -542,14 +542,21 @@ fn default_max_message_size() -> u64 {
     50 << 20
 }
 
-/// What is said of a configured file that is missing: one text wherever
-/// it is found, so that it is named once.
-pub fn missing_file(field: &str, full: &Path) -> String {
-    let hint = match field {
-        "passwd_file" => "; `pop3sd user add` creates it with the tenant's first user",
-        _ => "",
-    };
-    format!("{} does not exist or is not a file{hint}", full.display())
+/// What is wrong with a configured file that cannot be read as one, if
+/// anything: one text wherever it is found, so that it is named once.
+pub fn file_problem(field: &str, full: &Path) -> Option<String> {
+    match std::fs::metadata(full) {
+        Ok(m) if m.is_file() => None,
+        Ok(_) => Some(format!("{} is not a file", full.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let hint = match field {
+                "passwd_file" => "; `pop3sd user add` creates it with the tenant's first user",
+                _ => "",
+            };
+            Some(format!("{} does not exist{hint}", full.display()))
+        }
+        Err(e) => Some(format!("{}: {e}", full.display())),
+    }
 }
 
 /// See [`TenantConfig::quota_exceeded`].
@@ -812,8 +819,8 @@ impl Config {
             ] {
                 if let Some(path) = path {
                     let full = self.resolve(path);
-                    if !full.is_file() {
-                        add(loc(field), missing_file(field, &full));
+                    if let Some(why) = file_problem(field, &full) {
+                        add(loc(field), why);
                     }
                 }
             }

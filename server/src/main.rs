@@ -345,7 +345,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::CheckConfig { config } => {
             let cfg = Config::parse_file(&config).map_err(|e| e.to_string())?;
-            for w in cfg.warnings() {
+            for w in startup::check_warnings(&cfg) {
                 eprintln!("pop3sd: warning: {w}");
             }
             let problems = startup::check(&cfg);

@@ -249,34 +249,58 @@ pub fn unreadable_after_drop(cfg: &Config) -> Vec<ConfigProblem> {
         let Ok(real) = std::fs::canonicalize(&path) else {
             continue; // missing files are reported elsewhere
         };
-        let dirs: Vec<&Path> = real.ancestors().skip(1).collect();
-        if let Some(dir) = dirs
-            .iter()
-            .rev()
-            .find(|d| std::fs::metadata(d).is_ok_and(|m| !allowed(&m, t, 0o1)))
-        {
-            p.push(problem(
-                &location,
+        // The directories on the way as written and as the links resolve:
+        // the kernel walks both.
+        let written = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+        let mut dirs: Vec<&Path> = written.ancestors().skip(1).collect();
+        dirs.extend(real.ancestors().skip(1));
+        dirs.sort();
+        dirs.dedup();
+        if let Some((dir, meta)) = dirs.iter().find_map(|d| {
+            std::fs::metadata(d)
+                .ok()
+                .filter(|m| !allowed(d, m, t, 0o1))
+                .map(|m| (d, m))
+        }) {
+            let fix = if meta.uid() == t.uid {
+                format!("chmod u+x {}", dir.display())
+            } else {
                 format!(
-                    "{} cannot be entered by {who}, so {} cannot be read again on reload; run: chgrp {} {} && chmod g+x {}",
-                    dir.display(),
-                    path.display(),
+                    "chgrp {} {} && chmod g+x {} (or chmod o+x, where other services share its group)",
                     t.gid,
                     dir.display(),
                     dir.display()
+                )
+            };
+            p.push(problem(
+                &location,
+                format!(
+                    "{} cannot be entered by {who}, so {} cannot be read again on reload; run: {fix}",
+                    dir.display(),
+                    path.display(),
                 ),
             ));
             continue;
         }
-        if std::fs::metadata(&real).is_ok_and(|m| !allowed(&m, t, 0o4)) {
-            p.push(problem(
-                &location,
+        if let Some(meta) = std::fs::metadata(&real)
+            .ok()
+            .filter(|m| !allowed(&real, m, t, 0o4))
+        {
+            let fix = if meta.uid() == t.uid {
+                format!("chmod u+r {}", real.display())
+            } else {
                 format!(
-                    "{} is not readable by {who}: the server starts, but every reload would fail; run: chgrp {} {} && chmod g+r {}",
-                    path.display(),
+                    "chgrp {} {} && chmod g+r {}",
                     t.gid,
                     real.display(),
                     real.display()
+                )
+            };
+            p.push(problem(
+                &location,
+                format!(
+                    "{} is not readable by {who}: the server starts, but every reload would fail; run: {fix}",
+                    path.display(),
                 ),
             ));
         }
@@ -284,17 +308,39 @@ pub fn unreadable_after_drop(cfg: &Config) -> Vec<ConfigProblem> {
     p
 }
 
-/// Whether the permission `bits` (4 read, 1 search) of `meta` are granted
-/// to `id`: the owner's, else the group's, else everyone's bits apply.
-fn allowed(meta: &std::fs::Metadata, id: Identity, bits: u32) -> bool {
+/// Whether the permission `bits` (4 read, 1 search) of `path` are granted
+/// to `id`: the owner's, else the group's, else everyone's bits apply. A
+/// path with an access ACL counts as granted: the mode bits do not say
+/// what the ACL allows, and a false alarm would be worse than none.
+fn allowed(path: &Path, meta: &std::fs::Metadata, id: Identity, bits: u32) -> bool {
     let mode = meta.permissions().mode();
-    if meta.uid() == id.uid {
+    let by_mode = if meta.uid() == id.uid {
         mode & (bits << 6) != 0
     } else if meta.gid() == id.gid {
         mode & (bits << 3) != 0
     } else {
         mode & bits != 0
-    }
+    };
+    by_mode || has_access_acl(path)
+}
+
+/// Whether `path` carries a POSIX access ACL.
+fn has_access_acl(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: both strings are NUL-terminated and live across the call; a
+    // null buffer of size 0 asks only for the value's size.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n > 0
 }
 
 /// The first of `path` and the directories above it that anyone may write

@@ -40,11 +40,8 @@ pub fn build_directory(cfg: &Config) -> Result<Directory, Vec<ConfigProblem>> {
         let mut names = vec![domain.clone()];
         names.extend(aliases.iter().cloned());
         let path = cfg.resolve(&t.passwd_file);
-        if !path.is_file() {
-            problems.push(problem(
-                loc("passwd_file"),
-                crate::config::missing_file("passwd_file", &path),
-            ));
+        if let Some(why) = crate::config::file_problem("passwd_file", &path) {
+            problems.push(problem(loc("passwd_file"), why));
             continue;
         }
         let entries = match passwd::load(&path, &names) {
@@ -118,9 +115,8 @@ fn extend_unique(into: &mut Vec<ConfigProblem>, more: Vec<ConfigProblem>) {
 }
 
 /// Everything `check-config` checks: meaning, passwd-files, certificates
-/// (keys match, names cover every tenant domain), file permissions, that
-/// `user` and `group` exist, the root policy, and (run as root) that the
-/// server could read its files again after switching to `user`.
+/// (keys match, names cover every tenant domain), file permissions, and
+/// that `user` and `group` exist ([`check_warnings`] has the rest).
 pub fn check(cfg: &Config) -> Vec<ConfigProblem> {
     let mut problems = cfg.check();
     if let Err(p) = build_directory(cfg) {
@@ -130,13 +126,29 @@ pub fn check(cfg: &Config) -> Vec<ConfigProblem> {
         extend_unique(&mut problems, p);
     }
     extend_unique(&mut problems, crate::privileges::permissions(cfg));
-    // What `serve` would refuse as well: `user` and `group` it cannot look
-    // up, or root kept without `allow_root` (the lookup's problem, if any,
-    // comes from there too).
-    extend_unique(&mut problems, crate::privileges::root_policy(cfg));
-    // And what would make its reloads fail once it runs as `user`.
-    extend_unique(&mut problems, crate::privileges::unreadable_after_drop(cfg));
+    // `serve` looks them up to switch to after binding.
+    if let Err(p) = crate::privileges::target(cfg) {
+        extend_unique(&mut problems, vec![p]);
+    }
     problems
+}
+
+/// What `check-config` warns of without failing: what `serve` would refuse
+/// if started as root (this check may run as root for a server that does
+/// not), and files the service user could not read again on reload (from
+/// the mode bits, which an ACL may overrule).
+pub fn check_warnings(cfg: &Config) -> Vec<ConfigProblem> {
+    let mut w = cfg.warnings();
+    if crate::privileges::target(cfg).is_ok() {
+        for p in crate::privileges::root_policy(cfg) {
+            w.push(problem(
+                p.location,
+                format!("if started as root: {}", p.message),
+            ));
+        }
+    }
+    extend_unique(&mut w, crate::privileges::unreadable_after_drop(cfg));
+    w
 }
 
 /// Builds one generation (directory, TLS, limits) from a configuration.

@@ -526,4 +526,16 @@ fn commands_run_as_root_leave_files_the_server_can_use() {
         (meta.uid(), meta.gid(), meta.mode() & 0o777),
         (0, nobody, 0o640)
     );
+    // A `user` this machine lacks: refused, and no file of root's alone is
+    // left for the next run to keep as it found it.
+    let mut cfg = s.cfg.clone();
+    cfg.user = Some("pop3sd-no-such-user".into());
+    std::fs::write(&s.config, cfg.to_toml()).unwrap();
+    std::fs::remove_file(&org_passwd).unwrap();
+    fails(
+        &pop3sd(&["user", "add", "-c", c(&s), "erin@example.org"], b"pw\n"),
+        78,
+        "pop3sd-no-such-user",
+    );
+    assert!(!org_passwd.exists());
 }

@@ -472,4 +472,21 @@ fn check_config_names_files_the_server_user_could_not_reread() {
         )) && err.contains("chmod g+r"),
         "{err}"
     );
+    // An ACL that lets the user read it is taken as it is (the mode bits
+    // alone cannot tell); check-config only warns, and passes.
+    let acl = Command::new("setfacl")
+        .args(["-m", "u:nobody:r"])
+        .arg(&passwd)
+        .status()
+        .expect("setfacl is required (installed by .ci/run)");
+    assert!(acl.success());
+    let err = check();
+    assert!(
+        !err.contains("tenant[0] (example.com).passwd_file"),
+        "{err}"
+    );
+    assert!(
+        err.contains("tenant[1] (example.org).passwd_file"),
+        "the other, without an ACL, still: {err}"
+    );
 }
