@@ -32,8 +32,11 @@ pub fn spawn(
             match sig {
                 SIGHUP => match reload(&shared) {
                     Ok(generation) => tracing::info!(generation, "configuration reloaded"),
+                    // One line, its problems separated by " - ": a text log
+                    // escapes line breaks, which made it hard to read.
                     Err(e) => tracing::error!(
-                        "configuration reload refused; the previous configuration stays in force:\n{e}"
+                        "configuration reload refused; the previous configuration stays in force: {}",
+                        e.lines().map(str::trim).collect::<Vec<_>>().join(" ")
                     ),
                 },
                 _ => {
