@@ -178,21 +178,7 @@ pub fn permissions(cfg: &Config) -> Vec<ConfigProblem> {
     // directory above one) would let any local user log in as anyone.
     let mut trusted: Vec<(String, std::path::PathBuf)> =
         vec![("config".into(), cfg.base_dir.clone())];
-    if let Some(file) = &cfg.source {
-        trusted.push(("config file".into(), file.clone()));
-    }
-    for (i, t) in cfg.tenants.iter().enumerate() {
-        let loc = |f: &str| format!("tenant[{i}] ({}).{f}", t.domain);
-        trusted.push((loc("certificate"), cfg.resolve(&t.certificate)));
-        trusted.push((loc("private_key"), cfg.resolve(&t.private_key)));
-        trusted.push((loc("passwd_file"), cfg.resolve(&t.passwd_file)));
-        if let Some(ca) = &t.client_ca {
-            trusted.push((loc("client_ca"), cfg.resolve(ca)));
-        }
-    }
-    if let Some(k) = &cfg.tls.ticket_keys_file {
-        trusted.push(("tls.ticket_keys_file".into(), cfg.resolve(k)));
-    }
+    trusted.extend(files_read(cfg));
     for (location, path) in trusted {
         if let Some(w) = world_writable(&path) {
             p.push(problem(
@@ -209,6 +195,29 @@ pub fn permissions(cfg: &Config) -> Vec<ConfigProblem> {
     p
 }
 
+/// Every file the server reads at start-up and again on reload, with its
+/// configuration key: the configuration file, each tenant's certificate,
+/// key, passwd-file and client CA, the ticket key file.
+fn files_read(cfg: &Config) -> Vec<(String, std::path::PathBuf)> {
+    let mut files = Vec::new();
+    if let Some(file) = &cfg.source {
+        files.push(("config file".into(), file.clone()));
+    }
+    for (i, t) in cfg.tenants.iter().enumerate() {
+        let loc = |f: &str| format!("tenant[{i}] ({}).{f}", t.domain);
+        files.push((loc("certificate"), cfg.resolve(&t.certificate)));
+        files.push((loc("private_key"), cfg.resolve(&t.private_key)));
+        files.push((loc("passwd_file"), cfg.resolve(&t.passwd_file)));
+        if let Some(ca) = &t.client_ca {
+            files.push((loc("client_ca"), cfg.resolve(ca)));
+        }
+    }
+    if let Some(k) = &cfg.tls.ticket_keys_file {
+        files.push(("tls.ticket_keys_file".into(), cfg.resolve(k)));
+    }
+    files
+}
+
 /// Files a reload reads again that the server could not read once it runs
 /// as `user`: started as root it reads them all, so nothing fails until
 /// the first reload (a certificate renewal, a new user). Only where this
@@ -222,22 +231,7 @@ pub fn unreadable_after_drop(cfg: &Config) -> Vec<ConfigProblem> {
     if !is_root() || t.uid == 0 {
         return Vec::new();
     }
-    let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
-    if let Some(file) = &cfg.source {
-        files.push(("config file".into(), file.clone()));
-    }
-    for (i, tenant) in cfg.tenants.iter().enumerate() {
-        let loc = |f: &str| format!("tenant[{i}] ({}).{f}", tenant.domain);
-        files.push((loc("certificate"), cfg.resolve(&tenant.certificate)));
-        files.push((loc("private_key"), cfg.resolve(&tenant.private_key)));
-        files.push((loc("passwd_file"), cfg.resolve(&tenant.passwd_file)));
-        if let Some(ca) = &tenant.client_ca {
-            files.push((loc("client_ca"), cfg.resolve(ca)));
-        }
-    }
-    if let Some(k) = &cfg.tls.ticket_keys_file {
-        files.push(("tls.ticket_keys_file".into(), cfg.resolve(k)));
-    }
+    let files = files_read(cfg);
     let who = format!(
         "{} (uid {}, gid {}), whom the server runs as after start-up",
         cfg.user.as_deref().unwrap_or(""),

@@ -243,13 +243,7 @@ assert closed >= 8, ("refused connections past their places were kept", closed)
 /// are set up, and waits (bounded) for it; a client that fails or never
 /// gets there fails the test with its output and the server's log.
 fn start_until_ready(s: &Served, script: &str, mark: &std::path::Path) -> std::process::Child {
-    let mut client = s
-        .python_command(script)
-        .env("MARK", mark)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = spawn_marked(s, script, mark);
     wait_for_mark(s, &mut client, mark);
     client
 }
@@ -297,14 +291,7 @@ assert line.startswith(b"-ERR [SYS/TEMP] Server shutting down"), line
         std::thread::sleep(Duration::from_millis(10));
     }
     std::fs::write(mark.with_extension("go"), "go").unwrap();
-    let o = client.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "client side failed:\n{}\n{}\n--- server log\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        s.log()
-    );
+    client_succeeded(&s, client);
     let status = s.wait_exit(Duration::from_secs(10));
     assert!(
         status.is_some_and(|st| st.success()),
@@ -653,6 +640,31 @@ time.sleep(60)
     );
 }
 
+/// Starts a Python client that writes marks beside `mark` (its `MARK`
+/// environment variable) for the test to wait on, its output kept for
+/// [`client_succeeded`].
+fn spawn_marked(s: &Served, script: &str, mark: &std::path::Path) -> std::process::Child {
+    s.python_command(script)
+        .env("MARK", mark)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the client to end and fails the test, with its output and the
+/// server's log, unless it succeeded.
+fn client_succeeded(s: &Served, client: std::process::Child) {
+    let o = client.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "client side failed:\n{}\n{}\n--- server log\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        s.log()
+    );
+}
+
 /// Waits (bounded) for the client to write `mark`; fails the test with the
 /// client's output and the server's log if it exits or does not get there.
 fn wait_for_mark(s: &Served, client: &mut std::process::Child, mark: &std::path::Path) {
@@ -735,13 +747,7 @@ line = f.readline(); assert line.startswith(b"421 4.3.2"), line
 assert f.read() == b"", "closed after the 421"
 "#
     );
-    let mut client = s
-        .python_command(&script)
-        .env("MARK", &mark)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = spawn_marked(&s, &script, &mark);
     let step = |n: &str| mark.with_file_name(format!("lmtp{n}"));
     wait_for_mark(&s, &mut client, &step("1"));
     let mut add = std::process::Command::new(common::bin())
@@ -758,14 +764,7 @@ assert f.read() == b"", "closed after the 421"
     wait_for_mark(&s, &mut client, &step("2"));
     s.signal(libc::SIGTERM);
     std::fs::write(step("2.go"), "go").unwrap();
-    let o = client.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "client side failed:\n{}\n{}\n--- server log\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        s.log()
-    );
+    client_succeeded(&s, client);
     let status = s.wait_exit(Duration::from_secs(10));
     assert!(
         status.is_some_and(|st| st.success()),
@@ -911,14 +910,7 @@ assert cmd(s, f, "STAT").startswith(b"+OK")
 assert cmd(s, f, "QUIT").startswith(b"+OK")
 "#
     );
-    let mut client = s
-        .python_command(&script)
-        .env("MARK", &mark)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_mark(&s, &mut client, &mark);
+    let client = start_until_ready(&s, &script, &mark);
     let mut passwd = std::process::Command::new(common::bin())
         .args(["user", "passwd", "-c"])
         .arg(&s.config_path)
@@ -939,14 +931,7 @@ assert cmd(s, f, "QUIT").startswith(b"+OK")
     std::fs::write(&s.config_path, cfg).unwrap();
     s.reload_ok();
     std::fs::write(mark.with_extension("go"), "go").unwrap();
-    let o = client.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "client side failed:\n{}\n{}\n--- server log\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        s.log()
-    );
+    client_succeeded(&s, client);
 }
 
 /// A reload reaches client certificates on connections opened before it:
@@ -955,23 +940,7 @@ assert cmd(s, f, "QUIT").startswith(b"+OK")
 /// withdrawn, neither does.
 #[test]
 fn a_client_ca_withdrawn_by_a_reload_logs_no_one_in_on_open_connections() {
-    let port = common::free_port();
-    let s = Served::start(|c| {
-        c.listeners.push(pop3sd::config::ListenerConfig {
-            address: format!("127.0.0.1:{port}").parse().unwrap(),
-            kind: pop3sd::config::ListenerKind::Pop3s,
-            client_certificates: pop3sd::config::ClientCerts::Required,
-            proxy_protocol: false,
-            tcp_congestion: None,
-        })
-    });
-    let optional = s
-        .config
-        .listeners
-        .iter()
-        .find(|l| l.client_certificates == pop3sd::config::ClientCerts::Optional)
-        .expect("the demo's EXTERNAL listener")
-        .address;
+    let (s, port, optional) = Served::with_certificate_listeners();
     let (user, pw) = s.user(0, 1);
     let mark = s.dir.path().join("step");
     let script = format!(
@@ -1011,13 +980,7 @@ cmd(c, fc, "QUIT"); cmd(d, fd, "QUIT")
         cert = s.info.client_cert.display(),
         key = s.info.client_key.display(),
     );
-    let mut client = s
-        .python_command(&script)
-        .env("MARK", &mark)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = spawn_marked(&s, &script, &mark);
     let step = |n: &str| mark.with_file_name(format!("step{n}"));
     let go = |n: &str| std::fs::write(mark.with_file_name(format!("step{n}.go")), "go").unwrap();
     wait_for_mark(&s, &mut client, &step("1"));
@@ -1031,12 +994,5 @@ cmd(c, fc, "QUIT"); cmd(d, fd, "QUIT")
     std::fs::write(&s.config_path, c.to_toml()).unwrap();
     s.reload_ok();
     go("2");
-    let o = client.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "client side failed:\n{}\n{}\n--- server log\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        s.log()
-    );
+    client_succeeded(&s, client);
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{expected_message, free_port, have, Demo, Served};
+use common::{expected_message, have, Demo, Served};
 
 #[test]
 fn poplib_full_session_with_exact_bytes() {
@@ -128,36 +128,12 @@ fn every_resumption_succeeds_on_every_core() {
     );
 }
 
-/// The demo served with a listener that requires client certificates
-/// beside its own that asks for them: the server, the required listener's
-/// port and the asking listener's address.
-fn served_with_certificate_listeners() -> (Served, u16, std::net::SocketAddr) {
-    let port = free_port();
-    let s = Served::start(|c| {
-        c.listeners.push(pop3sd::config::ListenerConfig {
-            address: format!("127.0.0.1:{port}").parse().unwrap(),
-            kind: pop3sd::config::ListenerKind::Pop3s,
-            client_certificates: pop3sd::config::ClientCerts::Required,
-            proxy_protocol: false,
-            tcp_congestion: None,
-        })
-    });
-    let optional = s
-        .config
-        .listeners
-        .iter()
-        .find(|l| l.client_certificates == pop3sd::config::ClientCerts::Optional)
-        .expect("the demo's EXTERNAL listener")
-        .address;
-    (s, port, optional)
-}
-
 /// A session made where no certificate was asked for must not resume on a
 /// listener that requires one (nor on one that merely asks): tickets and
 /// cached sessions are scoped by client-certificate mode.
 #[test]
 fn resumption_does_not_cross_client_certificate_modes() {
-    let (s, port, optional) = served_with_certificate_listeners();
+    let (s, port, optional) = Served::with_certificate_listeners();
     s.python(&format!(
         r#"
 REQUIRED = ("127.0.0.1", {port})
@@ -205,7 +181,7 @@ print("ok")
 /// tenant's name it enables no EXTERNAL.
 #[test]
 fn a_client_certificate_binds_the_connection_to_its_tenant() {
-    let (s, port, optional) = served_with_certificate_listeners();
+    let (s, port, optional) = Served::with_certificate_listeners();
     let (same_user, same_pw) = s.user(0, 1);
     let (other_user, other_pw) = s.user(1, 0);
     assert!(same_user.ends_with("@example.com") && other_user.ends_with("@example.org"));

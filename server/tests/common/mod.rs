@@ -250,6 +250,30 @@ pub struct Served {
 }
 
 impl Served {
+    /// The demo served with a listener that requires client certificates
+    /// beside its own that asks for them: the server, the required listener's
+    /// port and the asking listener's address.
+    pub fn with_certificate_listeners() -> (Served, u16, SocketAddr) {
+        let port = free_port();
+        let s = Served::start(|c| {
+            c.listeners.push(pop3sd::config::ListenerConfig {
+                address: format!("127.0.0.1:{port}").parse().unwrap(),
+                kind: pop3sd::config::ListenerKind::Pop3s,
+                client_certificates: pop3sd::config::ClientCerts::Required,
+                proxy_protocol: false,
+                tcp_congestion: None,
+            })
+        });
+        let optional = s
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.client_certificates == pop3sd::config::ClientCerts::Optional)
+            .expect("the demo's EXTERNAL listener")
+            .address;
+        (s, port, optional)
+    }
+
     /// Prepares demo data (2 users per tenant, 3 messages each), lets the
     /// test change the configuration, and serves it.
     pub fn start(adjust: impl Fn(&mut pop3sd::config::Config)) -> Served {
